@@ -1,0 +1,114 @@
+"""Human review: tasks for flagged annotations and the decisions experts make.
+
+A decision never modifies the machine annotation; it is a new row that points at
+it and records the values before and after, per grain.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from seke_app.models import EXPRESSION_CHOICES, Annotation, FaceImage
+
+
+class ReviewTask(models.Model):
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        CLAIMED = "claimed", "Claimed"
+        DONE = "done", "Done"
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    annotation = models.OneToOneField(
+        Annotation, on_delete=models.CASCADE, related_name="review_task"
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    # Lower is reviewed first: the annotation's overall confidence, copied here along
+    # with the per-grain confidences so that the queue is ordered by one index.
+    priority = models.FloatField()
+    expression_confidence = models.FloatField(default=0.0)
+    va_confidence = models.FloatField(default=0.0)
+    au_confidence = models.FloatField(default=0.0)
+    holder = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="held_tasks",
+    )
+    lease_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["priority", "id"]
+        indexes = [
+            models.Index(fields=["status", "priority", "id"], name="task_queue_overall"),
+            models.Index(fields=["status", "expression_confidence"], name="task_queue_expression"),
+            models.Index(fields=["status", "va_confidence"], name="task_queue_va"),
+            models.Index(fields=["status", "au_confidence"], name="task_queue_aus"),
+            models.Index(fields=["holder", "status"], name="task_holder"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status="claimed", holder__isnull=False, lease_until__isnull=False)
+                | ~Q(status="claimed"),
+                name="claimed_task_has_holder",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"task {self.code} ({self.status})"
+
+
+class ReviewDecision(models.Model):
+    class Action(models.TextChoices):
+        ACCEPT = "accept", "Accepted as is"
+        CORRECT = "correct", "Corrected"
+        REJECT_IMAGE = "reject_image", "Image rejected"
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    task = models.ForeignKey(ReviewTask, on_delete=models.CASCADE, related_name="decisions")
+    annotation = models.ForeignKey(Annotation, on_delete=models.CASCADE, related_name="decisions")
+    image = models.ForeignKey(FaceImage, on_delete=models.CASCADE, related_name="decisions")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="review_decisions"
+    )
+    action = models.CharField(max_length=20, choices=Action.choices)
+    # The decided values per grain (after); null where the grain was not decided.
+    expression = models.CharField(max_length=20, choices=EXPRESSION_CHOICES, null=True)
+    valence = models.FloatField(null=True)
+    arousal = models.FloatField(null=True)
+    aus = models.JSONField(null=True)
+    au_intensity = models.JSONField(default=dict, blank=True)
+    # The machine's values at decision time (before), for history and feedback.
+    before = models.JSONField(default=dict)
+    note = models.TextField(blank=True)
+    reject_reason = models.CharField(max_length=200, blank=True)
+    time_spent_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    undone_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["image", "-created_at"], name="decision_image_recent"),
+            models.Index(fields=["reviewer", "-created_at"], name="decision_reviewer_recent"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(valence__isnull=True) | Q(valence__gte=-1, valence__lte=1),
+                name="decision_valence_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(arousal__isnull=True) | Q(arousal__gte=-1, arousal__lte=1),
+                name="decision_arousal_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()} by {self.reviewer} at {self.created_at:%Y-%m-%d %H:%M}"

