@@ -32,7 +32,7 @@ class UploadForm(forms.Form):
         max_length=100,
         help_text="An existing dataset's name, or a new one (letters, digits, - and _).",
     )
-    files = MultipleFileField(
+    files = MultipleFileField(  # type: ignore[assignment]
         help_text="A zip of a folder (with an optional manifest.csv), or several image files"
         " and optionally a manifest.csv.",
     )

@@ -176,7 +176,7 @@ class Source:
             if not zipfile.is_zipfile(path):
                 raise ManifestError(f"{path} is neither a folder nor a zip file")
             self._zip = zipfile.ZipFile(path)
-            self._prefix = _common_folder([i.filename for i in self._zip.infolist()])
+            self._prefix = _common_folder([n for n in self._zip.namelist() if is_safe_member(n)])
 
     def close(self) -> None:
         if self._zip is not None:

@@ -24,9 +24,7 @@ class Dataset(models.Model):
     name = models.SlugField(max_length=100, unique=True)
     description = models.TextField(blank=True)
     licence_note = models.TextField(blank=True)
-    au_vocabulary = models.CharField(
-        max_length=20, choices=AU_VOCABULARY_CHOICES, default="feid17"
-    )
+    au_vocabulary = models.CharField(max_length=20, choices=AU_VOCABULARY_CHOICES, default="feid17")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -232,6 +230,9 @@ class RunItem(models.Model):
         ]
         indexes = [models.Index(fields=["run", "status"], name="run_item_status")]
 
+    def __str__(self) -> str:
+        return f"{self.run_id}/{self.image_id} {self.status}"
+
 
 class Annotation(models.Model):
     """SV-UAMC's result for one image in one run; written once, never edited."""
@@ -317,10 +318,17 @@ class AnnotationSample(models.Model):
             models.UniqueConstraint(fields=["annotation", "index"], name="sample_unique_index"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.kind} {self.index} of {self.annotation_id}"
+
     @property
     def valid(self) -> bool:
         return self.parsed is not None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "kind": self.kind, "parsed": self.parsed,
-                "error": self.parse_error}
+        return {
+            "index": self.index,
+            "kind": self.kind,
+            "parsed": self.parsed,
+            "error": self.parse_error,
+        }

@@ -7,28 +7,30 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 
 ANNOTATORS = "annotators"
 ADMINS = "admins"
 
-View = TypeVar("View", bound=Callable[..., HttpResponse])
+View = TypeVar("View", bound=Callable[..., HttpResponseBase])
 
 
 def _groups(user: AbstractBaseUser | AnonymousUser) -> set[str]:
-    if not user.is_authenticated:
+    if not isinstance(user, User):
         return set()
+    # Cached on the user object: templates and views ask several times per request.
     cached: set[str] | None = getattr(user, "_seke_groups", None)
     if cached is None:
-        cached = set(user.groups.values_list("name", flat=True))  # type: ignore[union-attr]
-        user._seke_groups = cached  # type: ignore[union-attr]
+        cached = set(user.groups.values_list("name", flat=True))
+        user._seke_groups = cached  # type: ignore[attr-defined]
     return cached
 
 
 def is_admin(user: AbstractBaseUser | AnonymousUser) -> bool:
-    return bool(user.is_authenticated and (user.is_superuser or ADMINS in _groups(user)))
+    return isinstance(user, User) and (user.is_superuser or ADMINS in _groups(user))
 
 
 def is_annotator(user: AbstractBaseUser | AnonymousUser) -> bool:
@@ -39,7 +41,7 @@ def is_annotator(user: AbstractBaseUser | AnonymousUser) -> bool:
 def _role_required(check: Callable[[Any], bool]) -> Callable[[View], View]:
     def decorator(view: View) -> View:
         @wraps(view)
-        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             if not check(request.user):
                 raise PermissionDenied("Your role does not allow this page.")
             return view(request, *args, **kwargs)

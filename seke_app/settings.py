@@ -60,9 +60,10 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_htmx",
-    "django_rq",
+    # Before django_rq, so that SEKE's rqworker (which starts the embedded Redis) wins.
     "seke_app",
     "review",
+    "django_rq",
 ]
 
 MIDDLEWARE = [
@@ -106,7 +107,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": DATA_DIR / "seke.sqlite3",
+            "NAME": str(DATA_DIR / "seke.sqlite3"),
             # SQLite waits this long for a lock held by a worker instead of failing.
             "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
         }
@@ -141,7 +142,10 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = DATA_DIR / "static"
+# collectstatic's target, only needed behind a separate web server; WhiteNoise
+# serves straight from the apps' static folders otherwise.
+STATIC_ROOT = env_str("SEKE_STATIC_ROOT", "") or None
+WHITENOISE_USE_FINDERS = True
 MEDIA_URL = "media/"
 MEDIA_ROOT = DATA_DIR / "media"
 STORAGES = {

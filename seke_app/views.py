@@ -49,9 +49,7 @@ def dataset_detail(request: HttpRequest, code: UUID) -> HttpResponse:
     if split:
         images = images.filter(split=split)
     page = Paginator(images, 60).get_page(request.GET.get("page"))
-    splits = (
-        dataset.images.exclude(split="").values_list("split", flat=True).distinct().order_by()
-    )
+    splits = dataset.images.exclude(split="").values_list("split", flat=True).distinct().order_by()
     context = {"dataset": dataset, "page": page, "splits": sorted(splits), "split": split}
     return render(request, "seke_app/dataset_detail.html", context)
 
@@ -86,7 +84,7 @@ def image_detail(request: HttpRequest, code: UUID) -> HttpResponse:
 
 
 @annotator_required
-def image_file(request: HttpRequest, code: UUID) -> HttpResponse:
+def image_file(request: HttpRequest, code: UUID) -> FileResponse:
     image = _get_image(code)
     response = FileResponse(image.file.open("rb"))
     response["Cache-Control"] = "private, max-age=86400"

@@ -514,9 +514,7 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 self._send(_error(400, "Request body is not JSON.", None))
                 return
-            headers = {
-                k: v for k, v in self.headers.items() if k.lower() != "authorization"
-            }
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
             if "Authorization" in self.headers:
                 headers["Authorization"] = "<redacted>"
             fake._record(CapturedRequest(path=self.path, headers=headers, body=body))

@@ -117,9 +117,7 @@ def _format_types(server: FakeOpenAI) -> list[str | None]:
 # -- answers, choices, fallbacks ------------------------------------------------------
 
 
-def test_it_returns_a_valid_structured_answer(
-    client: VLLMClient, fake_openai: FakeOpenAI
-) -> None:
+def test_it_returns_a_valid_structured_answer(client: VLLMClient, fake_openai: FakeOpenAI) -> None:
     result = client.chat(_messages(), json_schema=SCHEMA, temperature=0.7)
 
     [answer] = _answers(result)
@@ -300,9 +298,11 @@ def test_it_gives_up_retryable_when_retries_are_exhausted(
 ) -> None:
     fake_openai.script(*[Fault("503", retry_after=1)] * 3)
 
-    with _client(fake_openai, sleeps, max_retries=2) as impatient:
-        with pytest.raises(VLLMError) as caught:
-            impatient.chat(_messages())
+    with (
+        _client(fake_openai, sleeps, max_retries=2) as impatient,
+        pytest.raises(VLLMError) as caught,
+    ):
+        impatient.chat(_messages())
 
     assert caught.value.retryable is True
     assert caught.value.status == 503
@@ -315,9 +315,11 @@ def test_it_gives_up_when_retry_after_exceeds_the_wait_budget(
 ) -> None:
     fake_openai.script(Fault("429", retry_after=600))
 
-    with _client(fake_openai, sleeps, max_total_wait_s=60) as bounded:
-        with pytest.raises(VLLMError) as caught:
-            bounded.chat(_messages())
+    with (
+        _client(fake_openai, sleeps, max_total_wait_s=60) as bounded,
+        pytest.raises(VLLMError) as caught,
+    ):
+        bounded.chat(_messages())
 
     assert caught.value.retryable is True
     assert caught.value.status == 429
@@ -362,9 +364,11 @@ def test_it_gives_up_retryable_after_repeated_timeouts(
 ) -> None:
     fake_openai.script(*[Fault("hang", hang_s=2.0)] * 2)
 
-    with _client(fake_openai, sleeps, timeout_s=0.3, max_retries=1) as quick:
-        with pytest.raises(VLLMError) as caught:
-            quick.chat(_messages())
+    with (
+        _client(fake_openai, sleeps, timeout_s=0.3, max_retries=1) as quick,
+        pytest.raises(VLLMError) as caught,
+    ):
+        quick.chat(_messages())
 
     assert caught.value.retryable is True
     assert caught.value.status is None

@@ -37,7 +37,11 @@ better; the score falls towards 0 as another expression explains it better.
 * AUs. AU ``i`` is active under ``e`` with probability ``p = max(rate, floor)``, where
   ``rate`` is the CK+ occurrence rate (``BASE_AU_RATE`` for AUs CK+ does not code) and
   ``floor`` is ``PROTOTYPE_FLOOR`` (0.3) when ``i`` belongs to the EMFACS prototype of
-  ``e``, else 0. A coder of AUs (human or model) errs with probability
+  ``e``, else 0. CK+ frames are posed at their peak, so an AU can occur in every CK+
+  frame of an expression that often shows without it (AU6 and AU25 in happiness); unless
+  ``i`` is in every EMFACS form of ``e`` (prototype and variants), ``p`` is therefore
+  capped at ``OPTIONAL_AU_CAP`` (0.7) in the likelihood, so that a closed-mouth smile
+  without AU6 still fits happiness. A coder of AUs (human or model) errs with probability
   ``AU_ERROR_RATE`` (0.05) either way, so an AU is observed active with probability
   ``q = eps + (1 - 2 * eps) * p``. Treating AUs as independent overcounts evidence,
   since AUs co-occur (AU6 with AU12, AU1 with AU2), so the log-likelihood is tempered
@@ -56,10 +60,11 @@ quantities the scores are built from, so tie-breaking and the offline annotator'
 prior agree with the consistency score.
 
 The reasons name the concrete conflicts: a valence or arousal more than two effective
-standard deviations from the expression's mean, a prototype AU that is usually present
-(``p >= 0.5``) but absent, an active AU that is rare for the expression (``p < 0.1``)
-and in none of its prototypes, and, when a grain scores under 0.5, the expression that
-explains it better.
+standard deviations from the expression's mean; an absent AU that every EMFACS form of
+the expression shares (prototype and variants) and CK+ shows usually (``p >= 0.5``),
+such as AU12 for happiness, whereas AU6 is not required since a smile without it is a
+variant; an active AU that is rare for the expression (``p < 0.1``) and in none of its
+forms; and, when a grain scores under 0.5, the expression that explains it better.
 """
 
 from __future__ import annotations
@@ -83,6 +88,8 @@ AU_ERROR_RATE = 0.05
 AU_TEMPERING = 0.5
 # Minimum occurrence probability of an AU of the expression's EMFACS prototype.
 PROTOTYPE_FLOOR = 0.3
+# Likelihood cap of an AU the expression can do without (see the module docstring).
+OPTIONAL_AU_CAP = 0.7
 # Occurrence probability of an AU for which CK+ has no rate.
 BASE_AU_RATE = 0.05
 # Weight of the VA score in the combined geometric mean; the AU score gets the rest.
@@ -179,6 +186,7 @@ PROTOTYPE_VARIANTS: dict[str, tuple[tuple[int, ...], ...]] = {
     "contempt": ((14,),),
 }
 
+# Binary AU codes lose the side of a one-sided action, which defines contempt.
 _CONTEMPT_NOTE = "contempt's AU12 and AU14 are one-sided; the AU codes here do not record the side"
 
 # Which sign of valence each expression takes, read off the AffectNet priors below:
@@ -344,9 +352,15 @@ def _au_probability(expression: str, au: int) -> float:
     return max(rate, floor)
 
 
+def _likelihood_probability(expression: str, au: int) -> float:
+    """The AU's probability with the cap for AUs some form of the expression lacks."""
+    p = _au_probability(expression, au)
+    return p if _in_every_form(expression, au) else min(p, OPTIONAL_AU_CAP)
+
+
 def _observed_probability(expression: str, au: int) -> float:
     """P(AU reported active | expression) for a coder who errs with AU_ERROR_RATE."""
-    return AU_ERROR_RATE + (1 - 2 * AU_ERROR_RATE) * _au_probability(expression, au)
+    return AU_ERROR_RATE + (1 - 2 * AU_ERROR_RATE) * _likelihood_probability(expression, au)
 
 
 def _coded_aus(aus: Mapping[int, bool] | None, vocabulary: Vocabulary) -> dict[int, bool]:
@@ -390,9 +404,16 @@ def _va_reasons(expression: str, valence: float | None, arousal: float | None) -
     return reasons
 
 
-def _in_any_prototype(expression: str, au: int) -> bool:
-    shapes = (PROTOTYPES[expression], *PROTOTYPE_VARIANTS[expression])
-    return any(au in shape for shape in shapes)
+def _forms(expression: str) -> tuple[tuple[int, ...], ...]:
+    return (PROTOTYPES[expression], *PROTOTYPE_VARIANTS[expression])
+
+
+def _in_any_form(expression: str, au: int) -> bool:
+    return any(au in form for form in _forms(expression))
+
+
+def _in_every_form(expression: str, au: int) -> bool:
+    return all(au in form for form in _forms(expression))
 
 
 def _au_reasons(
@@ -401,9 +422,9 @@ def _au_reasons(
     reasons = []
     for au, on in sorted(_coded_aus(aus, vocabulary).items()):
         p = _au_probability(expression, au)
-        if not on and au in PROTOTYPES[expression] and p >= _USUAL_AU:
+        if not on and _in_every_form(expression, au) and p >= _USUAL_AU:
             reasons.append(f"AU{au} absent but {expression} ({_rate_phrase(expression, au)})")
-        if on and p < _RARE_AU and not _in_any_prototype(expression, au):
+        if on and p < _RARE_AU and not _in_any_form(expression, au):
             reasons.append(
                 f"AU{au} present but rare in {expression} ({_rate_phrase(expression, au)})"
             )

@@ -81,9 +81,7 @@ class VLLMError(Exception):
         self.status = status
 
     def __repr__(self) -> str:
-        return (
-            f"VLLMError({self.message!r}, retryable={self.retryable!r}, status={self.status!r})"
-        )
+        return f"VLLMError({self.message!r}, retryable={self.retryable!r}, status={self.status!r})"
 
 
 @dataclass(frozen=True)

@@ -182,16 +182,20 @@ def _import_entries(
     for name, reason in manifest.rejected.items():
         if name in found or name.startswith("manifest line"):
             report.reject(name, "bad label", f"{name}: {reason}")
-    unlisted = [e.name for e in entries if manifest.rows and e.name not in manifest.rows
-                and e.name not in manifest.rejected]
+    unlisted = [
+        e.name
+        for e in entries
+        if manifest.rows and e.name not in manifest.rows and e.name not in manifest.rejected
+    ]
     if unlisted:
         report.warnings.append(
             f"{len(unlisted)} images are not in the manifest and are imported without labels"
         )
     todo = [e for e in entries if e.name not in manifest.rejected]
     for start in range(0, len(todo), BATCH_SIZE):
-        _import_batch(source, dataset, manifest, todo[start : start + BATCH_SIZE], report,
-                      licence_note)
+        _import_batch(
+            source, dataset, manifest, todo[start : start + BATCH_SIZE], report, licence_note
+        )
         if progress:
             progress(min(start + BATCH_SIZE, len(todo)), len(todo))
 
@@ -247,8 +251,11 @@ def _store_batch(
                 relative, created = _store_file(image)
                 if created:
                     written.append(Path(settings.MEDIA_ROOT) / relative)
-                rows.append(_face_row(dataset, image, entry, relative,
-                                      manifest.rows.get(entry.name), licence_note))
+                rows.append(
+                    _face_row(
+                        dataset, image, entry, relative, manifest.rows.get(entry.name), licence_note
+                    )
+                )
             FaceImage.objects.bulk_create(rows)
     except BaseException:
         # Files written for rows that never committed would be orphans: remove them.

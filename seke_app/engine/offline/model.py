@@ -55,8 +55,9 @@ class OfflinePrediction:
         """Draw one class index per row from its softmax distribution."""
         cumulative = np.cumsum(self.probs, axis=1)
         draws = rng.random((len(self.probs), 1)) * cumulative[:, -1:]
-        indices = (cumulative < draws).sum(axis=1)
-        return np.minimum(indices, len(EXPRESSIONS) - 1).astype(np.int64)
+        indices: npt.NDArray[np.int64] = (cumulative < draws).sum(axis=1, dtype=np.int64)
+        # Rounding can leave the last cumulative value a hair below the draw.
+        return np.minimum(indices, len(EXPRESSIONS) - 1)
 
 
 def square_gray(image: Image.Image) -> Image.Image:
@@ -75,7 +76,7 @@ def _to_gray(image: Image.Image) -> Image.Image:
         values = np.asarray(image, dtype=np.float64)
         low, high = float(values.min()), float(values.max())
         scaled = (values - low) / (high - low) * 255.0 if high > low else values * 0.0
-        return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+        return Image.fromarray(scaled.round().astype(np.uint8))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # Transparent pixels carry arbitrary colours; painting them grey keeps
         # them from turning into spurious edges.
@@ -140,8 +141,9 @@ class _Layer:
         assert self.weight is not None and self.bias is not None
         if self.kind == "conv3x3_relu":
             return _conv3x3_relu(x, self.weight, self.bias)
-        out = x @ self.weight + self.bias
-        return np.maximum(out, 0.0, out=out)
+        out: FloatArray = x @ self.weight + self.bias
+        np.maximum(out, 0.0, out=out)
+        return out
 
 
 class OfflineModel:
@@ -282,7 +284,8 @@ def augmented_view(square: Image.Image, size: int, rng: np.random.Generator) -> 
     contrast, brightness = rng.uniform(0.8, 1.2), rng.uniform(-0.08, 0.08)
     mean = pixels.mean()
     jittered = (pixels - mean) * np.float32(contrast) + mean + np.float32(brightness)
-    return np.clip(jittered, 0.0, 1.0).astype(np.float32)
+    view: FloatArray = np.clip(jittered, 0.0, 1.0).astype(np.float32)
+    return view
 
 
 def _read_layer(arrays: dict[str, npt.NDArray[Any]], index: int, kind: str) -> _Layer:

@@ -116,9 +116,7 @@ def load_affectnet(folder: Path) -> Split:
     va = np.array([[float(row["valence"]), float(row["arousal"])] for row in rows], np.float32)
     images = np.stack([_load_image(folder / row["file"]) for row in rows])
     n = len(rows)
-    return Split(
-        images, targets.astype(np.float32), labels, va, np.ones(n, bool), np.ones(n, bool)
-    )
+    return Split(images, targets.astype(np.float32), labels, va, np.ones(n, bool), np.ones(n, bool))
 
 
 def stratified_split(
@@ -212,7 +210,8 @@ def sampling_weights(train: Split, power: float, affectnet_boost: float) -> npt.
     for label in range(len(EXPRESSIONS)):
         members = train.labels == label
         weights[members] *= members.sum() ** power / weights[members].sum()
-    return weights / weights.sum()
+    normalised: npt.NDArray[np.float64] = weights / weights.sum()
+    return normalised
 
 
 def batches(
@@ -251,7 +250,7 @@ def train_step(
     va_loss = torch.zeros(())
     if mask.any():
         va_loss = F.mse_loss(va[mask], torch.from_numpy(batch.va[mask]))
-    return expression_loss + va_loss, float(expression_loss)
+    return expression_loss + va_loss, float(expression_loss.detach())
 
 
 @torch.no_grad()
@@ -321,15 +320,16 @@ def write_weights(path: Path, net: ExpressionNet, metadata: dict[str, Any]) -> N
     metadata["parameter_count"] = int(sum(a.size for a in arrays.values()))
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as handle:
-        np.savez_compressed(handle, metadata=np.array(json.dumps(metadata)), **arrays)
+        contents: dict[str, npt.NDArray[Any]] = {"metadata": np.array(json.dumps(metadata))}
+        np.savez_compressed(handle, **contents, **arrays)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ferplus-train", type=Path, required=True)
     parser.add_argument("--affectnet-train", type=Path, required=True)
-    parser.add_argument("--epochs", type=int, default=28)
-    parser.add_argument("--samples-per-epoch", type=int, default=14336)
+    parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument("--samples-per-epoch", type=int, default=12288)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--out", type=Path, default=OfflineModel.WEIGHTS_PATH)
@@ -371,10 +371,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     norm = Normalizer(float(pixels.mean()), float(pixels.std()))
     weights = sampling_weights(train, args.class_power, args.affectnet_boost)
     log_prior = class_log_prior(train, weights)
-    print(f"loaded {len(train)} training / {len(held)} held-out faces "
-          f"in {time.monotonic() - started:.0f}s", flush=True)
+    print(
+        f"loaded {len(train)} training / {len(held)} held-out faces "
+        f"in {time.monotonic() - started:.0f}s",
+        flush=True,
+    )
 
-    net = ExpressionNet().to(memory_format=torch.channels_last)
+    # Channels-last convolutions are about a third faster on CPU here.
+    net = ExpressionNet().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.05)
     steps = args.epochs * (args.samples_per_epoch // args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=steps)
@@ -385,22 +389,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for index in batches(train, weights, args.samples_per_epoch, args.batch_size, rng):
             loss, expression_loss = train_step(net, train.subset(index), log_prior, norm, generator)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             schedule.step()
             losses.append(expression_loss)
         logits, va = predict(net, held, norm)
         metrics = held_out_metrics(logits, va, held)
-        print(f"epoch {epoch:2d}/{args.epochs}  loss {np.mean(losses):.3f}  "
-              + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-              + f"  {time.monotonic() - started:.0f}s", flush=True)
+        print(
+            f"epoch {epoch:2d}/{args.epochs}  loss {np.mean(losses):.3f}  "
+            + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+            + f"  {time.monotonic() - started:.0f}s",
+            flush=True,
+        )
         if metrics["balanced_accuracy"] >= best["balanced_accuracy"]:
-            best = {**metrics, "epoch": epoch,
-                    "state": {k: v.clone() for k, v in net.state_dict().items()}}
+            best = {
+                **metrics,
+                "epoch": epoch,
+                "state": {k: v.clone() for k, v in net.state_dict().items()},
+            }
     net.load_state_dict(best.pop("state"))
     net.eval()
-    return {"net": net, "norm": norm, "best": best, "train": train, "held": held,
-            "seconds": time.monotonic() - started}
+    return {
+        "net": net,
+        "norm": norm,
+        "best": best,
+        "train": train,
+        "held": held,
+        "seconds": time.monotonic() - started,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -421,10 +437,14 @@ def build_metadata(args: argparse.Namespace, result: dict[str, Any]) -> dict[str
         "input_std": result["norm"].std,
         "expressions": list(EXPRESSIONS),
         "training_data": {
-            "ferplus_train": {"train": int((~train.is_affectnet).sum()),
-                              "held_out": int((~held.is_affectnet).sum())},
-            "affectnet_train": {"train": int(train.is_affectnet.sum()),
-                                "held_out": int(held.is_affectnet.sum())},
+            "ferplus_train": {
+                "train": int((~train.is_affectnet).sum()),
+                "held_out": int((~held.is_affectnet).sum()),
+            },
+            "affectnet_train": {
+                "train": int(train.is_affectnet.sum()),
+                "held_out": int(held.is_affectnet.sum()),
+            },
         },
         "epochs": args.epochs,
         "samples_per_epoch": args.samples_per_epoch,
@@ -445,8 +465,11 @@ def check_export(path: Path, held: Split) -> None:
     prediction = model.predict_arrays(held.images.astype(np.float32) / 255.0)
     metrics = held_out_metrics(prediction.probs, prediction.va, held)
     size_kb = path.stat().st_size / 1024
-    print(f"wrote {path} ({size_kb:.0f} KiB, {model.parameter_count} parameters); numpy "
-          + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()), flush=True)
+    print(
+        f"wrote {path} ({size_kb:.0f} KiB, {model.parameter_count} parameters); numpy "
+        + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,194 @@
+"""The offline annotator as an SV-UAMC backend: a small CNN baseline, not a VLLM.
+
+It draws samples the way SV-UAMC expects from a vision LLM, so that the same code
+path runs on it:
+
+* each sample is one random test-time-augmented view of the image; the
+  expression is drawn from that view's softmax at the run's temperature, over
+  the run's vocabulary only (probabilities of other classes are dropped and the
+  rest renormalised);
+* valence and arousal come from the network's VA head on the same view, plus a
+  little Gaussian noise (``VA_NOISE_SD``) standing for the head's own error,
+  clipped to [-1, 1];
+* the network sees no action units, so they are drawn from the knowledge prior
+  given the sampled expression (``knowledge.sample_aus``), and the evidence says so.
+
+Randomness is reproducible: every call draws from a numpy generator seeded with
+the SHA-256 of the image bytes and the number of earlier calls for the same image
+on this backend, so a fresh backend repeats the same samples for the same image.
+
+Verification is the deterministic prediction on the un-augmented image. Its
+verdict per grain is "confirm" when it agrees with the aggregate and "revise"
+otherwise: the expression agrees when the most probable class (within the
+vocabulary) is the aggregate's; VA agrees when both values lie within
+``VA_AGREEMENT`` of the aggregate's. AUs are never observed, only derived from the
+expression, so the AU verdict follows the expression verdict, and a revision
+proposes the AUs the knowledge makes more likely than not for the new expression.
+
+Human labels given with the request do not change the answer: the baseline gives
+its own, and SV-UAMC flags any contradiction. Calls cost nothing and are counted
+as zero requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, UnidentifiedImageError
+
+from seke_app.engine.knowledge import AU_RATES, sample_aus
+from seke_app.engine.offline.model import OfflineModel, OfflinePrediction
+from seke_app.engine.types import AnnotationRequest, Answer, Sample, VerificationRequest
+from seke_app.engine.vocab import EXPRESSIONS, Vocabulary
+
+DEFAULT_MODEL_NAME = "seke-offline-cnn-v1"
+# Standard deviation of the noise added to the VA head's output on each view.
+VA_NOISE_SD = 0.03
+# Largest difference in valence or arousal that still confirms the aggregate.
+VA_AGREEMENT = 0.2
+BASELINE = "offline CNN baseline (not a vision LLM)"
+
+
+class ExpressionModel(Protocol):
+    """What the backend needs of the offline CNN (``OfflineModel`` or a test double)."""
+
+    metadata: dict[str, Any]
+
+    def predict(
+        self, images: Sequence[Image.Image], *, temperature: float = 1.0
+    ) -> OfflinePrediction: ...
+
+    def predict_augmented(
+        self, image: Image.Image, k: int, rng: np.random.Generator, *, temperature: float = 1.0
+    ) -> OfflinePrediction: ...
+
+
+def _vocabulary_probs(probs: npt.NDArray[Any], vocabulary: Vocabulary) -> npt.NDArray[np.float64]:
+    """Rows of probabilities over the vocabulary's expressions, renormalised."""
+    columns = [EXPRESSIONS.index(e) for e in vocabulary.expressions]
+    kept = np.asarray(probs, dtype=np.float64)[:, columns]
+    totals = kept.sum(axis=1, keepdims=True)
+    uniform = np.full_like(kept, 1.0 / len(columns))
+    return np.where(totals > 0, kept / np.where(totals > 0, totals, 1.0), uniform)
+
+
+def _likely_aus(expression: str, vocabulary: Vocabulary) -> dict[int, bool]:
+    rates = AU_RATES.get(expression, {})
+    return {au: rates.get(au, 0.0) >= 0.5 for au in vocabulary.aus}
+
+
+def _open(image_bytes: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(image_bytes))
+    image.load()
+    return image
+
+
+class OfflineBackend:
+    """SV-UAMC backend on the offline expression CNN (see the module docstring)."""
+
+    name = "offline"
+
+    def __init__(self, model: ExpressionModel | None = None) -> None:
+        self._model: ExpressionModel = model if model is not None else OfflineModel.load()
+        self.model = str(self._model.metadata.get("name", DEFAULT_MODEL_NAME))
+        self._calls: dict[bytes, int] = {}
+        self._lock = threading.Lock()
+
+    def _rng(self, image_bytes: bytes) -> np.random.Generator:
+        digest = hashlib.sha256(image_bytes).digest()
+        with self._lock:
+            counter = self._calls.get(digest, 0)
+            self._calls[digest] = counter + 1
+        return np.random.default_rng([int.from_bytes(digest[:16], "big"), counter])
+
+    def sample(self, request: AnnotationRequest, k: int, temperature: float) -> list[Sample]:
+        """``k`` answers, one per random test-time view of the image."""
+        rng = self._rng(request.image_bytes)
+        try:
+            image = _open(request.image_bytes)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            error = f"the offline annotator could not read the image ({exc})"
+            return [Sample(kind="sample", raw="", error=error) for _ in range(k)]
+        prediction = self._model.predict_augmented(image, k, rng, temperature=temperature)
+        probs = _vocabulary_probs(prediction.probs, request.vocabulary)
+        return [
+            self._view_sample(probs[i], prediction.va[i], rng, request.vocabulary, i)
+            for i in range(k)
+        ]
+
+    def _view_sample(
+        self,
+        probs: npt.NDArray[np.float64],
+        va: npt.NDArray[Any],
+        rng: np.random.Generator,
+        vocabulary: Vocabulary,
+        view: int,
+    ) -> Sample:
+        index = int(rng.choice(len(probs), p=probs))
+        expression = vocabulary.expressions[index]
+        noisy = np.clip(np.asarray(va, dtype=np.float64) + rng.normal(0, VA_NOISE_SD, 2), -1, 1)
+        aus = sample_aus(expression, rng, vocabulary)
+        answer = Answer(
+            expression=expression,
+            valence=round(float(noisy[0]), 4),
+            arousal=round(float(noisy[1]), 4),
+            aus=aus,
+            evidence={
+                "expression": f"{BASELINE}: drawn from the softmax of test-time view "
+                f"{view + 1} (p={probs[index]:.2f})",
+                "valence_arousal": f"{BASELINE}: the network's VA head on the same view",
+                "aus": f"{BASELINE}: not observed; drawn from the CK+ AU rates for {expression}",
+            },
+        )
+        raw = {"answer": answer.to_json(), "view": view + 1, "probs": _named(probs, vocabulary)}
+        return Sample(kind="sample", raw=json.dumps(raw), answer=answer)
+
+    def verify(self, verification: VerificationRequest) -> Sample:
+        """The un-augmented prediction, confirming or revising each grain of the aggregate."""
+        request, aggregate = verification.request, verification.aggregate
+        try:
+            image = _open(request.image_bytes)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            error = f"the offline annotator could not read the image ({exc})"
+            return Sample(kind="verification", raw="", error=error)
+        prediction = self._model.predict([image])
+        probs = _vocabulary_probs(prediction.probs, request.vocabulary)[0]
+        expression = request.vocabulary.expressions[int(np.argmax(probs))]
+        valence, arousal = (round(float(x), 4) for x in prediction.va[0])
+        va_agrees = max(abs(valence - aggregate.valence), abs(arousal - aggregate.arousal))
+        same = expression == aggregate.expression
+        verdict = {
+            "expression": "confirm" if same else "revise",
+            "va": "confirm" if va_agrees <= VA_AGREEMENT else "revise",
+            "aus": "confirm" if same else "revise",
+        }
+        answer = Answer(
+            expression=expression,
+            valence=valence,
+            arousal=arousal,
+            aus=aggregate.aus if same else _likely_aus(expression, request.vocabulary),
+            au_intensity=dict(aggregate.au_intensity) if same else {},
+            evidence={
+                "expression": f"{BASELINE}: most probable class of the un-augmented image "
+                f"(p={probs.max():.2f})",
+                "valence_arousal": f"{BASELINE}: the VA head on the un-augmented image",
+                "aus": f"{BASELINE}: follows the expression; AUs are not observed",
+            },
+        )
+        raw = {
+            "answer": answer.to_json(),
+            "verdict": verdict,
+            "probs": _named(probs, request.vocabulary),
+        }
+        return Sample(kind="verification", raw=json.dumps(raw), answer=answer, verdict=verdict)
+
+
+def _named(probs: npt.NDArray[np.float64], vocabulary: Vocabulary) -> dict[str, float]:
+    return {e: round(float(p), 4) for e, p in zip(vocabulary.expressions, probs, strict=True)}

@@ -1,0 +1,104 @@
+"""``manage.py demo``: the whole product on one machine, on embedded defaults.
+
+Prepares the database, creates an admin login, imports the bundled demo faces,
+starts the embedded Redis and a worker, and serves the app on 127.0.0.1 until
+Ctrl-C, which stops every process this command started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from seke_app.queue import QueueUnavailable, ensure_redis
+from seke_app.services.accounts import user_create
+from seke_app.services.imports import dataset_import
+
+DEMO_FACES = Path(__file__).resolve().parent.parent.parent / "demo" / "faces"
+DEMO_DATASET = "demo"
+
+
+class Command(BaseCommand):
+    help = "Run SEKE on embedded defaults with the bundled demo faces, until Ctrl-C."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument(
+            "--no-serve",
+            action="store_true",
+            help="prepare everything, then stop instead of serving (for scripts and CI)",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self.stdout.write(f"SEKE demo — data in {settings.DATA_DIR}")
+        call_command("migrate", interactive=False, verbosity=0)
+        self._admin_login()
+        report = dataset_import(
+            path=DEMO_FACES,
+            dataset_name=DEMO_DATASET,
+            licence_note="CC BY 4.0 / public domain; see seke_app/demo/ATTRIBUTION.md",
+        )
+        self.stdout.write(report.summary())
+        try:
+            self.stdout.write(f"queue: {ensure_redis()}")
+        except QueueUnavailable as exc:
+            raise CommandError(str(exc)) from None
+        worker = self._start_worker()
+        try:
+            if not options["no_serve"]:
+                self._serve(options["port"])
+        finally:
+            self._stop(worker)
+
+    def _admin_login(self) -> None:
+        username = os.environ.get("SEKE_ADMIN_USER", "admin")
+        password = os.environ.get("SEKE_ADMIN_PASSWORD", "")
+        if User.objects.filter(username=username).exists():
+            if password:
+                user = User.objects.get(username=username)
+                user.set_password(password)
+                user.save(update_fields=["password"])
+                self.stdout.write(f"admin login: {username} (password from SEKE_ADMIN_PASSWORD)")
+            else:
+                self.stdout.write(
+                    f"admin login: {username} (created earlier; password unchanged — set"
+                    " SEKE_ADMIN_PASSWORD to reset it)"
+                )
+            return
+        shown = password or secrets.token_urlsafe(9)
+        user_create(username=username, password=shown, role="admin")
+        self.stdout.write(self.style.SUCCESS(f"admin login: {username} / {shown}"))
+
+    def _start_worker(self) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "manage.py", "rqworker", "default", "generation", "exports"]
+        worker = subprocess.Popen(command, cwd=settings.BASE_DIR)
+        self.stdout.write(f"worker started (pid {worker.pid})")
+        return worker
+
+    def _serve(self, port: int) -> None:
+        self.stdout.write(self.style.SUCCESS(f"serving on http://127.0.0.1:{port}/ — Ctrl-C stops"))
+        with contextlib.suppress(KeyboardInterrupt):
+            call_command("runserver", f"127.0.0.1:{port}", use_reloader=False)
+
+    def _stop(self, worker: subprocess.Popen[bytes]) -> None:
+        worker.terminate()
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        self.stdout.write("worker stopped")
+        if settings.EMBEDDED_REDIS:
+            from seke_app.queue import stop_embedded_redis
+
+            stop_embedded_redis()
+            self.stdout.write("embedded Redis stopped")

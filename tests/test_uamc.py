@@ -1,0 +1,361 @@
+"""SV-UAMC on a scripted backend: stopping, aggregation, confidence, flags, strategies."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from seke_app.engine.knowledge import PROTOTYPES, VA_PRIORS
+from seke_app.engine.types import (
+    AnnotationRequest,
+    Answer,
+    KnownLabels,
+    Sample,
+    Usage,
+    VerificationRequest,
+)
+from seke_app.engine.uamc import (
+    UAMCParams,
+    UAMCResult,
+    plurality_posterior,
+    run_uamc,
+)
+from seke_app.engine.vocab import DEFAULT_VOCABULARY
+
+VOCAB = DEFAULT_VOCABULARY
+USAGE = Usage(requests=1, prompt_tokens=100, completion_tokens=50, cost_usd=0.001)
+
+
+def answer(
+    expression: str,
+    valence: float | None = None,
+    arousal: float | None = None,
+    aus: Sequence[int] | None = None,
+) -> Answer:
+    """A prototypical answer: the expression's mean VA and prototype AUs unless given."""
+    prior = VA_PRIORS[expression]
+    active = set(PROTOTYPES[expression] if aus is None else aus)
+    return Answer(
+        expression=expression,
+        valence=prior.valence if valence is None else valence,
+        arousal=prior.arousal if arousal is None else arousal,
+        aus={au: au in active for au in VOCAB.aus},
+        au_intensity={au: "B" for au in active if au in VOCAB.aus},
+        evidence={"expression": f"looks like {expression}"},
+    )
+
+
+class ScriptedBackend:
+    """Returns scripted samples in order; a string in the script is an invalid reply."""
+
+    name = "scripted"
+    model = "script-1"
+
+    def __init__(
+        self,
+        script: Sequence[Answer | str],
+        *,
+        verdict: dict[str, str] | None = None,
+        revision: Answer | None = None,
+        verification_error: str | None = None,
+    ) -> None:
+        self.script = list(script)
+        self.calls: list[int] = []
+        self.verdict = verdict
+        self.revision = revision
+        self.verification_error = verification_error
+        self.verifications: list[VerificationRequest] = []
+
+    def sample(self, request: AnnotationRequest, k: int, temperature: float) -> list[Sample]:
+        self.calls.append(k)
+        drawn = []
+        for _ in range(k):
+            item = self.script.pop(0)
+            if isinstance(item, str):
+                drawn.append(Sample(kind="sample", raw=item, error=item, usage=USAGE))
+            else:
+                raw = json.dumps(item.to_json())
+                drawn.append(Sample(kind="sample", raw=raw, answer=item, usage=USAGE))
+        return drawn
+
+    def verify(self, verification: VerificationRequest) -> Sample:
+        self.verifications.append(verification)
+        if self.verification_error is not None:
+            return Sample(kind="verification", raw="?", error=self.verification_error)
+        verdict = self.verdict or {"expression": "confirm", "va": "confirm", "aus": "confirm"}
+        reply = self.revision or verification.aggregate
+        return Sample(
+            kind="verification", raw="{}", answer=reply, verdict=verdict, usage=USAGE
+        )
+
+
+def request(known: KnownLabels | None = None) -> AnnotationRequest:
+    return AnnotationRequest(image_bytes=b"face", vocabulary=VOCAB, known=known or KnownLabels())
+
+
+def run(backend: ScriptedBackend, known: KnownLabels | None = None, **params: object) -> UAMCResult:
+    return run_uamc(backend, request(known), UAMCParams(**params))  # type: ignore[arg-type]
+
+
+def alternating(a: str, b: str, n: int) -> list[Answer | str]:
+    return [answer(a if i % 2 == 0 else b) for i in range(n)]
+
+
+# --- Stopping rule -----------------------------------------------------------------
+
+
+def test_it_stops_at_k0_when_unanimous() -> None:
+    backend = ScriptedBackend([answer("happiness")] * 10)
+    result = run(backend)
+    assert backend.calls == [3]
+    assert result.n_samples == 4
+    assert result.n_valid == 3
+    assert [s.kind for s in result.samples] == ["sample"] * 3 + ["verification"]
+    assert not result.flagged, result.flag_reasons
+
+
+def test_it_draws_by_step_while_split_and_never_exceeds_kmax() -> None:
+    backend = ScriptedBackend(alternating("fear", "surprise", 20))
+    result = run(backend)
+    assert backend.calls == [3, 2, 2, 2, 1]
+    assert result.n_samples == 11
+    assert result.rounds == [3, 2, 2, 2, 1]
+
+
+def test_it_stops_once_the_split_resolves() -> None:
+    script = [answer("fear"), answer("surprise")] + [answer("fear")] * 10
+    backend = ScriptedBackend(script)
+    run(backend)
+    # 2/1 is unsure, 4/1 after one more round is settled.
+    assert backend.calls == [3, 2]
+
+
+def test_it_respects_a_small_kmax_with_a_large_step() -> None:
+    backend = ScriptedBackend(alternating("fear", "anger", 20))
+    result = run(backend, kmax=6, step=4)
+    assert backend.calls == [3, 3]
+    assert result.n_valid == 6
+
+
+def test_it_keeps_drawing_while_va_is_spread() -> None:
+    script = [answer("neutral", valence=v) for v in (-0.6, 0.0, 0.6, *[0.0] * 7)]
+    backend = ScriptedBackend(script)
+    result = run(backend)
+    assert backend.calls[0] == 3 and len(backend.calls) > 1
+    assert result.uncertainty.va.valence.sem is not None
+
+
+# --- Aggregation -------------------------------------------------------------------
+
+
+def test_it_aggregates_plurality_median_va_and_au_rates() -> None:
+    script: list[Answer | str] = [
+        answer("happiness", 0.5, 0.1, aus=(6, 12)),
+        answer("happiness", 0.9, 0.3, aus=(6, 12, 25)),
+        answer("happiness", 0.7, 0.0, aus=(12,)),
+        answer("surprise", 0.2, 0.8, aus=(1, 2, 12)),
+        answer("happiness", 0.6, 0.2, aus=(6, 12, 25)),
+    ]
+    result = run(ScriptedBackend(script), strategy="fixed", kmax=5)
+    assert result.answer is not None
+    assert result.answer.expression == "happiness"
+    assert result.answer.valence == pytest.approx(0.6)
+    assert result.answer.arousal == pytest.approx(0.2)
+    assert result.answer.active_aus() == [6, 12]
+    assert result.uncertainty.aus.rates[6] == pytest.approx(0.6)
+    assert result.uncertainty.aus.rates[25] == pytest.approx(0.4)
+    assert result.uncertainty.expression.votes == {"happiness": 4, "surprise": 1}
+    assert result.answer.au_intensity == {6: "B", 12: "B"}
+
+
+def test_it_breaks_ties_by_knowledge() -> None:
+    # Two votes each; the aggregated VA and AUs decide which class explains them better.
+    fear_like = dict(valence=-0.12, arousal=0.74, aus=(1, 2, 4, 5, 20, 25))
+    surprise_like = dict(valence=0.2, arousal=0.7, aus=(1, 2, 5, 25, 26))
+    for shape, expected in ((fear_like, "fear"), (surprise_like, "surprise")):
+        script = [answer(e, **shape) for e in ("surprise", "fear", "surprise", "fear")]  # type: ignore[arg-type]
+        result = run(ScriptedBackend(script), strategy="fixed", kmax=4)
+        assert result.answer is not None
+        assert result.answer.expression == expected
+
+
+# --- Confidence --------------------------------------------------------------------
+
+
+def test_it_gives_more_confidence_to_more_agreement() -> None:
+    confidences = []
+    for n_fear in (5, 4, 3):
+        script = [answer("fear")] * n_fear + [answer("surprise")] * (5 - n_fear)
+        result = run(ScriptedBackend(script), strategy="fixed", kmax=5)
+        confidences.append(result.confidence.expression)
+        assert 0.0 <= result.overall_confidence <= 1.0
+        assert result.overall_confidence == min(
+            result.confidence.expression, result.confidence.va, result.confidence.aus
+        )
+    assert confidences[0] > confidences[1] > confidences[2]
+
+
+def test_it_computes_the_plurality_posterior_exactly_for_two_classes() -> None:
+    # Two classes: P(p_a > p_b) = P(Beta(4, 2) > 1/2) = P(Binomial(5, 1/2) <= 3) = 26/32.
+    assert plurality_posterior([3, 1], 0) == pytest.approx(26 / 32, abs=1e-6)
+    assert plurality_posterior([2, 2], 0) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_it_agrees_with_a_monte_carlo_plurality_posterior() -> None:
+    counts = [3, 2, 0, 0, 0, 0, 0, 0]
+    draws = np.random.default_rng(0).dirichlet(np.array(counts) + 1.0, size=200_000)
+    expected = float(np.mean(draws.argmax(axis=1) == 0))
+    assert plurality_posterior(counts, 0) == pytest.approx(expected, abs=0.005)
+
+
+# --- Flags -------------------------------------------------------------------------
+
+
+def test_it_flags_a_split_in_words() -> None:
+    script = [answer("fear")] * 3 + [answer("surprise")] * 2
+    result = run(ScriptedBackend(script), strategy="fixed", kmax=5)
+    assert result.flagged
+    assert any("expression split 3/2 between fear and surprise" in r for r in result.flag_reasons)
+
+
+def test_it_flags_and_applies_a_verification_revision() -> None:
+    backend = ScriptedBackend(
+        [answer("surprise")] * 3,
+        verdict={"expression": "revise", "va": "confirm", "aus": "confirm"},
+        revision=answer("fear"),
+    )
+    result = run(backend)
+    assert result.answer is not None and result.aggregate is not None
+    assert result.aggregate.expression == "surprise"
+    assert result.answer.expression == "fear"
+    assert result.flagged
+    assert "verification revised the expression from surprise to fear" in result.flag_reasons
+    assert "3 of 3 samples were valid" in backend.verifications[0].disagreement
+    assert result.verification is not None and result.verification.revised == ("expression",)
+
+
+def test_it_flags_a_failed_verification() -> None:
+    result = run(ScriptedBackend([answer("happiness")] * 3, verification_error="timeout"))
+    assert result.flagged
+    assert "verification failed: timeout" in result.flag_reasons
+    assert result.samples[-1].kind == "verification"
+
+
+def test_it_flags_a_contradiction_with_a_known_human_label() -> None:
+    known = KnownLabels(expression="sadness", valence=-0.6, aus={12: False})
+    result = run(ScriptedBackend([answer("happiness")] * 3), known=known)
+    assert result.flagged
+    reasons = result.flag_reasons
+    assert any(r.startswith("contradicts the known human label: expression sadness") for r in reasons)
+    assert any("contradicts the known human label: valence -0.60" in r for r in reasons)
+    assert any("contradicts the known human label: AU12 absent" in r for r in reasons)
+    # Known labels only flag; they never change the answer.
+    assert result.answer is not None and result.answer.expression == "happiness"
+
+
+def test_it_flags_happiness_without_au12() -> None:
+    result = run(ScriptedBackend([answer("happiness", aus=())] * 3))
+    assert result.flagged
+    assert any("AU12 absent but happiness" in r for r in result.flag_reasons)
+    assert result.confidence.aus < 0.7
+
+
+def test_it_does_not_flag_an_agreeing_known_label() -> None:
+    known = KnownLabels(expression="happiness")
+    result = run(ScriptedBackend([answer("happiness")] * 3), known=known)
+    assert not result.flagged
+
+
+# --- Invalid samples ---------------------------------------------------------------
+
+
+def test_it_counts_and_keeps_invalid_samples() -> None:
+    script: list[Answer | str] = ["not JSON", *[answer("happiness")] * 9]
+    result = run(ScriptedBackend(script))
+    assert result.samples[0].error == "not JSON"
+    assert result.n_valid == sum(s.valid and s.kind == "sample" for s in result.samples)
+    assert result.n_invalid == 1
+    assert result.n_samples == len(result.samples) == result.n_valid + 2
+    assert result.usage.requests == result.n_samples
+
+
+def test_it_returns_no_answer_when_every_sample_is_invalid() -> None:
+    backend = ScriptedBackend(["refused"] * 10)
+    result = run(backend)
+    assert result.answer is None
+    assert result.overall_confidence == 0.0
+    assert result.flagged
+    assert result.flag_reasons == ["all 10 samples were invalid (first error: refused)"]
+    assert sum(backend.calls) == 10
+    assert not backend.verifications
+    json.dumps(result.to_json())
+
+
+def test_it_does_not_count_expressions_outside_the_vocabulary() -> None:
+    rafdb = VOCAB.__class__(expressions=VOCAB.expressions[:7], aus=VOCAB.aus)
+    script = [answer("contempt")] + [answer("anger")] * 9
+    backend = ScriptedBackend(script)
+    result = run_uamc(backend, AnnotationRequest(b"x", rafdb), UAMCParams())
+    assert result.answer is not None and result.answer.expression == "anger"
+    assert result.n_invalid == 1
+
+
+# --- Strategies and parameters -----------------------------------------------------
+
+
+def test_it_runs_fixed_n_without_adaptivity() -> None:
+    backend = ScriptedBackend([answer("happiness")] * 10)
+    result = run(backend, strategy="fixed", kmax=10)
+    assert backend.calls == [10]
+    assert result.n_samples == 11
+    unverified = ScriptedBackend([answer("happiness")] * 10)
+    result = run(unverified, strategy="fixed", verify=False)
+    assert result.n_samples == 10 and result.verification is None
+    assert not unverified.verifications
+
+
+def test_it_runs_single_shot_without_verification() -> None:
+    backend = ScriptedBackend([answer("happiness")] * 2)
+    result = run(backend, strategy="single")
+    assert backend.calls == [1]
+    assert result.n_samples == 1
+    assert not backend.verifications
+    # One vote says little: the expression posterior of one vote among eight classes.
+    assert result.confidence.expression < 0.7 and result.flagged
+
+
+def test_it_stores_the_result_as_plain_json() -> None:
+    result = run(ScriptedBackend(alternating("fear", "surprise", 10)))
+    data = json.loads(json.dumps(result.to_json()))
+    assert data["n_samples"] == 11
+    assert data["samples"][-1]["kind"] == "verification"
+    assert data["uncertainty"]["expression"]["votes"] == {"fear": 5, "surprise": 5}
+    assert math.isclose(data["usage"]["cost_usd"], 0.011)
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        ({"strategy": "best"}, "strategy must be one of uamc, fixed, single"),
+        ({"k0": 0}, "k0 (initial samples) must be at least 1"),
+        ({"k0": 5, "kmax": 4}, "kmax (most samples) must be at least k0"),
+        ({"step": 0}, "step"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"au_band": 0.7}, "au_band"),
+        ({"review_threshold": 1.5}, "review_threshold"),
+    ],
+)
+def test_it_validates_params_in_words(params: dict[str, object], words: str) -> None:
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        UAMCParams(**params)  # type: ignore[arg-type]
+
+
+def test_it_round_trips_params_through_json() -> None:
+    params = UAMCParams(strategy="fixed", kmax=7)
+    assert UAMCParams.from_json(params.to_json()) == params
+    with pytest.raises(ValueError, match="unknown SV-UAMC parameters: colour"):
+        UAMCParams.from_json({"colour": 1})
