@@ -4,3 +4,10 @@ from django.apps import AppConfig
 class ReviewConfig(AppConfig):
     name = "review"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from review.services import task_create_for
+        from seke_app.hooks import on_annotation_written
+
+        # Every flagged annotation gets its review task in the same transaction.
+        on_annotation_written(task_create_for)

@@ -110,6 +110,9 @@ else:
             "NAME": str(DATA_DIR / "seke.sqlite3"),
             # SQLite waits this long for a lock held by a worker instead of failing.
             "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
+            # Tests use a file, not shared-cache memory, so that worker threads and
+            # worker processes see the test data and wait on locks like production.
+            "TEST": {"NAME": str(DATA_DIR / "test-seke.sqlite3")},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -174,6 +177,11 @@ OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", schemes=("http", "https"))
 SEKE_MODEL = env_str("SEKE_MODEL", "gpt-4o")
 OPENAI_TIMEOUT = env_float("SEKE_OPENAI_TIMEOUT", 60.0, minimum=1.0)
 OPENAI_MAX_RETRIES = env_int("SEKE_OPENAI_MAX_RETRIES", 4, minimum=0)
+# Shared by every worker through Redis; 0 disables a limit.
+OPENAI_RPM = env_int("SEKE_OPENAI_RPM", 500, minimum=0)
+OPENAI_TPM = env_int("SEKE_OPENAI_TPM", 2_000_000, minimum=0)
+# How long a worker holds an image of a run before another worker may take it over.
+RUN_LEASE_SECONDS = env_int("SEKE_RUN_LEASE_SECONDS", 600, minimum=5)
 REVIEW_LEASE_MINUTES = env_int("SEKE_REVIEW_LEASE_MINUTES", 10, minimum=1)
 
 LOGGING = {

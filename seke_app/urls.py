@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from seke_app import views
+from seke_app import run_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -13,6 +13,13 @@ urlpatterns = [
     path("datasets/<uuid:code>/", views.dataset_detail, name="dataset_detail"),
     path("images/<uuid:code>/", views.image_detail, name="image_detail"),
     path("images/<uuid:code>/file", views.image_file, name="image_file"),
+    path("runs/", run_views.run_list, name="run_list"),
+    path("runs/new/", run_views.run_new, name="run_new"),
+    path("runs/<uuid:code>/", run_views.run_detail, name="run_detail"),
+    path("runs/<uuid:code>/progress", run_views.run_progress, name="run_progress"),
+    path("runs/<uuid:code>/cancel", run_views.run_cancel_view, name="run_cancel"),
+    path("runs/<uuid:code>/resume", run_views.run_resume_view, name="run_resume"),
+    path("runs/<uuid:code>/retry", run_views.run_retry_view, name="run_retry"),
     path("review/", include("review.urls")),
     path("admin/django-rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),

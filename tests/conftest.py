@@ -28,7 +28,7 @@ def _user(username: str, group: str | None) -> User:
         username, f"{username}@example.org", PASSWORD, is_staff=group == "admins"
     )
     if group:
-        user.groups.add(Group.objects.get(name=group))
+        user.groups.add(Group.objects.get_or_create(name=group)[0])
     return user
 
 

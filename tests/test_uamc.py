@@ -149,6 +149,20 @@ def test_it_keeps_drawing_while_va_is_spread() -> None:
     assert result.uncertainty.va.valence.sem is not None
 
 
+def test_it_tolerates_one_disputed_au_but_not_two() -> None:
+    one = [answer("happiness", aus=(6, 12, 25) if i % 2 else (6, 12)) for i in range(10)]
+    backend = ScriptedBackend(one)
+    result = run(backend, k0=4)
+    assert backend.calls == [4]
+    assert result.uncertainty.aus.unsure_aus == (25,)
+    assert not result.uncertainty.aus.unsure
+    two = [answer("happiness", aus=(6, 12, 25, 26) if i % 2 else (6, 12)) for i in range(10)]
+    backend = ScriptedBackend(two)
+    result = run(backend, k0=4)
+    assert backend.calls == [4, 2, 2, 2]
+    assert result.uncertainty.aus.unsure_aus == (25, 26)
+
+
 # --- Aggregation -------------------------------------------------------------------
 
 

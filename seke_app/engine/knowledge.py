@@ -291,6 +291,7 @@ def consistency(
 ) -> Consistency:
     """Score a candidate triple against the knowledge; see the module docstring."""
     _check_expression(expression, vocabulary)
+    _check_va(valence, arousal)
     va = {e: _va_log_likelihood(e, valence, arousal) for e in vocabulary.expressions}
     au = {e: _au_log_likelihood(e, aus, vocabulary) for e in vocabulary.expressions}
     va_score = _likelihood_ratio(va, expression)
@@ -314,6 +315,7 @@ def expression_log_likelihoods(
     vocabulary: Vocabulary = DEFAULT_VOCABULARY,
 ) -> dict[str, float]:
     """log P(VA, AUs | expression) per expression of the vocabulary (AU term tempered)."""
+    _check_va(valence, arousal)
     return {
         e: _va_log_likelihood(e, valence, arousal) + _au_log_likelihood(e, aus, vocabulary)
         for e in vocabulary.expressions
@@ -324,6 +326,12 @@ def _check_expression(expression: str, vocabulary: Vocabulary) -> None:
     if expression not in vocabulary.expressions:
         known = ", ".join(vocabulary.expressions)
         raise ValueError(f"expression {expression!r} is not in the vocabulary ({known})")
+
+
+def _check_va(valence: float | None, arousal: float | None) -> None:
+    for name, value in (("valence", valence), ("arousal", arousal)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name} {value} is not a finite number")
 
 
 def _effective_sd(sd: float) -> float:

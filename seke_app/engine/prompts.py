@@ -211,7 +211,7 @@ def build_messages(
 
 def _verification_text(verification: VerificationRequest, structured: bool) -> str:
     request = verification.request
-    aggregate = json.dumps(answer_to_schema_json(verification.aggregate), indent=1)
+    aggregate = json.dumps(answer_to_schema_json(verification.aggregate))
     disagreement = verification.disagreement.strip() or "the samples agreed"
     parts = [
         "Several independent annotations of the image below were aggregated into this "

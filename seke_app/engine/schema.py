@@ -144,7 +144,8 @@ def _field_rules(vocabulary: Vocabulary) -> str:
 
 def answer_instructions(vocabulary: Vocabulary) -> str:
     """How to write the answer as plain JSON, with an example of the format."""
-    example = json.dumps(_example_answer(vocabulary), indent=1)
+    # One line: a pretty-printed example would cost several times the tokens.
+    example = json.dumps(_example_answer(vocabulary))
     return (
         "Reply with one JSON object and nothing else, with these fields:\n"
         f"{_field_rules(vocabulary)}\n"

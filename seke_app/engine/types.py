@@ -55,7 +55,12 @@ class KnownLabels:
     aus: dict[int, bool] | None = None
 
     def is_empty(self) -> bool:
-        return self.expression is None and self.valence is None and self.aus is None
+        return (
+            self.expression is None
+            and self.valence is None
+            and self.arousal is None
+            and self.aus is None
+        )
 
 
 @dataclass(frozen=True)

@@ -151,8 +151,9 @@ class UAMCParams:
     temperature: float = 1.0
     entropy_threshold: float = 0.35
     plurality_threshold: float = 0.7
-    va_sem_threshold: float = 0.1
+    va_sem_threshold: float = 0.15
     au_band: float = 0.15
+    au_max_unsure: int = 1
     review_threshold: float = 0.7
     verify: bool = True
 
@@ -172,6 +173,7 @@ class UAMCParams:
             (0 <= self.plurality_threshold <= 1, "plurality_threshold must lie in [0, 1]"),
             (self.va_sem_threshold > 0, "va_sem_threshold must be positive"),
             (0 <= self.au_band <= 0.5, "au_band must lie in [0, 0.5]"),
+            (self.au_max_unsure >= 0, "au_max_unsure must not be negative"),
             (0 <= self.review_threshold <= 1, "review_threshold must lie in [0, 1]"),
         ]
         return [message for ok, message in checks if not ok]
@@ -339,7 +341,7 @@ def _au_stats(answers: Sequence[Answer], params: UAMCParams, vocabulary: Vocabul
         au: sum(bool(a.aus.get(au, False)) for a in answers) / len(answers) for au in vocabulary.aus
     }
     unsure_aus = tuple(au for au, r in rates.items() if abs(r - 0.5) < params.au_band)
-    return AUStats(rates, unsure_aus, bool(unsure_aus))
+    return AUStats(rates, unsure_aus, len(unsure_aus) > params.au_max_unsure)
 
 
 def measure(answers: Sequence[Answer], params: UAMCParams, vocabulary: Vocabulary) -> Uncertainty:

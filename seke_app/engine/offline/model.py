@@ -284,8 +284,8 @@ def augmented_view(square: Image.Image, size: int, rng: np.random.Generator) -> 
     contrast, brightness = rng.uniform(0.8, 1.2), rng.uniform(-0.08, 0.08)
     mean = pixels.mean()
     jittered = (pixels - mean) * np.float32(contrast) + mean + np.float32(brightness)
-    view: FloatArray = np.clip(jittered, 0.0, 1.0).astype(np.float32)
-    return view
+    clipped: FloatArray = np.clip(jittered, 0.0, 1.0).astype(np.float32)
+    return clipped
 
 
 def _read_layer(arrays: dict[str, npt.NDArray[Any]], index: int, kind: str) -> _Layer:

@@ -321,7 +321,10 @@ def write_weights(path: Path, net: ExpressionNet, metadata: dict[str, Any]) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as handle:
         contents: dict[str, npt.NDArray[Any]] = {"metadata": np.array(json.dumps(metadata))}
-        np.savez_compressed(handle, **contents, **arrays)
+        contents.update(arrays)
+        # numpy's stubs cannot tell that no array is named like the keyword
+        # argument ``allow_pickle``, hence the ignore.
+        np.savez_compressed(handle, **contents)  # type: ignore[arg-type]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -1,8 +1,9 @@
 """``manage.py demo``: the whole product on one machine, on embedded defaults.
 
 Prepares the database, creates an admin login, imports the bundled demo faces,
-starts the embedded Redis and a worker, and serves the app on 127.0.0.1 until
-Ctrl-C, which stops every process this command started.
+starts the embedded Redis and a worker, runs a generation run with the offline
+annotator, and serves the app on 127.0.0.1 until Ctrl-C, which stops every
+process this command started.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,12 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from seke_app.engine.uamc import UAMCParams
+from seke_app.models import Dataset
 from seke_app.queue import QueueUnavailable, ensure_redis
 from seke_app.services.accounts import user_create
 from seke_app.services.imports import dataset_import
+from seke_app.services.runs import run_create
 
 DEMO_FACES = Path(__file__).resolve().parent.parent.parent / "demo" / "faces"
 DEMO_DATASET = "demo"
@@ -55,6 +60,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         worker = self._start_worker()
         try:
+            self._start_run(wait=options["no_serve"])
             if not options["no_serve"]:
                 self._serve(options["port"])
         finally:
@@ -84,6 +90,28 @@ class Command(BaseCommand):
         worker = subprocess.Popen(command, cwd=settings.BASE_DIR)
         self.stdout.write(f"worker started (pid {worker.pid})")
         return worker
+
+    def _start_run(self, *, wait: bool) -> None:
+        dataset = Dataset.objects.get(name=DEMO_DATASET)
+        if dataset.runs.exists():
+            self.stdout.write("the demo dataset already has runs; start more from the Runs page")
+            return
+        run = run_create(dataset=dataset, backend="offline", params=UAMCParams())
+        self.stdout.write(
+            f"generation run started with the offline annotator: {run.n_total} images"
+            f" (watch it at /runs/{run.code}/)"
+        )
+        if wait:
+            deadline = time.monotonic() + 300
+            while not run.is_finished() and time.monotonic() < deadline:
+                time.sleep(0.5)
+                run.refresh_from_db()
+            if not run.is_finished():
+                raise CommandError("the demo run did not finish within 5 minutes")
+            self.stdout.write(
+                f"run {run.get_status_display().lower()}: {run.n_accepted} auto-accepted,"
+                f" {run.n_flagged} flagged for review, {run.n_failed} failed"
+            )
 
     def _serve(self, port: int) -> None:
         self.stdout.write(self.style.SUCCESS(f"serving on http://127.0.0.1:{port}/ — Ctrl-C stops"))

@@ -1,0 +1,82 @@
+"""Building the backend a run asked for, from settings; never a silent substitute.
+
+A run names its backend explicitly. If that backend cannot work (no API key, no
+weights file), the run is refused or fails with the reason: SEKE never falls back
+from a VLLM to the offline annotator on its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import django_rq
+from django.conf import settings
+
+from seke_app.engine.offline.model import OfflineModel
+from seke_app.engine.offline_backend import DEFAULT_MODEL_NAME, OfflineBackend
+from seke_app.engine.openai_backend import OpenAIBackend
+from seke_app.engine.types import Backend
+from seke_app.engine.vllm_client import ClientConfig, VLLMClient
+from seke_app.models import GenerationRun, PromptVersion
+from seke_app.ratelimit import Limits, RateLimitedBackend, RedisRateLimiter
+
+_load_lock = threading.Lock()
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot be used as configured; the message says what to change."""
+
+
+def openai_configured() -> bool:
+    return bool(settings.OPENAI_API_KEY)
+
+
+def default_model(backend: str) -> str:
+    return DEFAULT_MODEL_NAME if backend == GenerationRun.Backend.OFFLINE else settings.SEKE_MODEL
+
+
+@functools.cache
+def _offline_model() -> OfflineModel:
+    # Loaded once per process: every chunk of every run shares the weights.
+    return OfflineModel.load()
+
+
+def backend_for(
+    backend: str,
+    model_name: str,
+    prompt_version: PromptVersion,
+    *,
+    concurrency: int = 4,
+    check_only: bool = False,
+) -> Backend:
+    if backend == GenerationRun.Backend.OFFLINE:
+        with _load_lock:
+            try:
+                model = _offline_model()
+            except (OSError, ValueError) as exc:
+                raise BackendUnavailable(f"the offline annotator cannot load: {exc}") from None
+        return OfflineBackend(model)
+    if backend == GenerationRun.Backend.OPENAI:
+        if not openai_configured():
+            raise BackendUnavailable(
+                "no OPENAI_API_KEY is configured: set it (and OPENAI_BASE_URL for a"
+                " compatible server) or choose the offline annotator"
+            )
+        config = ClientConfig(
+            base_url=settings.OPENAI_BASE_URL,
+            api_key=settings.OPENAI_API_KEY,
+            model=model_name,
+            timeout_s=settings.OPENAI_TIMEOUT,
+            max_retries=settings.OPENAI_MAX_RETRIES,
+            max_concurrency=concurrency,
+        )
+        openai_backend: Backend = OpenAIBackend(VLLMClient(config), model=model_name)
+        limits = Limits(settings.OPENAI_RPM, settings.OPENAI_TPM)
+        if check_only or not limits.active:
+            return openai_backend
+        limiter = RedisRateLimiter(
+            django_rq.get_connection("generation"), limits, key=f"seke:limits:{model_name}"
+        )
+        return RateLimitedBackend(openai_backend, limiter)
+    raise BackendUnavailable(f"unknown backend {backend!r}")
