@@ -1,9 +1,63 @@
-"""Review workflows: tasks for flagged annotations."""
+"""Review workflows: tasks for flagged annotations, claiming, decisions, undo.
+
+Claiming is a conditional UPDATE (status open, or claimed with an expired lease)
+whose row count says whether this annotator won; on PostgreSQL the candidate is
+first picked with ``SELECT ... FOR UPDATE SKIP LOCKED`` so that concurrent
+annotators do not all race for the same row. Both paths are correct on SQLite.
+A decision is a new row; the machine annotation is never modified.
+"""
 
 from __future__ import annotations
 
-from review.models import ReviewTask
-from seke_app.models import Annotation
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import connection, transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from review.models import ReviewDecision, ReviewTask
+from seke_app.engine.vocab import Vocabulary
+from seke_app.models import Annotation, FaceImage
+
+ORDERINGS = {
+    "overall": "priority",
+    "expression": "expression_confidence",
+    "va": "va_confidence",
+    "aus": "au_confidence",
+}
+INTENSITIES = {"A", "B", "C", "D", "E"}
+CLAIM_ATTEMPTS = 20
+
+
+class ReviewRefused(Exception):
+    """A review action that is not allowed now; the message says why. Nothing changed."""
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    run_code: str = ""
+    dataset_code: str = ""
+    flag_reason: str = ""
+    expression: str = ""
+    order: str = "overall"
+    exclude_ids: tuple[int, ...] = field(default=())
+
+    def apply(self, tasks: QuerySet[ReviewTask]) -> QuerySet[ReviewTask]:
+        if self.run_code:
+            tasks = tasks.filter(annotation__run__code=self.run_code)
+        if self.dataset_code:
+            tasks = tasks.filter(annotation__image__dataset__code=self.dataset_code)
+        if self.expression:
+            tasks = tasks.filter(annotation__expression=self.expression)
+        if self.flag_reason:
+            tasks = tasks.filter(annotation__flag_reasons__icontains=self.flag_reason)
+        if self.exclude_ids:
+            tasks = tasks.exclude(id__in=self.exclude_ids)
+        return tasks.order_by(ORDERINGS.get(self.order, "priority"), "id")
 
 
 def task_create_for(annotation: Annotation) -> None:
@@ -18,4 +72,233 @@ def task_create_for(annotation: Annotation) -> None:
             "va_confidence": annotation.va_confidence,
             "au_confidence": annotation.au_confidence,
         },
+    )
+
+
+def _available(now: Any) -> Q:
+    return Q(status=ReviewTask.Status.OPEN) | Q(
+        status=ReviewTask.Status.CLAIMED, lease_until__lt=now
+    )
+
+
+def queue_tasks(queue_filter: QueueFilter) -> QuerySet[ReviewTask]:
+    """Tasks awaiting review (open, or held under an expired lease), in queue order."""
+    return queue_filter.apply(ReviewTask.objects.filter(_available(timezone.now())))
+
+
+def task_held_by(user: User) -> ReviewTask | None:
+    return (
+        ReviewTask.objects.filter(
+            holder=user, status=ReviewTask.Status.CLAIMED, lease_until__gte=timezone.now()
+        )
+        .order_by("claimed_at")
+        .first()
+    )
+
+
+def lease() -> timedelta:
+    return timedelta(minutes=settings.REVIEW_LEASE_MINUTES)
+
+
+def task_claim_next(*, user: User, queue_filter: QueueFilter | None = None) -> ReviewTask | None:
+    """The task this annotator holds, else the next one in the queue, claimed atomically."""
+    held = task_held_by(user)
+    if held is not None:
+        return held
+    queue_filter = queue_filter or QueueFilter()
+    for _ in range(CLAIM_ATTEMPTS):
+        candidate = _candidate(queue_filter)
+        if candidate is None:
+            return None
+        if _take(candidate, user):
+            return ReviewTask.objects.get(id=candidate)
+    return None
+
+
+def _candidate(queue_filter: QueueFilter) -> int | None:
+    tasks = queue_tasks(queue_filter)
+    if connection.features.has_select_for_update_skip_locked:
+        with transaction.atomic():
+            row = tasks.select_for_update(skip_locked=True, of=("self",)).values_list(
+                "id", flat=True
+            )[:1]
+            return next(iter(row), None)
+    return tasks.values_list("id", flat=True).first()
+
+
+def _take(task_id: int, user: User) -> bool:
+    now = timezone.now()
+    return (
+        ReviewTask.objects.filter(_available(now), id=task_id).update(
+            status=ReviewTask.Status.CLAIMED, holder=user, lease_until=now + lease(), claimed_at=now
+        )
+        == 1
+    )
+
+
+def _held_task(task_id: int, user: User) -> ReviewTask:
+    """Lock the task and check that ``user`` still holds it (call inside atomic)."""
+    task = ReviewTask.objects.select_for_update().get(id=task_id)
+    if task.status == ReviewTask.Status.DONE:
+        raise ReviewRefused("This task has already been decided.")
+    if task.holder_id != user.id or task.status != ReviewTask.Status.CLAIMED:
+        raise ReviewRefused("This task is not yours: claim it from the queue first.")
+    if task.lease_until is None or task.lease_until < timezone.now():
+        raise ReviewRefused(
+            "Your hold on this task expired and it went back to the queue; nothing was saved."
+        )
+    return task
+
+
+def task_skip(*, task: ReviewTask, user: User) -> None:
+    """Give the task back to the queue."""
+    with transaction.atomic():
+        held = _held_task(task.id, user)
+        held.status = ReviewTask.Status.OPEN
+        held.holder = None
+        held.lease_until = None
+        held.save(update_fields=["status", "holder", "lease_until"])
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What an annotator decided; values are validated by ``decision_record``."""
+
+    action: str
+    expression: str | None = None
+    valence: float | None = None
+    arousal: float | None = None
+    aus: dict[int, bool] | None = None
+    au_intensity: dict[int, str] = field(default_factory=dict)
+    note: str = ""
+    reject_reason: str = ""
+    time_spent_ms: int = 0
+
+
+def _machine_values(annotation: Annotation) -> dict[str, Any]:
+    return {
+        "expression": annotation.expression,
+        "valence": annotation.valence,
+        "arousal": annotation.arousal,
+        "aus": annotation.aus,
+        "au_intensity": annotation.au_intensity,
+        "confidence": annotation.confidence,
+    }
+
+
+def validate_decision(decision: Decision, vocabulary: Vocabulary) -> list[str]:
+    """Every problem with the values, in words; empty when they are valid."""
+    problems = []
+    if decision.action not in ReviewDecision.Action.values:
+        problems.append(f"unknown action {decision.action!r}")
+    if decision.action == ReviewDecision.Action.REJECT_IMAGE and not decision.reject_reason:
+        problems.append("say why the image is rejected")
+    if decision.action == ReviewDecision.Action.CORRECT:
+        if decision.expression is not None and decision.expression not in vocabulary.expressions:
+            problems.append(f"expression {decision.expression!r} is not in the vocabulary")
+        for name, value in (("valence", decision.valence), ("arousal", decision.arousal)):
+            if value is not None and not -1.0 <= value <= 1.0:
+                problems.append(f"{name} {value} is outside [-1, 1]")
+        if (decision.valence is None) != (decision.arousal is None):
+            problems.append("valence and arousal must be given together")
+        unknown = sorted(set(decision.aus or {}) - set(vocabulary.aus))
+        if unknown:
+            problems.append("unknown AUs: " + ", ".join(f"AU{a}" for a in unknown))
+        bad = {a: i for a, i in decision.au_intensity.items() if i not in INTENSITIES}
+        if bad:
+            problems.append("AU intensity must be A-E")
+    if not 0 <= decision.time_spent_ms <= 24 * 3600 * 1000:
+        problems.append("time spent is out of range")
+    return problems
+
+
+def decision_record(*, task: ReviewTask, user: User, decision: Decision) -> ReviewDecision:
+    """Record a decision on a task the user holds; refuse (changing nothing) otherwise."""
+    annotation = Annotation.objects.select_related("image__dataset").get(id=task.annotation_id)
+    problems = validate_decision(decision, annotation.image.dataset.vocabulary())
+    if problems:
+        raise ReviewRefused("; ".join(problems).capitalize() + ".")
+    with transaction.atomic():
+        held = _held_task(task.id, user)
+        row = ReviewDecision.objects.create(
+            task=held,
+            annotation=annotation,
+            image=annotation.image,
+            reviewer=user,
+            before=_machine_values(annotation),
+            **_after_values(decision, annotation),
+        )
+        held.status = ReviewTask.Status.DONE
+        held.lease_until = None
+        held.closed_at = timezone.now()
+        held.save(update_fields=["status", "lease_until", "closed_at"])
+        if decision.action == ReviewDecision.Action.REJECT_IMAGE:
+            FaceImage.objects.filter(id=annotation.image_id).update(rejected=True)
+    return row
+
+
+def _after_values(decision: Decision, annotation: Annotation) -> dict[str, Any]:
+    common = {
+        "action": decision.action,
+        "note": decision.note[:5000],
+        "reject_reason": decision.reject_reason[:200],
+        "time_spent_ms": decision.time_spent_ms,
+    }
+    if decision.action == ReviewDecision.Action.ACCEPT:
+        return common | {
+            "expression": annotation.expression,
+            "valence": annotation.valence,
+            "arousal": annotation.arousal,
+            "aus": annotation.aus,
+            "au_intensity": annotation.au_intensity,
+        }
+    if decision.action == ReviewDecision.Action.REJECT_IMAGE:
+        return common | {"aus": None}
+    return common | {
+        "expression": decision.expression,
+        "valence": decision.valence,
+        "arousal": decision.arousal,
+        "aus": {str(a): on for a, on in sorted(decision.aus.items())}
+        if decision.aus is not None
+        else None,
+        "au_intensity": {str(a): i for a, i in sorted(decision.au_intensity.items())},
+    }
+
+
+def undo_window() -> timedelta:
+    return timedelta(seconds=settings.REVIEW_UNDO_SECONDS)
+
+
+def decision_undo(*, decision: ReviewDecision, user: User) -> ReviewTask:
+    """Take back one's own recent decision; the task returns to its reviewer."""
+    with transaction.atomic():
+        row = ReviewDecision.objects.select_for_update().get(id=decision.id)
+        if row.reviewer_id != user.id:
+            raise ReviewRefused("Only the reviewer who made a decision can undo it.")
+        if row.undone_at is not None:
+            raise ReviewRefused("This decision has already been undone.")
+        if timezone.now() - row.created_at > undo_window():
+            raise ReviewRefused("Too late to undo: the undo window has passed.")
+        now = timezone.now()
+        row.undone_at = now
+        row.save(update_fields=["undone_at"])
+        ReviewTask.objects.filter(id=row.task_id).update(
+            status=ReviewTask.Status.CLAIMED,
+            holder=user,
+            lease_until=now + lease(),
+            claimed_at=now,
+            closed_at=None,
+        )
+        if row.action == ReviewDecision.Action.REJECT_IMAGE:
+            FaceImage.objects.filter(id=row.image_id).update(rejected=False)
+    return ReviewTask.objects.get(id=row.task_id)
+
+
+def last_undoable_decision(user: User) -> ReviewDecision | None:
+    return (
+        ReviewDecision.objects.filter(
+            reviewer=user, undone_at__isnull=True, created_at__gte=timezone.now() - undo_window()
+        )
+        .order_by("-created_at")
+        .first()
     )

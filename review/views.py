@@ -1,15 +1,159 @@
-"""The review queue and review pages."""
+"""The review queue and the review page."""
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from uuid import UUID
 
+from django.contrib import messages
+from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from review.forms import DecisionFormError, decision_from_post
 from review.models import ReviewTask
+from review.services import (
+    ORDERINGS,
+    QueueFilter,
+    ReviewRefused,
+    decision_record,
+    decision_undo,
+    last_undoable_decision,
+    queue_tasks,
+    task_claim_next,
+    task_held_by,
+    task_skip,
+)
+from review.task_context import task_page_context
+from seke_app.engine.vocab import EXPRESSIONS
+from seke_app.models import Dataset, GenerationRun
 from seke_app.roles import annotator_required
+
+SKIPPED = "review_skipped"
+
+
+def _user(request: HttpRequest) -> User:
+    assert isinstance(request.user, User)
+    return request.user
+
+
+def _queue_filter(request: HttpRequest) -> QueueFilter:
+    params = request.GET if request.method == "GET" else request.POST
+    return QueueFilter(
+        run_code=params.get("run", ""),
+        dataset_code=params.get("dataset", ""),
+        flag_reason=params.get("reason", "").strip(),
+        expression=params.get("expression", ""),
+        order=params.get("order", "overall") if params.get("order") in ORDERINGS else "overall",
+        exclude_ids=tuple(request.session.get(SKIPPED, [])),
+    )
 
 
 @annotator_required
 def queue(request: HttpRequest) -> HttpResponse:
-    open_tasks = ReviewTask.objects.filter(status=ReviewTask.Status.OPEN)
-    return render(request, "review/queue.html", {"open_count": open_tasks.count()})
+    queue_filter = _queue_filter(request)
+    tasks = queue_tasks(queue_filter).select_related(
+        "annotation__image", "annotation__run__dataset"
+    )
+    counts = dict(ReviewTask.objects.values_list("status").annotate(n=Count("id")).order_by())
+    context = {
+        "tasks": tasks[:100],
+        "n_waiting": queue_tasks(queue_filter).count(),
+        "counts": counts,
+        "filter": queue_filter,
+        "orders": list(ORDERINGS),
+        "expressions": EXPRESSIONS,
+        "runs": GenerationRun.objects.select_related("dataset")[:50],
+        "datasets": Dataset.objects.all(),
+        "held": task_held_by(_user(request)),
+        "undoable": last_undoable_decision(_user(request)),
+    }
+    return render(request, "review/queue.html", context)
+
+
+def _next_or_queue(request: HttpRequest) -> HttpResponse:
+    task = task_claim_next(user=_user(request), queue_filter=_queue_filter(request))
+    if task is None:
+        messages.info(request, "Nothing left to review with these filters.")
+        return redirect("review:queue")
+    return redirect("review:task", code=task.code)
+
+
+@require_POST
+@annotator_required
+def start(request: HttpRequest) -> HttpResponse:
+    request.session[SKIPPED] = []
+    return _next_or_queue(request)
+
+
+def _get_task(code: UUID) -> ReviewTask:
+    return get_object_or_404(ReviewTask, code=code)
+
+
+def _own_task(request: HttpRequest, code: UUID) -> ReviewTask:
+    task = _get_task(code)
+    if task.holder_id != _user(request).id:
+        raise PermissionDenied("This task is held by someone else or by no one.")
+    return task
+
+
+@annotator_required
+def task_page(request: HttpRequest, code: UUID) -> HttpResponse:
+    task = _get_task(code)
+    if task.holder_id != _user(request).id or task.status != ReviewTask.Status.CLAIMED:
+        messages.error(request, "This task is not yours: start reviewing from the queue.")
+        return redirect("review:queue")
+    context = task_page_context(task, _user(request))
+    return render(request, "review/task.html", context)
+
+
+@require_POST
+@annotator_required
+def decide(request: HttpRequest, code: UUID) -> HttpResponse:
+    task = _own_task(request, code)
+    vocabulary = task.annotation.image.dataset.vocabulary()
+    try:
+        decision = decision_from_post(request.POST, vocabulary.aus)
+        decision_record(task=task, user=_user(request), decision=decision)
+    except (ReviewRefused, DecisionFormError) as exc:
+        messages.error(request, str(exc))
+        if task.status == ReviewTask.Status.CLAIMED and task.holder_id == _user(request).id:
+            return redirect("review:task", code=task.code)
+        return redirect("review:queue")
+    return _next_or_queue(request)
+
+
+@require_POST
+@annotator_required
+def skip(request: HttpRequest, code: UUID) -> HttpResponse:
+    task = _own_task(request, code)
+    try:
+        task_skip(task=task, user=_user(request))
+    except ReviewRefused as exc:
+        messages.error(request, str(exc))
+        return redirect("review:queue")
+    skipped = request.session.get(SKIPPED, [])
+    request.session[SKIPPED] = [*skipped, task.id][-200:]
+    return _next_or_queue(request)
+
+
+@require_POST
+@annotator_required
+def undo(request: HttpRequest) -> HttpResponse:
+    decision = last_undoable_decision(_user(request))
+    if decision is None:
+        messages.error(request, "Nothing to undo: no decision of yours is recent enough.")
+        return redirect("review:queue")
+    # A task claimed in the meantime goes back to the queue so the undone one is next.
+    held = task_held_by(_user(request))
+    try:
+        if held is not None and held.id != decision.task_id:
+            task_skip(task=held, user=_user(request))
+        task = decision_undo(decision=decision, user=_user(request))
+    except ReviewRefused as exc:
+        messages.error(request, str(exc))
+        return redirect("review:queue")
+    messages.success(request, "Decision undone: the task is yours again.")
+    return redirect("review:task", code=task.code)

@@ -7,6 +7,7 @@ when no OpenAI key is set. Nothing here opens a connection.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -112,7 +113,8 @@ else:
             "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
             # Tests use a file, not shared-cache memory, so that worker threads and
             # worker processes see the test data and wait on locks like production.
-            "TEST": {"NAME": str(DATA_DIR / "test-seke.sqlite3")},
+            # One file per test process, so that parallel test runs never share it.
+            "TEST": {"NAME": str(DATA_DIR / f"test-seke-{os.getpid()}.sqlite3")},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -183,6 +185,8 @@ OPENAI_TPM = env_int("SEKE_OPENAI_TPM", 2_000_000, minimum=0)
 # How long a worker holds an image of a run before another worker may take it over.
 RUN_LEASE_SECONDS = env_int("SEKE_RUN_LEASE_SECONDS", 600, minimum=5)
 REVIEW_LEASE_MINUTES = env_int("SEKE_REVIEW_LEASE_MINUTES", 10, minimum=1)
+# How long after a decision its reviewer may still undo it.
+REVIEW_UNDO_SECONDS = env_int("SEKE_REVIEW_UNDO_SECONDS", 120, minimum=5)
 
 LOGGING = {
     "version": 1,

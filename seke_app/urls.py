@@ -20,6 +20,7 @@ urlpatterns = [
     path("runs/<uuid:code>/cancel", run_views.run_cancel_view, name="run_cancel"),
     path("runs/<uuid:code>/resume", run_views.run_resume_view, name="run_resume"),
     path("runs/<uuid:code>/retry", run_views.run_retry_view, name="run_retry"),
+    path("vendor/plotly.min.js", views.plotly_js, name="plotly_js"),
     path("review/", include("review.urls")),
     path("admin/django-rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),

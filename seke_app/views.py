@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 from uuid import UUID
 
+import plotly
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
 from django.http import FileResponse, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import get_object_or_404, render
 
 from seke_app.forms import UploadForm
 from seke_app.models import Dataset, FaceImage
@@ -91,5 +93,14 @@ def image_file(request: HttpRequest, code: UUID) -> FileResponse:
     return response
 
 
-def redirect_home(request: HttpRequest) -> HttpResponse:
-    return redirect("home")
+@functools.cache
+def _plotly_source() -> bytes:
+    return (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_bytes()
+
+
+@login_required
+def plotly_js(request: HttpRequest) -> HttpResponse:
+    """plotly.js from the installed plotly package (never a CDN, never copied here)."""
+    response = HttpResponse(_plotly_source(), content_type="text/javascript")
+    response["Cache-Control"] = "private, max-age=86400"
+    return response

@@ -1,0 +1,70 @@
+"""Rows for tests that need many annotations and tasks without running the engine."""
+
+from __future__ import annotations
+
+import hashlib
+
+from review.models import ReviewTask
+from review.services import task_create_for
+from seke_app.models import Annotation, Dataset, FaceImage, GenerationRun
+from seke_app.services.prompts import prompt_version_active
+
+EXPRESSIONS = ("fear", "surprise", "happiness", "sadness", "anger")
+
+
+def make_flagged_annotations(n: int, *, dataset_name: str = "bulk") -> list[Annotation]:
+    """``n`` flagged annotations (with their review tasks) of distinct confidence."""
+    dataset = Dataset.objects.create(name=dataset_name)
+    images = FaceImage.objects.bulk_create(
+        [
+            FaceImage(
+                dataset=dataset,
+                sha256=hashlib.sha256(f"{dataset_name}-{i}".encode()).hexdigest(),
+                file=f"faces/none/{i}.png",
+                image_format="PNG",
+                width=48,
+                height=48,
+                original_name=f"{i}.png",
+            )
+            for i in range(n)
+        ]
+    )
+    version = prompt_version_active()
+    run = GenerationRun.objects.create(
+        dataset=dataset,
+        backend="offline",
+        model_name="test",
+        prompt_version=version,
+        n_total=n,
+        n_done=n,
+        n_flagged=n,
+        status=GenerationRun.Status.COMPLETED,
+    )
+    annotations = Annotation.objects.bulk_create(
+        [
+            Annotation(
+                run=run,
+                image=image,
+                prompt_version=version,
+                expression=EXPRESSIONS[i % len(EXPRESSIONS)],
+                expression_votes={EXPRESSIONS[i % len(EXPRESSIONS)]: 3, "neutral": 2},
+                expression_confidence=(i % 97) / 100,
+                valence=-0.2,
+                arousal=0.6,
+                va_samples=[[-0.2, 0.6], [-0.1, 0.7]],
+                va_confidence=0.5,
+                aus={"1": True, "2": True, "4": False},
+                au_rates={"1": 1.0, "2": 0.6, "4": 0.4},
+                au_confidence=0.6,
+                confidence=(i % 97) / 100,
+                flagged=True,
+                flag_reasons=[f"expression split 3/2 between {EXPRESSIONS[i % 5]} and neutral"],
+                evidence={"expression": "brows raised", "va": "tense", "aus": "AU1 and AU2"},
+            )
+            for i, image in enumerate(images)
+        ]
+    )
+    for annotation in annotations:
+        task_create_for(annotation)
+    assert ReviewTask.objects.filter(annotation__run=run).count() == n
+    return annotations

@@ -1,0 +1,204 @@
+"""rq workers in their own processes, against the test's database and Redis.
+
+A worker started here is ``manage.py rqworker`` in a new process (and a new
+session, so that it and the work horse it forks for each job can be killed as one
+group). Its environment points at the database the test uses and at the same
+Redis: ``REDIS_URL`` passes through, or, for the embedded Redis, ``SEKE_DATA_DIR``
+is the test's tmp folder, where the ``worker_redis`` fixture has put the socket
+and where ``MEDIA_ROOT`` already is.
+
+SQLite tests normally run on an in-memory database that no other process can
+open; ``django_db_modify_db_settings`` below gives them a file instead, one per
+pytest session, so that concurrent test runs in one checkout do not share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import psutil
+import pytest
+from django.conf import settings as django_settings
+from django.db import connection
+
+from seke_app import queue
+
+MANAGE_PY = Path(__file__).resolve().parent.parent / "manage.py"
+# Variables of the test process that must not reach a worker: the worker sets its
+# own database and data folder, and it runs no event loop.
+_NOT_INHERITED = ("DATABASE_URL", "SEKE_DATA_DIR", "SEKE_RUN_LEASE_SECONDS",
+                  "DJANGO_ALLOW_ASYNC_UNSAFE")
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix: None,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Give SQLite test databases a file that worker processes can open."""
+    for alias in django_settings.DATABASES:
+        db = django_settings.DATABASES[alias]
+        test = db.setdefault("TEST", {})
+        if db["ENGINE"].endswith("sqlite3") and not test.get("NAME"):
+            test["NAME"] = str(tmp_path_factory.mktemp("db") / f"test-{alias}.sqlite3")
+
+
+def database_url() -> str:
+    """The URL of the database this process is using now (the test database)."""
+    db = connection.settings_dict
+    options = db.get("OPTIONS") or {}
+    if connection.vendor == "sqlite":
+        name = str(db["NAME"])
+        if connection.is_in_memory_db():
+            pytest.skip(reason=f"the SQLite test database {name!r} is in memory;"
+                        " a worker process cannot open it")
+        query = urlencode({k: v for k, v in options.items() if k in ("timeout",
+                                                                     "transaction_mode")})
+        # "localhost" is ignored for SQLite; it is there because settings.py refuses a
+        # DATABASE_URL without a host name, which sqlite:////path/to/file has none of.
+        return f"sqlite://localhost/{Path(name).resolve()}" + (f"?{query}" if query else "")
+    if connection.vendor == "postgresql":
+        user = quote(db.get("USER") or "", safe="")
+        password = quote(db.get("PASSWORD") or "", safe="")
+        auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+        host = db.get("HOST") or "localhost"
+        port = f":{db['PORT']}" if db.get("PORT") else ""
+        return f"postgres://{auth}{host}{port}/{quote(str(db['NAME']), safe='')}"
+    raise NotImplementedError(f"no worker support for the {connection.vendor} backend")
+
+
+def worker_env(*, lease_seconds: int | None = None) -> dict[str, str]:
+    """The environment of a worker that shares this test's database, Redis and media."""
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+    env["DATABASE_URL"] = database_url()
+    env["SEKE_DATA_DIR"] = str(django_settings.DATA_DIR)
+    env["PYTHONUNBUFFERED"] = "1"
+    if django_settings.EMBEDDED_REDIS:
+        expected = Path(django_settings.DATA_DIR) / "redis"
+        if Path(django_settings.EMBEDDED_REDIS_DIR) != expected:
+            raise RuntimeError("use the worker_redis fixture: the worker looks for the"
+                               f" embedded Redis in {expected}")
+    else:
+        env["REDIS_URL"] = str(django_settings.REDIS_URL)
+    if Path(django_settings.MEDIA_ROOT) != Path(django_settings.DATA_DIR) / "media":
+        raise RuntimeError("the worker would look for images in DATA_DIR/media,"
+                           f" not in MEDIA_ROOT ({django_settings.MEDIA_ROOT})")
+    if lease_seconds is not None:
+        env["SEKE_RUN_LEASE_SECONDS"] = str(lease_seconds)
+    return env
+
+
+class WorkerProcess(subprocess.Popen[bytes]):
+    """A worker process that knows where its output went."""
+
+    log_path: Path
+
+    def output(self, last: int = 4000) -> str:
+        """The end of what the worker printed, for assertion messages."""
+        return self.log_path.read_text(errors="replace")[-last:]
+
+
+def start_worker_process(
+    queues: tuple[str, ...] = ("generation",),
+    *,
+    burst: bool = False,
+    lease_seconds: int | None = None,
+) -> WorkerProcess:
+    """``manage.py rqworker`` in a new session, its output in a file in DATA_DIR."""
+    log_path = Path(django_settings.DATA_DIR) / f"worker-{time.monotonic_ns()}.log"
+    command = [sys.executable, str(MANAGE_PY), "rqworker", *queues]
+    if burst:
+        command.append("--burst")
+    with log_path.open("wb") as log_file:
+        process = WorkerProcess(
+            command,
+            cwd=MANAGE_PY.parent,
+            env=worker_env(lease_seconds=lease_seconds),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    process.log_path = log_path
+    return process
+
+
+def kill_worker_process(process: WorkerProcess) -> None:
+    """SIGKILL the worker and the work horses it forked, as a crashed machine would.
+
+    rq moves each work horse into a process group of its own (``os.setpgrp()``),
+    so killing the worker's group would leave the horse finishing its job. The
+    worker is stopped first so that it forks no new horse while its children are
+    listed.
+    """
+    try:
+        worker = psutil.Process(process.pid)
+        worker.suspend()
+        family = [*worker.children(recursive=True), worker]
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    process.wait(timeout=10)
+    psutil.wait_procs(family, timeout=10)
+
+
+def wait_for_worker(process: WorkerProcess, timeout: float) -> None:
+    """Wait for a burst worker to finish; fail with its output if it does not."""
+    try:
+        code = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_worker_process(process)
+        pytest.fail(f"the worker did not finish in {timeout} s:\n{process.output()}")
+    assert code == 0, f"the worker exited with {code}:\n{process.output()}"
+
+
+@pytest.fixture
+def worker_redis(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The test's Redis, where a worker process finds it; queues empty before and after.
+
+    With the embedded Redis, the server is started on DATA_DIR/redis/redis.sock
+    (DATA_DIR is the test's tmp folder) and stopped at the end of the test.
+    """
+    if settings.EMBEDDED_REDIS:
+        redis_dir = Path(settings.DATA_DIR) / "redis"
+        settings.EMBEDDED_REDIS_DIR = redis_dir
+        settings.RQ_QUEUES = {
+            name: {**config, "URL": f"unix://{redis_dir / 'redis.sock'}"}
+            for name, config in settings.RQ_QUEUES.items()
+        }
+        # A server another test started is not this test's to stop.
+        monkeypatch.setattr(queue, "_embedded", None)
+    generation = queue.get_queue("generation")
+    generation.empty()
+    yield
+    generation.empty()
+    if settings.EMBEDDED_REDIS:
+        queue.stop_embedded_redis()
+
+
+@pytest.fixture
+def start_worker(worker_redis: None) -> Iterator[Callable[..., WorkerProcess]]:
+    """``start_worker_process``, with every worker still running killed at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(
+        queues: tuple[str, ...] = ("generation",), **options: Any
+    ) -> WorkerProcess:
+        process = start_worker_process(queues, **options)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            kill_worker_process(process)
