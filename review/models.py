@@ -112,3 +112,46 @@ class ReviewDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_action_display()} by {self.reviewer} at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class GoldCheck(models.Model):
+    """A prompt version and its parent run side by side on a gold set, before promotion."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    version = models.ForeignKey(
+        "seke_app.PromptVersion", on_delete=models.CASCADE, related_name="gold_checks"
+    )
+    parent = models.ForeignKey(
+        "seke_app.PromptVersion", null=True, on_delete=models.CASCADE, related_name="+"
+    )
+    backend = models.CharField(max_length=20)
+    model_name = models.CharField(max_length=100)
+    include_imported = models.BooleanField(default=False)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    n_images = models.PositiveIntegerField(default=0)
+    n_done = models.PositiveIntegerField(default=0)
+    report = models.JSONField(default=dict)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Set when this check was the basis of a promotion; an override is recorded with why.
+    promoted_at = models.DateTimeField(null=True, blank=True)
+    promoted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    override_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"gold check of v{self.version.number} ({self.status})"

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from review import views
+from review import feedback_views, views
 
 app_name = "review"
 
@@ -11,4 +11,13 @@ urlpatterns = [
     path("task/<uuid:code>/", views.task_page, name="task"),
     path("task/<uuid:code>/decide", views.decide, name="decide"),
     path("task/<uuid:code>/skip", views.skip, name="skip"),
+    path("versions/", feedback_views.version_list, name="version_list"),
+    path("versions/new/", feedback_views.version_new, name="version_new"),
+    path("versions/<uuid:code>/", feedback_views.version_detail, name="version_detail"),
+    path(
+        "versions/<uuid:code>/gold-check",
+        feedback_views.version_gold_check,
+        name="version_gold_check",
+    ),
+    path("versions/<uuid:code>/promote", feedback_views.version_promote, name="version_promote"),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from uuid import UUID
 
 from django.contrib import messages
@@ -32,6 +33,11 @@ from seke_app.models import Dataset, GenerationRun
 from seke_app.roles import annotator_required
 
 SKIPPED = "review_skipped"
+# The queue filters chosen when reviewing started; the next task after a decision or
+# a skip is claimed under them. They are not read from the decision form, whose
+# ``expression`` field is the reviewer's answer, not a filter.
+FILTERS = "review_filters"
+FILTER_FIELDS = ("run", "dataset", "reason", "expression", "order")
 
 
 def _user(request: HttpRequest) -> User:
@@ -39,11 +45,18 @@ def _user(request: HttpRequest) -> User:
     return request.user
 
 
-def _queue_filter(request: HttpRequest) -> QueueFilter:
-    params = request.GET if request.method == "GET" else request.POST
+def _code(value: str) -> str:
+    """A UUID filter value, or "" for anything else (which would fail the query)."""
+    try:
+        return str(UUID(value)) if value else ""
+    except ValueError:
+        return ""
+
+
+def _queue_filter(request: HttpRequest, params: Mapping[str, str]) -> QueueFilter:
     return QueueFilter(
-        run_code=params.get("run", ""),
-        dataset_code=params.get("dataset", ""),
+        run_code=_code(params.get("run", "")),
+        dataset_code=_code(params.get("dataset", "")),
         flag_reason=params.get("reason", "").strip(),
         expression=params.get("expression", ""),
         order=params.get("order", "overall") if params.get("order") in ORDERINGS else "overall",
@@ -53,7 +66,7 @@ def _queue_filter(request: HttpRequest) -> QueueFilter:
 
 @annotator_required
 def queue(request: HttpRequest) -> HttpResponse:
-    queue_filter = _queue_filter(request)
+    queue_filter = _queue_filter(request, request.GET)
     tasks = queue_tasks(queue_filter).select_related(
         "annotation__image", "annotation__run__dataset"
     )
@@ -74,7 +87,8 @@ def queue(request: HttpRequest) -> HttpResponse:
 
 
 def _next_or_queue(request: HttpRequest) -> HttpResponse:
-    task = task_claim_next(user=_user(request), queue_filter=_queue_filter(request))
+    filters = request.session.get(FILTERS, {})
+    task = task_claim_next(user=_user(request), queue_filter=_queue_filter(request, filters))
     if task is None:
         messages.info(request, "Nothing left to review with these filters.")
         return redirect("review:queue")
@@ -85,6 +99,7 @@ def _next_or_queue(request: HttpRequest) -> HttpResponse:
 @annotator_required
 def start(request: HttpRequest) -> HttpResponse:
     request.session[SKIPPED] = []
+    request.session[FILTERS] = {name: request.POST.get(name, "") for name in FILTER_FIELDS}
     return _next_or_queue(request)
 
 

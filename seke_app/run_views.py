@@ -39,9 +39,11 @@ def run_list(request: HttpRequest) -> HttpResponse:
 
 @admin_required
 def run_new(request: HttpRequest) -> HttpResponse:
-    initial = {}
-    if "dataset" in request.GET:
-        initial["dataset"] = request.GET["dataset"]
+    # Links (e.g. "re-annotate with this version") may prefill the form.
+    prefill = ("dataset", "prompt_version", "backend", "split")
+    initial: dict[str, object] = {k: request.GET[k] for k in prefill if k in request.GET}
+    if request.GET.get("only_unconfident") == "1":
+        initial["only_unconfident"] = True
     form = RunForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from tests.browser import browser_page  # noqa: F401
 from tests.fake_openai import fake_openai  # noqa: F401
-from tests.workers import django_db_modify_db_settings, start_worker, worker_redis  # noqa: F401
+from tests.workers import start_worker, worker_redis  # noqa: F401
 
 PASSWORD = "correct horse battery staple"
 

@@ -33,7 +33,8 @@ def _answer(expression: str, valence: float, arousal: float, aus: tuple[int, ...
 
 # Per image: the truth written to the manifest and what the backend answers.
 ROWS = [
-    # file, expression, valence, arousal, au_6, au_12, votes (happiness, sadness, anger, fear, unknown)
+    # file, expression, valence, arousal, au_6, au_12,
+    # votes (happiness, sadness, anger, fear, unknown)
     ("a.png", "happiness", "0.7", "0.1", "1", "1", (8, 0, 0, 0, 2)),
     ("b.png", "sadness", "-0.5", "-0.3", "0", "0", (0, 6, 2, 0, 2)),
     ("c.png", "anger", "-0.4", "0.6", "0", "0", (0, 1, 4, 3, 2)),
@@ -77,12 +78,16 @@ class ImageScriptedBackend:
 
 
 @pytest.fixture
-def dataset(tmp_path: Path, face_bytes: Callable[..., bytes]) -> tuple[Path, dict[bytes, Answer | None]]:
+def dataset(
+    tmp_path: Path, face_bytes: Callable[..., bytes]
+) -> tuple[Path, dict[bytes, Answer | None]]:
     (tmp_path / "images").mkdir()
     by_bytes: dict[bytes, Answer | None] = {}
     with (tmp_path / "manifest.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "expression", "valence", "arousal", "au_6", "au_12", *VOTE_COLUMNS])
+        writer.writerow(
+            ["file", "expression", "valence", "arousal", "au_6", "au_12", *VOTE_COLUMNS]
+        )
         for seed, (name, expression, v, a, au6, au12, votes) in enumerate(ROWS):
             image = face_bytes(seed=seed, smile=expression == "happiness")
             (tmp_path / "images" / name).write_bytes(image)
@@ -91,13 +96,19 @@ def dataset(tmp_path: Path, face_bytes: Callable[..., bytes]) -> tuple[Path, dic
     return tmp_path, by_bytes
 
 
-def _report(dataset: tuple[Path, dict[bytes, Answer | None]]) -> tuple[EvalReport, list[tuple[int, int]]]:
+def _report(
+    dataset: tuple[Path, dict[bytes, Answer | None]],
+) -> tuple[EvalReport, list[tuple[int, int]]]:
     root, by_bytes = dataset
     items = read_manifest(root / "manifest.csv", root)
     calls: list[tuple[int, int]] = []
     backend = ImageScriptedBackend(by_bytes)
     report = evaluate(
-        backend, items, UAMCParams(), VOCAB, progress=lambda done, total: calls.append((done, total))
+        backend,
+        items,
+        UAMCParams(),
+        VOCAB,
+        progress=lambda done, total: calls.append((done, total)),
     )
     assert all(known.is_empty() for known in backend.known_seen)
     return report, calls

@@ -102,9 +102,7 @@ def test_it_matches_scipy_ccc_and_sklearn_rmse(seed: int) -> None:
     r = stats.pearsonr(x, y).statistic
     expected = 2 * r * x.std() * y.std() / (x.var() + y.var() + (x.mean() - y.mean()) ** 2)
     assert metrics.ccc(x, y) == pytest.approx(expected, abs=TOL)
-    assert metrics.rmse(x, y) == pytest.approx(
-        math.sqrt(sk.mean_squared_error(x, y)), abs=TOL
-    )
+    assert metrics.rmse(x, y) == pytest.approx(math.sqrt(sk.mean_squared_error(x, y)), abs=TOL)
 
 
 def test_it_computes_ccc_by_hand() -> None:

@@ -24,8 +24,12 @@ pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
 N_IMAGES = 30
 LEASE_SECONDS = 5
-# Ten samples per image slow the offline annotator down enough for a kill to land mid-run.
-SLOW = UAMCParams(strategy="fixed", k0=10, kmax=10)
+# Twenty samples an image make the offline annotator take a good 100 ms per image,
+# long enough for a kill to land while the worker holds one.
+SLOW = UAMCParams(strategy="fixed", k0=20, kmax=20)
+# The kill is sent this soon after the worker claims an image, well before it
+# can finish it.
+FRESH_CLAIM = timedelta(milliseconds=30)
 
 
 def drawn_dataset(tmp_path: Path, n: int) -> Dataset:
@@ -38,12 +42,14 @@ def drawn_dataset(tmp_path: Path, n: int) -> Dataset:
     return Dataset.objects.get(name="drawn")
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_until(
+    condition: Callable[[], bool], *, timeout: float, what: str, every: float = 0.1
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
+        time.sleep(every)
 
 
 def test_it_finishes_a_run_exactly_once_after_its_worker_is_killed(
@@ -52,25 +58,30 @@ def test_it_finishes_a_run_exactly_once_after_its_worker_is_killed(
     dataset = drawn_dataset(tmp_path, N_IMAGES)
     run = run_create(dataset=dataset, backend="offline", params=SLOW, concurrency=1)
     annotations = Annotation.objects.filter(run=run)
+    held = RunItem.objects.filter(run=run, status=RunItem.Status.LEASED)
     worker = start_worker(lease_seconds=LEASE_SECONDS)
 
-    def some_done() -> bool:
+    def some_done_and_one_just_claimed() -> bool:
         assert worker.poll() is None, f"the worker exited early:\n{worker.output()}"
-        return annotations.count() >= 3
+        if annotations.count() < 3:
+            return False
+        lease_until = held.values_list("lease_until", flat=True).first()
+        claimed_at = lease_until - timedelta(seconds=LEASE_SECONDS) if lease_until else None
+        return claimed_at is not None and timezone.now() - claimed_at < FRESH_CLAIM
 
-    wait_until(some_done, timeout=120, what="the first annotations")
+    wait_until(some_done_and_one_just_claimed, timeout=120, every=0.005,
+               what="a few annotations and a freshly claimed image")
     # The worker and the work horse it forked for the job die without any clean-up.
     kill_worker_process(worker)
     done_at_kill = annotations.count()
-    print("DONE_AT_KILL", done_at_kill)
     assert done_at_kill < N_IMAGES, "the run finished before the kill; make it slower"
-    held = RunItem.objects.filter(run=run, status=RunItem.Status.LEASED)
     assert held.count() == 1, "the killed worker (concurrency 1) held one image"
     lease_until = held.get().lease_until
     assert lease_until is not None
+    # The worker took its lease length from SEKE_RUN_LEASE_SECONDS (the default is 600).
     assert lease_until <= timezone.now() + timedelta(seconds=LEASE_SECONDS)
 
-    # A leased image can be taken over only once its lease has expired.
+    # The dead worker's image can be taken over once its lease has expired.
     wait_until(lambda: timezone.now() > lease_until, timeout=LEASE_SECONDS + 5,
                what="the dead worker's lease to expire")
     run.refresh_from_db()
@@ -80,11 +91,9 @@ def test_it_finishes_a_run_exactly_once_after_its_worker_is_killed(
 
     run.refresh_from_db()
     assert run.status == GenerationRun.Status.COMPLETED
-    per_image = annotations.values("image_id").annotate(n=Count("id"))
-    assert sorted(row["image_id"] for row in per_image) == sorted(
-        dataset.images.values_list("id", flat=True)
-    )
-    assert {row["n"] for row in per_image} == {1}
+    per_image = dict(annotations.values_list("image_id").annotate(n=Count("id")))
+    assert sorted(per_image) == sorted(dataset.images.values_list("id", flat=True))
+    assert set(per_image.values()) == {1}
     assert set(RunItem.objects.filter(run=run).values_list("status", flat=True)) == {"done"}
     assert run.n_done == N_IMAGES == annotations.count()
     assert run.n_failed == 0

@@ -88,9 +88,7 @@ class ScriptedBackend:
             return Sample(kind="verification", raw="?", error=self.verification_error)
         verdict = self.verdict or {"expression": "confirm", "va": "confirm", "aus": "confirm"}
         reply = self.revision or verification.aggregate
-        return Sample(
-            kind="verification", raw="{}", answer=reply, verdict=verdict, usage=USAGE
-        )
+        return Sample(kind="verification", raw="{}", answer=reply, verdict=verdict, usage=USAGE)
 
 
 def request(known: KnownLabels | None = None) -> AnnotationRequest:
@@ -264,7 +262,9 @@ def test_it_flags_a_contradiction_with_a_known_human_label() -> None:
     result = run(ScriptedBackend([answer("happiness")] * 3), known=known)
     assert result.flagged
     reasons = result.flag_reasons
-    assert any(r.startswith("contradicts the known human label: expression sadness") for r in reasons)
+    assert any(
+        r.startswith("contradicts the known human label: expression sadness") for r in reasons
+    )
     assert any("contradicts the known human label: valence -0.60" in r for r in reasons)
     assert any("contradicts the known human label: AU12 absent" in r for r in reasons)
     # Known labels only flag; they never change the answer.

@@ -1,15 +1,14 @@
 """rq workers in their own processes, against the test's database and Redis.
 
-A worker started here is ``manage.py rqworker`` in a new process (and a new
-session, so that it and the work horse it forks for each job can be killed as one
-group). Its environment points at the database the test uses and at the same
+A worker started here is ``manage.py rqworker`` in a new process and session (so
+a Ctrl-C meant for pytest does not stop it halfway; ``kill_worker_process`` and the
+``start_worker`` fixture end it and its work horses). Its environment points at the database the test uses and at the same
 Redis: ``REDIS_URL`` passes through, or, for the embedded Redis, ``SEKE_DATA_DIR``
 is the test's tmp folder, where the ``worker_redis`` fixture has put the socket
 and where ``MEDIA_ROOT`` already is.
 
-SQLite tests normally run on an in-memory database that no other process can
-open; ``django_db_modify_db_settings`` below gives them a file instead, one per
-pytest session, so that concurrent test runs in one checkout do not share it.
+A worker can share an SQLite test database only if it is a file (settings.py
+gives the tests one); with an in-memory one the test is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -36,19 +35,6 @@ MANAGE_PY = Path(__file__).resolve().parent.parent / "manage.py"
 # own database and data folder, and it runs no event loop.
 _NOT_INHERITED = ("DATABASE_URL", "SEKE_DATA_DIR", "SEKE_RUN_LEASE_SECONDS",
                   "DJANGO_ALLOW_ASYNC_UNSAFE")
-
-
-@pytest.fixture(scope="session")
-def django_db_modify_db_settings(
-    django_db_modify_db_settings_parallel_suffix: None,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
-    """Give SQLite test databases a file that worker processes can open."""
-    for alias in django_settings.DATABASES:
-        db = django_settings.DATABASES[alias]
-        test = db.setdefault("TEST", {})
-        if db["ENGINE"].endswith("sqlite3") and not test.get("NAME"):
-            test["NAME"] = str(tmp_path_factory.mktemp("db") / f"test-{alias}.sqlite3")
 
 
 def database_url() -> str:

@@ -9,7 +9,7 @@ engine must not depend on scikit-learn at run time, hence this module.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence, Sized
+from collections.abc import Hashable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,7 +129,7 @@ def binary_f1(truth: npt.ArrayLike, predicted: npt.ArrayLike) -> float:
 
 
 def au_f1(
-    truth: dict[int, Sequence[bool]], predicted: dict[int, Sequence[bool]]
+    truth: Mapping[int, Sequence[bool]], predicted: Mapping[int, Sequence[bool]]
 ) -> dict[int, float]:
     """Binary F1 for every AU present in both mappings."""
     return {au: binary_f1(truth[au], predicted[au]) for au in sorted(truth) if au in predicted}

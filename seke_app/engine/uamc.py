@@ -31,12 +31,19 @@ Uncertainty per grain (computed on the votes after every round)
 
     Valence-arousal: mean, median, sample standard deviation (spread) and
     standard error of the mean of V and of A. Unsure when either standard error
-    exceeds ``va_sem_threshold``, or when fewer than two votes exist.
+    exceeds ``va_sem_threshold``, or when fewer than two votes exist. The default
+    0.15 keeps the mean's 95% interval within about +-0.3 on the [-1, 1] scale,
+    finer than the distance between most expressions' typical VA
+    (``knowledge.VA_PRIORS``).
 
     AUs: the activation rate of each AU of the vocabulary among the votes. An AU
-    is unsure when ``|rate - 0.5| < au_band``; the grain is unsure when any AU is.
-    With the default band 0.15 a 2-to-1 split of three samples counts as settled
-    (|2/3 - 0.5| = 0.17) while 2/5 or 3/5 does not.
+    is unsure when ``|rate - 0.5| < au_band``. With the default band 0.15 a
+    2-to-1 split of three samples counts as settled (|2/3 - 0.5| = 0.17) while
+    2/4, 2/5 or 3/5 does not. The grain is unsure when more than
+    ``au_max_unsure`` AUs are (default 1): with 17 AUs some AU is nearly always
+    disputed, and settling a single AU by drawing whole answers would cost as
+    much as settling the expression; a disputed AU still lowers the AU
+    confidence and is named in the disagreement text.
 
 Stopping rule
     ``uamc`` stops as soon as no grain is unsure, or when ``kmax`` samples have
@@ -64,15 +71,15 @@ Self-verification
 Confidence per grain
     The weighted geometric mean of three components in [0, 1]:
 
-    * agreement (weight 0.6): expression, the plurality posterior of the final
+    * agreement (weight 0.7): expression, the plurality posterior of the final
       expression; VA, ``1 - min(1, max(sd V, sd A) / 0.5)``, 0.5 meaning the
       samples spread over a quarter of the scale; AUs, the mean of
       ``|2 rate - 1|`` over the AUs that any vote marks active (1 when none does).
       A single vote says nothing about agreement, so VA and AUs then get 0.5
       (the expression posterior of one vote is already low, 0.34 of 8 classes).
-    * verification (weight 0.2): 1 when the grain was confirmed, 0.5 when it
+    * verification (weight 0.15): 1 when the grain was confirmed, 0.5 when it
       was revised; left out (weights renormalised) when no verdict exists.
-    * knowledge (weight 0.2): ``knowledge.consistency`` of the final answer,
+    * knowledge (weight 0.15): ``knowledge.consistency`` of the final answer,
       its combined score for the expression, its VA score for VA, its AU score
       for AUs.
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from seke_app.engine.formats.records import CuratedRecord, au_key, round_va
+from seke_app.engine.formats.records import VA_DECIMALS, CuratedRecord, au_key, round_va
 from seke_app.engine.vocab import AU_NAMES
 
 FORMATS: tuple[str, ...] = ("llava", "openai", "sharegpt")
@@ -86,7 +86,8 @@ def _level(value: float, low: str, middle: str, high: str) -> str:
 
 
 def _number(value: float) -> str:
-    return f"{round_va(value):.3f}".rstrip("0").rstrip(".") if value else "0"
+    # The shortest exact text of the rounded value: 0.5, -0.125, 0.
+    return f"{round_va(value):.{VA_DECIMALS}f}".rstrip("0").rstrip(".")
 
 
 def au_phrase(au: int) -> str:

@@ -1,0 +1,174 @@
+"""Throughput of a generation run against an OpenAI-compatible server that answers slowly.
+
+Usage (from the repository root)::
+
+    python bench/run_throughput.py [--images 500] [--concurrency 16] [--latency 0.2]
+                                   [--strategy uamc|single] [--workers 1 2] [--size 160]
+
+Issue 4's targets: with a server that answers after 200 ms, a 500-image run at
+concurrency 16 reaches at least 85% of the ideal throughput, and two workers give
+at least 1.7 times one worker. The ideal is ``workers * concurrency / latency``
+divided by the calls each image needed (read back from the stored annotations'
+``requests``): every one of the concurrency slots always waiting on the server.
+
+The server is the project's fake (``tests/fake_openai.py``) on 127.0.0.1; its
+default answer is valid and identical for every sample, so SV-UAMC stops at
+``k0`` samples (one request with ``n=k0``) plus the verification call. Faces are
+drawn with Pillow and imported with the import service into a temporary data
+folder: SQLite there, or a throwaway PostgreSQL database when ``DATABASE_URL`` is
+set, and the embedded Redis or a free database number of ``REDIS_URL``. Workers
+are ``manage.py rqworker generation --burst`` processes with the same
+environment. The run's time is from its start (the first chunk a worker takes) to
+its end (the last image stored), so worker start-up is left out; it is printed
+separately. Prints figures and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+import time
+from dataclasses import dataclass
+
+import _django_env as env
+
+# Never called from this process: workers get the fake server's address per measurement.
+UNUSED_LOCAL_URL = "http://127.0.0.1:9/v1"
+
+
+@dataclass(frozen=True)
+class Measured:
+    workers: int
+    images: int
+    failed: int
+    run_s: float
+    total_s: float
+    calls_per_image: float
+    requests: int
+    max_in_flight: int
+    worker_cpu_s: float
+    server_cpu_s: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.run_s
+
+
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(
+    bench: env.BenchEnv, dataset_id: int, workers: int, args: argparse.Namespace
+) -> Measured:
+    from django.db.models import Avg
+
+    from seke_app.engine.uamc import UAMCParams
+    from seke_app.models import Annotation, Dataset
+    from seke_app.queue import get_queue
+    from seke_app.services.runs import run_create
+    from tests.fake_openai import FakeOpenAI
+
+    get_queue("generation").empty()
+    with FakeOpenAI(latency_s=args.latency) as server:
+        run = run_create(
+            dataset=Dataset.objects.get(id=dataset_id),
+            backend="openai",
+            model_name="gpt-4o",
+            params=UAMCParams(strategy=args.strategy),
+            concurrency=args.concurrency,
+        )
+        children_before, self_before = _cpu(resource.RUSAGE_CHILDREN), _cpu(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        processes = env.start_workers(bench, workers, env={"OPENAI_BASE_URL": server.base_url})
+        env.wait_workers(processes, timeout=args.timeout)
+        total_s = time.perf_counter() - started
+        worker_cpu = _cpu(resource.RUSAGE_CHILDREN) - children_before
+        server_cpu = _cpu(resource.RUSAGE_SELF) - self_before
+        requests, max_in_flight = server.request_count, server.max_in_flight
+    run.refresh_from_db()
+    if run.status != "completed" or run.started_at is None or run.finished_at is None:
+        raise env.BenchSetupError(f"the run ended as {run.status!r}: {run.error}")
+    calls = Annotation.objects.filter(run=run).aggregate(mean=Avg("requests"))["mean"] or 0.0
+    return Measured(
+        workers=workers,
+        images=run.n_done,
+        failed=run.n_failed,
+        run_s=(run.finished_at - run.started_at).total_seconds(),
+        total_s=total_s,
+        calls_per_image=float(calls),
+        requests=requests,
+        max_in_flight=max_in_flight,
+        worker_cpu_s=worker_cpu,
+        server_cpu_s=server_cpu,
+    )
+
+
+def report(m: Measured, args: argparse.Namespace) -> float:
+    """Print one measurement; return its fraction of the ideal throughput."""
+    from seke_app.services.runs import CHUNK_SIZE
+
+    ideal = m.workers * args.concurrency / args.latency / m.calls_per_image
+    fraction = m.images_per_s / ideal
+    # A chunk's thread pool empties before the next chunk starts: a chunk of CHUNK_SIZE
+    # images takes ceil(CHUNK_SIZE / concurrency) waves of (calls x latency) at best.
+    waves = math.ceil(CHUNK_SIZE / args.concurrency)
+    chunk_bound = CHUNK_SIZE / (waves * args.concurrency)
+    print(f"{m.workers} worker{'s' if m.workers > 1 else ''}:")
+    print(f"  images annotated        {m.images} ({m.failed} failed)")
+    print(f"  calls per image         {m.calls_per_image:.2f} (mean of the annotations' requests;"
+          f" the server saw {m.requests} requests, at most {m.max_in_flight} at once)")
+    print(f"  run wall time           {m.run_s:.2f} s (start to end of the run;"
+          f" {m.total_s:.2f} s with worker start-up)")
+    print(f"  throughput              {m.images_per_s:.1f} images/s")
+    print(f"  ideal throughput        {ideal:.1f} images/s"
+          f" ({m.workers} x {args.concurrency} / {args.latency:g} s / {m.calls_per_image:.2f} calls)")
+    print(f"  fraction of ideal       {fraction:.1%}   (target >= 85%)")
+    print(f"  chunking bound          {chunk_bound:.1%}   ({CHUNK_SIZE}-image chunks in"
+          f" {waves} waves of {args.concurrency} slots)")
+    print(f"  CPU: workers {m.worker_cpu_s:.1f} s, fake server {m.server_cpu_s:.1f} s"
+          f" ({(m.worker_cpu_s + m.server_cpu_s) / m.total_s:.2f} cores busy on average)")
+    return fraction
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--latency", type=float, default=0.2, help="seconds per request")
+    parser.add_argument("--strategy", choices=("uamc", "single"), default="uamc")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--size", type=int, default=160, help="side of the drawn faces, px")
+    parser.add_argument("--timeout", type=float, default=900.0)
+    args = parser.parse_args()
+    bench = env.setup(
+        "throughput",
+        extra_env={
+            "OPENAI_API_KEY": "sk-bench-any",
+            "OPENAI_BASE_URL": UNUSED_LOCAL_URL,
+            "SEKE_OPENAI_RPM": "0",
+            "SEKE_OPENAI_TPM": "0",
+        },
+    )
+    try:
+        print(f"storage: {bench.describe()}")
+        print(f"{args.images} drawn {args.size}x{args.size} faces, strategy {args.strategy!r},"
+              f" concurrency {args.concurrency}, fake server latency {args.latency * 1000:.0f} ms,"
+              f" rate limits off")
+        dataset_id = env.import_drawn_dataset(bench, "throughput", args.images, args.size)
+        results = {}
+        for workers in args.workers:
+            measured = measure(bench, dataset_id, workers, args)
+            results[workers] = measured
+            report(measured, args)
+        if 1 in results and 2 in results:
+            ratio = results[2].images_per_s / results[1].images_per_s
+            print(f"two workers / one worker: {ratio:.2f}x   (target >= 1.7x)")
+    finally:
+        env.teardown(bench)
+
+
+if __name__ == "__main__":
+    main()

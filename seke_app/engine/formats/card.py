@@ -1,0 +1,169 @@
+"""The dataset card: statistics gathered while records stream past, then Markdown.
+
+Memory does not depend on the number of records: only counters and fixed-width
+histograms are kept.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from seke_app.engine.formats.records import GRAIN_TITLES, GRAINS, SOURCES, CuratedRecord
+from seke_app.engine.vocab import AU_NAMES, EXPRESSIONS
+
+N_BINS = 10
+
+
+def _bin(value: float, low: float, high: float) -> int:
+    index = int((value - low) / (high - low) * N_BINS)
+    return min(max(index, 0), N_BINS - 1)
+
+
+@dataclass
+class CardStats:
+    n_records: int = 0
+    grains: Counter[str] = field(default_factory=Counter)
+    sources: dict[str, Counter[str]] = field(
+        default_factory=lambda: {g: Counter() for g in GRAINS}
+    )
+    expressions: Counter[str] = field(default_factory=Counter)
+    valence: list[int] = field(default_factory=lambda: [0] * N_BINS)
+    arousal: list[int] = field(default_factory=lambda: [0] * N_BINS)
+    va_sums: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    au_active: Counter[int] = field(default_factory=Counter)
+    au_coded: Counter[int] = field(default_factory=Counter)
+    confidence: dict[str, list[int]] = field(
+        default_factory=lambda: {g: [0] * N_BINS for g in GRAINS}
+    )
+    splits: Counter[str] = field(default_factory=Counter)
+    prompt_versions: Counter[int] = field(default_factory=Counter)
+
+    def add(self, record: CuratedRecord) -> None:
+        self.n_records += 1
+        self.splits[record.split or "(none)"] += 1
+        for grain in record.grains():
+            self.grains[grain] += 1
+            provenance = record.provenance[grain]
+            self.sources[grain][provenance.source] += 1
+            if provenance.source == "machine" and provenance.confidence is not None:
+                self.confidence[grain][_bin(provenance.confidence, 0.0, 1.0)] += 1
+            if provenance.prompt_version is not None:
+                self.prompt_versions[provenance.prompt_version] += 1
+        if record.expression is not None:
+            self.expressions[record.expression] += 1
+        if record.valence is not None and record.arousal is not None:
+            self.valence[_bin(record.valence, -1.0, 1.0)] += 1
+            self.arousal[_bin(record.arousal, -1.0, 1.0)] += 1
+            self.va_sums[0] += record.valence
+            self.va_sums[1] += record.arousal
+        for au, on in (record.aus or {}).items():
+            self.au_coded[au] += 1
+            self.au_active[au] += int(on)
+
+    def to_json(self) -> dict[str, Any]:
+        n_va = self.grains["va"]
+        return {
+            "n_records": self.n_records,
+            "grains": dict(self.grains),
+            "provenance": {g: dict(c) for g, c in self.sources.items()},
+            "expressions": dict(self.expressions),
+            "valence_histogram": self.valence,
+            "arousal_histogram": self.arousal,
+            "mean_valence": self.va_sums[0] / n_va if n_va else None,
+            "mean_arousal": self.va_sums[1] / n_va if n_va else None,
+            "au_rates": {
+                f"AU{au}": self.au_active[au] / self.au_coded[au] for au in sorted(self.au_coded)
+            },
+            "machine_confidence_histogram": self.confidence,
+            "splits": dict(self.splits),
+            "prompt_versions": sorted(self.prompt_versions),
+        }
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part} ({part / whole:.1%})" if whole else str(part)
+
+
+def _edges(low: float, high: float) -> list[str]:
+    step = (high - low) / N_BINS
+    return [f"[{low + i * step:+.1f}, {low + (i + 1) * step:+.1f})" for i in range(N_BINS)]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _provenance_section(stats: CardStats) -> list[str]:
+    rows = [
+        [GRAIN_TITLES[g], stats.grains[g]]
+        + [_share(stats.sources[g][s], stats.grains[g]) for s in SOURCES]
+        for g in GRAINS
+    ]
+    return ["## Provenance", ""] + _table(
+        ["grain", "labelled", "human review", "imported dataset label", "machine (accepted)"],
+        rows,
+    )
+
+
+def _distribution_sections(stats: CardStats) -> list[str]:
+    n_expr = stats.grains["expression"]
+    lines = ["## Expressions", ""] + _table(
+        ["expression", "images"],
+        [[e, _share(stats.expressions[e], n_expr)] for e in EXPRESSIONS if stats.expressions[e]],
+    )
+    lines += ["## Valence and arousal", ""]
+    summary = stats.to_json()
+    if stats.grains["va"]:
+        lines += [
+            f"Mean valence {summary['mean_valence']:+.3f}, mean arousal"
+            f" {summary['mean_arousal']:+.3f} over {stats.grains['va']} images.",
+            "",
+        ]
+        lines += _table(
+            ["bin", "valence", "arousal"],
+            [[e, v, a] for e, v, a in zip(_edges(-1, 1), stats.valence, stats.arousal, strict=True)],
+        )
+    lines += ["## Action units", ""] + _table(
+        ["AU", "name", "active rate", "coded in"],
+        [
+            [f"AU{au}", AU_NAMES.get(au, ""), f"{stats.au_active[au] / stats.au_coded[au]:.3f}",
+             stats.au_coded[au]]
+            for au in sorted(stats.au_coded)
+        ],
+    )
+    return lines
+
+
+def _confidence_section(stats: CardStats) -> list[str]:
+    rows = [
+        [edge] + [stats.confidence[g][i] for g in GRAINS]
+        for i, edge in enumerate(_edges(0, 1))
+    ]
+    return [
+        "## Machine confidence",
+        "",
+        "SV-UAMC's per-grain confidence of the machine labels in this export.",
+        "",
+    ] + _table(["confidence", *(GRAIN_TITLES[g] for g in GRAINS)], rows)
+
+
+def card_markdown(
+    stats: CardStats, *, title: str, summary: Mapping[str, Any], notes: Sequence[str] = ()
+) -> str:
+    """The dataset card: what is in the export, where the labels came from, statistics."""
+    lines = [f"# {title}", ""]
+    lines += [f"- **{key}**: {value}" for key, value in summary.items()]
+    lines += ["", f"{stats.n_records} images.", ""]
+    lines += [*notes, ""] if notes else []
+    lines += _provenance_section(stats)
+    lines += _distribution_sections(stats)
+    lines += _confidence_section(stats)
+    lines += ["## Splits", ""] + _table(
+        ["split", "images"], [[s, n] for s, n in sorted(stats.splits.items())]
+    )
+    return "\n".join(lines)

@@ -1,0 +1,327 @@
+"""The review workflow in Chromium: keyboard review, circumplex and AU corrections,
+reject, undo, concurrent claims, an expired lease, escaping, and a clean console.
+
+The data is real: drawn faces imported as a dataset, annotated by a run processed
+in-process by a burst rq worker, with a review threshold of 1.0 so that every
+annotation is flagged and gets a review task.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import django_rq
+import pytest
+from django.utils import timezone
+from rq import SimpleWorker
+
+from review.models import ReviewDecision, ReviewTask
+from seke_app.engine.uamc import UAMCParams
+from seke_app.models import Annotation, FaceImage, GenerationRun
+from seke_app.queue import get_queue
+from seke_app.services.accounts import user_create
+from seke_app.services.imports import dataset_import
+from seke_app.services.runs import run_create
+from tests.browser import BrowserPage
+from tests.conftest import draw_face
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+PASSWORD = "review in the browser"
+TASK_URL = re.compile(r"/review/task/([0-9a-f-]{36})/$")
+XSS = '<script>window.__pwned = "evidence"</script>'
+
+
+@pytest.fixture(autouse=True)
+def _own_queue() -> Iterator[None]:
+    queue = get_queue("generation")
+    queue.empty()
+    yield
+    queue.empty()
+
+
+def reviewable_run(tmp_path: Path, n: int = 6) -> GenerationRun:
+    """A run over ``n`` drawn faces whose every annotation awaits review."""
+    src = tmp_path / "faces"
+    src.mkdir()
+    for i in range(n):
+        (src / f"{i}.png").write_bytes(draw_face((160, 160), seed=i, smile=i % 2 == 0))
+    (src / "manifest.csv").write_text("file,split\n" + "".join(f"{i}.png,test\n" for i in range(n)))
+    dataset_import(path=src, dataset_name="faces")
+    run = run_create(
+        dataset=FaceImage.objects.first().dataset,  # type: ignore[union-attr]
+        backend="offline",
+        params=UAMCParams(review_threshold=1.0),
+        concurrency=1,
+    )
+    SimpleWorker(
+        [get_queue("generation")], connection=django_rq.get_connection("generation")
+    ).work(burst=True)
+    run.refresh_from_db()
+    assert run.status == "completed"
+    assert ReviewTask.objects.filter(status="open").count() == n
+    return run
+
+
+def log_in(page: Any, base_url: str, username: str) -> None:
+    # The site has no favicon; Chromium's request for one would log a 404 error.
+    page.route("**/favicon.ico", lambda route: route.fulfill(status=204))
+    page.goto(f"{base_url}/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+    assert "/login/" not in page.url
+
+
+def start_reviewing(page: Any) -> ReviewTask:
+    """From the queue page, claim the next task; its page is loaded and drawn."""
+    with page.expect_navigation():
+        page.click("#start-reviewing")
+    return current_task(page)
+
+
+def current_task(page: Any) -> ReviewTask:
+    match = TASK_URL.search(page.url)
+    assert match, f"not on a task page: {page.url}\n{page.inner_text('main')[:500]}"
+    wait_for_charts(page)
+    return ReviewTask.objects.select_related("annotation").get(code=match.group(1))
+
+
+def wait_for_charts(page: Any) -> None:
+    for chart in ("#chart-votes", "#chart-va", "#chart-aus"):
+        page.wait_for_selector(f"{chart} .main-svg", state="attached")
+
+
+def press_and_wait(page: Any, key: str) -> None:
+    with page.expect_navigation():
+        page.keyboard.press(key)
+
+
+def nudged(value: float, steps: int) -> float:
+    """What review.js makes of ``steps`` nudges of +0.05: rounded to 0.01 each time."""
+    for _ in range(steps):
+        value = min(1.0, max(-1.0, math.floor((value + 0.05) * 100 + 0.5) / 100))
+    return value
+
+
+def machine_rows() -> list[dict[str, Any]]:
+    return list(Annotation.objects.order_by("id").values())
+
+
+def click_circumplex(page: Any, valence: float, arousal: float) -> None:
+    """Click the point of the circumplex where (valence, arousal) is drawn."""
+    x, y = page.evaluate(
+        """([v, a]) => {
+            const gd = document.getElementById("chart-va");
+            const full = gd._fullLayout;
+            const box = gd.querySelector(".main-svg").getBoundingClientRect();
+            return [box.left + full.xaxis._offset + full.xaxis.d2p(v),
+                    box.top + full.yaxis._offset + full.yaxis.d2p(a)];
+        }""",
+        [valence, arousal],
+    )
+    page.mouse.click(x, y)
+
+
+def test_it_reviews_with_the_keyboard_and_mouse_and_records_exactly_the_decisions(
+    live_server: Any, browser_page: BrowserPage, tmp_path: Path
+) -> None:
+    reviewable_run(tmp_path)
+    user = user_create(username="ann", password=PASSWORD, role="annotator")
+    before = machine_rows()
+    page = browser_page.page
+    log_in(page, live_server.url, "ann")
+    page.click("nav >> text=Review queue")
+    page.wait_for_selector("#queue-table")
+    assert page.inner_text("#n-waiting") == "6"
+
+    # Task 1: nothing changed, so Enter accepts as is.
+    first = start_reviewing(page)
+    assert page.inner_text("#pending-action") == "accept as is"
+    press_and_wait(page, "Enter")
+
+    # Task 2: a digit changes the expression, the arrows nudge VA, Enter saves.
+    second = current_task(page)
+    assert second.id != first.id
+    machine = second.annotation
+    expressions = page.eval_on_selector_all(
+        "input[name=expression]", "els => els.map(e => [e.dataset.key, e.value])"
+    )
+    key, new_expression = next((k, e) for k, e in expressions if e != machine.expression)
+    page.keyboard.press(key)
+    for arrow in ("ArrowRight", "ArrowRight", "ArrowUp"):
+        page.keyboard.press(arrow)
+    assert page.inner_text("#pending-action") == "save your correction"
+    assert "changed" in (page.get_attribute("#grain-expression", "class") or "")
+    assert "changed" in (page.get_attribute("#grain-va", "class") or "")
+    assert "changed" not in (page.get_attribute("#grain-aus", "class") or "")
+    assert page.evaluate("window.scrollY") == 0, "the arrow keys scrolled the page"
+    press_and_wait(page, "Enter")
+
+    # Task 3: R opens the reject panel; Enter without a reason is refused in the page.
+    third = current_task(page)
+    page.keyboard.press("r")
+    assert page.evaluate("document.activeElement.id") == "reject-reason"
+    assert page.inner_text("#pending-action") == "reject the image"
+    page.keyboard.press("Enter")
+    assert page.is_visible("#reject-error")
+    assert TASK_URL.search(page.url).group(1) == str(third.code)  # type: ignore[union-attr]
+    page.keyboard.press("ArrowDown")
+    assert page.input_value("#reject-reason") == "not a face"
+    press_and_wait(page, "Enter")
+
+    # Task 4: VA by a click on the circumplex, AUs by clicking their toggles.
+    fourth = current_task(page)
+    click_circumplex(page, 0.5, -0.3)
+    valence = float(page.input_value("#valence"))
+    arousal = float(page.input_value("#arousal"))
+    assert valence == pytest.approx(0.5, abs=0.02) and arousal == pytest.approx(-0.3, abs=0.02)
+    assert page.eval_on_selector(
+        "#chart-va", "gd => [gd.data[3].x[0], gd.data[3].y[0]]"
+    ) == [valence, arousal], "the choice marker did not move to the click"
+    aus = fourth.annotation.aus_dict()
+    switched_off = next(au for au, on in sorted(aus.items()) if on)
+    switched_on = next(au for au, on in sorted(aus.items()) if not on)
+    page.click(f"input[name=au_{switched_off}]")
+    page.click(f"input[name=au_{switched_on}]")
+    assert "changed" in (page.get_attribute("#grain-aus", "class") or "")
+    assert page.locator(".au-row.changed").count() == 2
+    with page.expect_navigation():
+        page.click("#correct-button")
+
+    # U takes the last decision back: task 4 is ours again, and Enter accepts it.
+    fifth = current_task(page)
+    assert fifth.id not in {first.id, second.id, third.id, fourth.id}
+    press_and_wait(page, "u")
+    assert current_task(page).id == fourth.id
+    assert "Decision undone" in page.inner_text(".messages")
+    press_and_wait(page, "Enter")
+
+    decisions = list(ReviewDecision.objects.order_by("id"))
+    assert [(d.task_id, d.action, d.undone_at is not None) for d in decisions] == [
+        (first.id, "accept", False),
+        (second.id, "correct", False),
+        (third.id, "reject_image", False),
+        (fourth.id, "correct", True),
+        (fourth.id, "accept", False),
+    ]
+    accepted, corrected, rejected, undone, redone = decisions
+    assert all(d.reviewer_id == user.id and d.time_spent_ms > 0 for d in decisions)
+    assert accepted.expression == first.annotation.expression
+    assert (accepted.valence, accepted.arousal) == (
+        first.annotation.valence,
+        first.annotation.arousal,
+    )
+    assert corrected.expression == new_expression
+    assert corrected.valence == nudged(machine.valence, 2)  # type: ignore[arg-type]
+    assert corrected.arousal == nudged(machine.arousal, 1)  # type: ignore[arg-type]
+    assert corrected.aus == machine.aus
+    assert corrected.before["expression"] == machine.expression
+    assert rejected.reject_reason == "not a face"
+    assert FaceImage.objects.get(id=third.annotation.image_id).rejected
+    assert (undone.valence, undone.arousal) == (valence, arousal)
+    assert undone.aus == {**fourth.annotation.aus, str(switched_off): False, str(switched_on): True}
+    assert redone.aus == fourth.annotation.aus
+    statuses = dict(ReviewTask.objects.values_list("id", "status"))
+    assert [statuses[t.id] for t in (first, second, third, fourth)] == ["done"] * 4
+    assert statuses[fifth.id] == "open", "the task held before the undo went back to the queue"
+    assert machine_rows() == before, "a machine annotation was modified"
+
+
+def test_it_gives_two_annotators_starting_at_once_different_tasks(
+    live_server: Any, browser_page: BrowserPage, tmp_path: Path
+) -> None:
+    reviewable_run(tmp_path, n=3)
+    user_create(username="ann", password=PASSWORD, role="annotator")
+    user_create(username="tom", password=PASSWORD, role="annotator")
+    first = browser_page.page
+    context = first.context.browser.new_context()
+    errors: list[str] = []
+    try:
+        second = context.new_page()
+        second.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        for page, username in ((first, "ann"), (second, "tom")):
+            log_in(page, live_server.url, username)
+            page.goto(f"{live_server.url}/review/")
+        # Both requests are in flight before either page waits for its answer.
+        first.click("#start-reviewing", no_wait_after=True)
+        second.click("#start-reviewing", no_wait_after=True)
+        first.wait_for_url(TASK_URL)
+        second.wait_for_url(TASK_URL)
+        codes = {TASK_URL.search(p.url).group(1) for p in (first, second)}  # type: ignore[union-attr]
+        wait_for_charts(second)
+    finally:
+        context.close()
+    assert len(codes) == 2
+    held = ReviewTask.objects.filter(status="claimed")
+    assert {str(t.code) for t in held} == codes
+    assert sorted(t.holder.username for t in held) == ["ann", "tom"]  # type: ignore[union-attr]
+    assert not errors
+
+
+def test_it_refuses_a_decision_after_the_lease_expired(
+    live_server: Any, browser_page: BrowserPage, tmp_path: Path
+) -> None:
+    reviewable_run(tmp_path, n=2)
+    user_create(username="ann", password=PASSWORD, role="annotator")
+    page = browser_page.page
+    log_in(page, live_server.url, "ann")
+    page.goto(f"{live_server.url}/review/")
+    task = start_reviewing(page)
+    ReviewTask.objects.filter(id=task.id).update(lease_until=timezone.now() - timedelta(seconds=1))
+    page.keyboard.press("2")
+    press_and_wait(page, "Enter")
+    assert "hold on this task expired" in page.inner_text(".messages")
+    assert not ReviewDecision.objects.exists()
+    task.refresh_from_db()
+    assert task.status == "claimed" and task.closed_at is None
+
+
+def test_it_shows_model_text_as_text(
+    live_server: Any, browser_page: BrowserPage, tmp_path: Path
+) -> None:
+    reviewable_run(tmp_path, n=1)
+    Annotation.objects.update(
+        evidence={"expression": XSS, "va": XSS, "aus": XSS},
+        flag_reasons=[f"expression confidence 0.10 under 1.00: {XSS}", XSS],
+    )
+    user_create(username="ann", password=PASSWORD, role="annotator")
+    page = browser_page.page
+    log_in(page, live_server.url, "ann")
+    page.goto(f"{live_server.url}/review/")
+    assert XSS in page.inner_text("#queue-table")
+    start_reviewing(page)
+    assert page.locator(".evidence").count() == 3
+    assert all(XSS in text for text in page.locator(".evidence").all_inner_texts())
+    assert XSS in page.inner_text(".review-grid")
+    assert page.evaluate("window.__pwned") is None
+
+
+def test_it_draws_every_chart_without_console_errors(
+    live_server: Any, browser_page: BrowserPage, tmp_path: Path
+) -> None:
+    reviewable_run(tmp_path, n=1)
+    user_create(username="ann", password=PASSWORD, role="annotator")
+    page = browser_page.page
+    log_in(page, live_server.url, "ann")
+    page.goto(f"{live_server.url}/review/")
+    task = start_reviewing(page)
+    for chart in ("#chart-votes", "#chart-va", "#chart-aus"):
+        assert page.locator(f"{chart} .main-svg").count() >= 1, chart
+    samples = page.eval_on_selector("#chart-va", "gd => gd.data[0].x.length")
+    assert samples == len(task.annotation.va_samples)
+    labels = page.eval_on_selector("#chart-aus", "gd => gd.data[0].y")
+    assert "AU12 lip corner puller" in labels
+    # The charts follow the window's size.
+    width = page.eval_on_selector("#chart-va", "gd => gd._fullLayout.width")
+    page.set_viewport_size({"width": 800, "height": 900})
+    page.wait_for_function(
+        "w => document.getElementById('chart-va')._fullLayout.width !== w", arg=width
+    )
+    assert not browser_page.console_errors
