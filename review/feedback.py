@@ -25,6 +25,7 @@ from seke_app.engine.feedback import Correction, FeedbackOptions, Proposal, prop
 from seke_app.engine.prompts import prompt_fingerprint
 from seke_app.engine.types import AnnotationRequest
 from seke_app.engine.uamc import UAMCParams, UAMCResult, run_uamc
+from seke_app.engine.vllm_client import image_data_url
 from seke_app.engine.vocab import DEFAULT_VOCABULARY, Vocabulary
 from seke_app.models import FaceImage, GenerationRun, PromptVersion
 from seke_app.queue import get_queue
@@ -88,7 +89,29 @@ def prompt_version_propose(
     if not corrections:
         raise FeedbackRefused("these runs have no review decisions yet")
     vocabulary = runs[0].dataset.vocabulary()
-    return propose(corrections, vocabulary, options or FeedbackOptions())
+    options = options or FeedbackOptions()
+    proposal = propose(corrections, vocabulary, options)
+    if options.send_images:
+        _attach_images(proposal.exemplars)
+    return proposal
+
+
+EXEMPLAR_IMAGE_SIDE = 256
+
+
+def _attach_images(exemplars: list[dict[str, Any]]) -> None:
+    """Embed each exemplar's face, small, so the version is self-contained and reproducible."""
+    found = FaceImage.objects.in_bulk(
+        [e["image_ref"] for e in exemplars if e.get("image_ref")], field_name="code"
+    )
+    images = {str(code): image for code, image in found.items()}
+    for exemplar in exemplars:
+        image = images.get(str(exemplar.get("image_ref")))
+        if image is not None:
+            with image.file.open("rb") as handle:
+                exemplar["image_url"] = image_data_url(
+                    handle.read(), max_side=EXEMPLAR_IMAGE_SIDE
+                )
 
 
 def version_text(knowledge_text: str, rule_notes: str, exemplars: list[dict[str, Any]]) -> str:

@@ -7,10 +7,10 @@ from uuid import UUID
 
 from django.contrib import messages
 from django.contrib.auth.models import User
-from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from review.forms import DecisionFormError, decision_from_post
@@ -107,18 +107,24 @@ def _get_task(code: UUID) -> ReviewTask:
     return get_object_or_404(ReviewTask, code=code)
 
 
-def _own_task(request: HttpRequest, code: UUID) -> ReviewTask:
-    task = _get_task(code)
-    if task.holder_id != _user(request).id:
-        raise PermissionDenied("This task is held by someone else or by no one.")
-    return task
+def _holds(task: ReviewTask, user: User) -> bool:
+    """Whether ``user`` holds ``task`` under a lease that has not run out."""
+    return (
+        task.status == ReviewTask.Status.CLAIMED
+        and task.holder_id == user.id
+        and task.lease_until is not None
+        and task.lease_until >= timezone.now()
+    )
 
 
 @annotator_required
 def task_page(request: HttpRequest, code: UUID) -> HttpResponse:
     task = _get_task(code)
-    if task.holder_id != _user(request).id or task.status != ReviewTask.Status.CLAIMED:
-        messages.error(request, "This task is not yours: start reviewing from the queue.")
+    if not _holds(task, _user(request)):
+        if task.holder_id == _user(request).id and task.status == ReviewTask.Status.CLAIMED:
+            messages.error(request, "Your hold on this task expired and it went back to the queue.")
+        else:
+            messages.error(request, "This task is not yours: start reviewing from the queue.")
         return redirect("review:queue")
     context = task_page_context(task, _user(request))
     return render(request, "review/task.html", context)
@@ -127,14 +133,16 @@ def task_page(request: HttpRequest, code: UUID) -> HttpResponse:
 @require_POST
 @annotator_required
 def decide(request: HttpRequest, code: UUID) -> HttpResponse:
-    task = _own_task(request, code)
+    # Whether the task is still this annotator's is checked by the service, under a
+    # lock; a refusal is a message, never a change.
+    task = _get_task(code)
     vocabulary = task.annotation.image.dataset.vocabulary()
     try:
         decision = decision_from_post(request.POST, vocabulary.aus)
         decision_record(task=task, user=_user(request), decision=decision)
     except (ReviewRefused, DecisionFormError) as exc:
         messages.error(request, str(exc))
-        if task.status == ReviewTask.Status.CLAIMED and task.holder_id == _user(request).id:
+        if _holds(task, _user(request)):
             return redirect("review:task", code=task.code)
         return redirect("review:queue")
     return _next_or_queue(request)
@@ -143,7 +151,7 @@ def decide(request: HttpRequest, code: UUID) -> HttpResponse:
 @require_POST
 @annotator_required
 def skip(request: HttpRequest, code: UUID) -> HttpResponse:
-    task = _own_task(request, code)
+    task = _get_task(code)
     try:
         task_skip(task=task, user=_user(request))
     except ReviewRefused as exc:

@@ -332,4 +332,6 @@ class AnnotationSample(models.Model):
             "parsed": self.parsed,
             "error": self.parse_error,
         }
+
+
 from seke_app.export_models import Export  # noqa: E402,F401

@@ -25,3 +25,16 @@ urlpatterns = [
     path("admin/django-rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),
 ]
+
+# Exports of the curated dataset (issue 7).
+from seke_app import export_views  # noqa: E402
+
+urlpatterns += [
+    path("exports/", export_views.export_list, name="export_list"),
+    path("exports/rows", export_views.export_rows, name="export_rows"),
+    path("datasets/<uuid:code>/export/", export_views.export_new, name="export_new"),
+    path("exports/<uuid:code>/", export_views.export_detail, name="export_detail"),
+    path("exports/<uuid:code>/progress", export_views.export_progress, name="export_progress"),
+    path("exports/<uuid:code>/cancel", export_views.export_cancel_view, name="export_cancel"),
+    path("exports/<uuid:code>/download", export_views.export_download, name="export_download"),
+]

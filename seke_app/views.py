@@ -83,9 +83,7 @@ def dataset_upload(request: HttpRequest) -> HttpResponse:
 def image_detail(request: HttpRequest, code: UUID) -> HttpResponse:
     """The face, its known labels and its full history: machine answers and decisions."""
     image = _get_image(code)
-    annotations = image.annotations.select_related("run", "prompt_version").order_by(
-        "-created_at"
-    )
+    annotations = image.annotations.select_related("run", "prompt_version").order_by("-created_at")
     decisions = image.decisions.select_related("reviewer").order_by("-created_at")
     context = {"image": image, "annotations": annotations, "decisions": decisions}
     return render(request, "seke_app/image_detail.html", context)

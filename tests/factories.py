@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
+
+from django.conf import settings
 
 from review.models import ReviewTask
 from review.services import task_create_for
 from seke_app.models import Annotation, Dataset, FaceImage, GenerationRun
 from seke_app.services.prompts import prompt_version_active
+from tests.conftest import draw_face
 
 EXPRESSIONS = ("fear", "surprise", "happiness", "sadness", "anger")
 
 
-def make_flagged_annotations(n: int, *, dataset_name: str = "bulk") -> list[Annotation]:
-    """``n`` flagged annotations (with their review tasks) of distinct confidence."""
+def make_flagged_annotations(
+    n: int, *, dataset_name: str = "bulk", write_files: bool = False
+) -> list[Annotation]:
+    """``n`` flagged annotations (with their review tasks) of distinct confidence.
+
+    The image files exist only with ``write_files`` (pages that show the face need them).
+    """
     dataset = Dataset.objects.create(name=dataset_name)
     images = FaceImage.objects.bulk_create(
         [
@@ -29,6 +38,11 @@ def make_flagged_annotations(n: int, *, dataset_name: str = "bulk") -> list[Anno
             for i in range(n)
         ]
     )
+    if write_files:
+        for i, image in enumerate(images):
+            path = Path(settings.MEDIA_ROOT) / image.file.name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(draw_face(seed=i))
     version = prompt_version_active()
     run = GenerationRun.objects.create(
         dataset=dataset,

@@ -23,7 +23,7 @@ from seke_app.engine.feedback import (
     rule_notes,
 )
 from seke_app.engine.vocab import DEFAULT_VOCABULARY
-from seke_app.models import GenerationRun, PromptVersion
+from seke_app.models import Annotation, GenerationRun, PromptVersion
 from seke_app.services.prompts import prompt_version_active
 from tests.conftest import client_for
 from tests.factories import make_flagged_annotations
@@ -84,7 +84,9 @@ def test_it_fits_class_priors_towards_what_experts_say() -> None:
 
 
 def review_all(user: User, expression: str = "fear") -> GenerationRun:
-    annotations = make_flagged_annotations(8)
+    annotations = make_flagged_annotations(8, write_files=True)
+    # Confidently wrong machine answers are what exemplars are chosen from.
+    Annotation.objects.update(expression_confidence=0.9)
     while (task := task_claim_next(user=user)) is not None:
         decision_record(
             task=task,
@@ -230,6 +232,10 @@ def test_it_builds_the_proposal_page_and_saves_the_edited_version(
     body = page.content.decode()
     assert "Computed from <strong>8</strong> review decisions" in body
     assert "fear answered as surprise" in body
+    with_images = client.get(
+        reverse("review:version_new"), {"runs": [str(run.code)], "send_images": "1"}
+    ).content.decode()
+    assert "data:image/jpeg;base64," in with_images
     response = client.post(
         reverse("review:version_new"),
         {

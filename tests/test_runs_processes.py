@@ -11,6 +11,7 @@ import pytest
 from django.db.models import Count
 from django.utils import timezone
 
+from review.models import ReviewTask
 from seke_app.engine.uamc import UAMCParams
 from seke_app.models import Annotation, Dataset, GenerationRun, RunItem
 from seke_app.services.imports import dataset_import
@@ -99,4 +100,5 @@ def test_it_finishes_a_run_exactly_once_after_its_worker_is_killed(
     assert run.n_failed == 0
     assert run.n_accepted + run.n_flagged == run.n_done
     assert run.n_flagged == annotations.filter(flagged=True).count()
+    assert ReviewTask.objects.filter(annotation__run=run).count() == run.n_flagged
     assert run.requests == sum(annotations.values_list("requests", flat=True))

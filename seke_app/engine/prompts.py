@@ -101,6 +101,8 @@ def describe_exemplar(exemplar: Mapping[str, Any]) -> str:
         active = _active_aus(exemplar["aus"])
         facts.append("active AUs " + (", ".join(f"AU{au}" for au in active) or "none"))
     text = "; ".join(facts) if facts else "no labels"
+    if exemplar.get("machine_expression"):
+        text += f" (a model first answered {exemplar['machine_expression']})"
     if exemplar.get("note"):
         text += f". Reviewer's note: {str(exemplar['note']).strip()}"
     if exemplar.get("image_url"):

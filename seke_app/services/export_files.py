@@ -73,7 +73,11 @@ class ExportFiles:
         self._zip: zipfile.ZipFile | None = None
         if archive:
             self._zip = zipfile.ZipFile(
-                work_dir / "partial.zip", "w", zipfile.ZIP_DEFLATED, allowZip64=True, compresslevel=6
+                work_dir / "partial.zip",
+                "w",
+                zipfile.ZIP_DEFLATED,
+                allowZip64=True,
+                compresslevel=6,
             )
 
     def data_file(self, name: str) -> HashingFile:
@@ -93,9 +97,12 @@ class ExportFiles:
             raise ValueError("images can only be copied into an archive")
         digest = hashlib.sha256()
         size = 0
-        with source.open("rb") as reader, self._zip.open(
-            zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), "w", force_zip64=True
-        ) as writer:
+        with (
+            source.open("rb") as reader,
+            self._zip.open(
+                zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), "w", force_zip64=True
+            ) as writer,
+        ):
             while block := reader.read(_COPY_BUFFER):
                 writer.write(block)
                 digest.update(block)

@@ -26,9 +26,7 @@ def _bin(value: float, low: float, high: float) -> int:
 class CardStats:
     n_records: int = 0
     grains: Counter[str] = field(default_factory=Counter)
-    sources: dict[str, Counter[str]] = field(
-        default_factory=lambda: {g: Counter() for g in GRAINS}
-    )
+    sources: dict[str, Counter[str]] = field(default_factory=lambda: {g: Counter() for g in GRAINS})
     expressions: Counter[str] = field(default_factory=Counter)
     valence: list[int] = field(default_factory=lambda: [0] * N_BINS)
     arousal: list[int] = field(default_factory=lambda: [0] * N_BINS)
@@ -95,7 +93,7 @@ def _edges(low: float, high: float) -> list[str]:
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _provenance_section(stats: CardStats) -> list[str]:
@@ -104,18 +102,30 @@ def _provenance_section(stats: CardStats) -> list[str]:
         + [_share(stats.sources[g][s], stats.grains[g]) for s in SOURCES]
         for g in GRAINS
     ]
-    return ["## Provenance", ""] + _table(
-        ["grain", "labelled", "human review", "imported dataset label", "machine (accepted)"],
-        rows,
-    )
+    return [
+        "## Provenance",
+        "",
+        *_table(
+            ["grain", "labelled", "human review", "imported dataset label", "machine (accepted)"],
+            rows,
+        ),
+    ]
 
 
 def _distribution_sections(stats: CardStats) -> list[str]:
     n_expr = stats.grains["expression"]
-    lines = ["## Expressions", ""] + _table(
-        ["expression", "images"],
-        [[e, _share(stats.expressions[e], n_expr)] for e in EXPRESSIONS if stats.expressions[e]],
-    )
+    lines = [
+        "## Expressions",
+        "",
+        *_table(
+            ["expression", "images"],
+            [
+                [e, _share(stats.expressions[e], n_expr)]
+                for e in EXPRESSIONS
+                if stats.expressions[e]
+            ],
+        ),
+    ]
     lines += ["## Valence and arousal", ""]
     summary = stats.to_json()
     if stats.grains["va"]:
@@ -126,30 +136,41 @@ def _distribution_sections(stats: CardStats) -> list[str]:
         ]
         lines += _table(
             ["bin", "valence", "arousal"],
-            [[e, v, a] for e, v, a in zip(_edges(-1, 1), stats.valence, stats.arousal, strict=True)],
+            [
+                [e, v, a]
+                for e, v, a in zip(_edges(-1, 1), stats.valence, stats.arousal, strict=True)
+            ],
         )
-    lines += ["## Action units", ""] + _table(
-        ["AU", "name", "active rate", "coded in"],
-        [
-            [f"AU{au}", AU_NAMES.get(au, ""), f"{stats.au_active[au] / stats.au_coded[au]:.3f}",
-             stats.au_coded[au]]
-            for au in sorted(stats.au_coded)
-        ],
-    )
+    lines += [
+        "## Action units",
+        "",
+        *_table(
+            ["AU", "name", "active rate", "coded in"],
+            [
+                [
+                    f"AU{au}",
+                    AU_NAMES.get(au, ""),
+                    f"{stats.au_active[au] / stats.au_coded[au]:.3f}",
+                    stats.au_coded[au],
+                ]
+                for au in sorted(stats.au_coded)
+            ],
+        ),
+    ]
     return lines
 
 
 def _confidence_section(stats: CardStats) -> list[str]:
     rows = [
-        [edge] + [stats.confidence[g][i] for g in GRAINS]
-        for i, edge in enumerate(_edges(0, 1))
+        [edge] + [stats.confidence[g][i] for g in GRAINS] for i, edge in enumerate(_edges(0, 1))
     ]
     return [
         "## Machine confidence",
         "",
         "SV-UAMC's per-grain confidence of the machine labels in this export.",
         "",
-    ] + _table(["confidence", *(GRAIN_TITLES[g] for g in GRAINS)], rows)
+        *_table(["confidence", *(GRAIN_TITLES[g] for g in GRAINS)], rows),
+    ]
 
 
 def card_markdown(
@@ -163,7 +184,9 @@ def card_markdown(
     lines += _provenance_section(stats)
     lines += _distribution_sections(stats)
     lines += _confidence_section(stats)
-    lines += ["## Splits", ""] + _table(
-        ["split", "images"], [[s, n] for s, n in sorted(stats.splits.items())]
-    )
+    lines += [
+        "## Splits",
+        "",
+        *_table(["split", "images"], [[s, n] for s, n in sorted(stats.splits.items())]),
+    ]
     return "\n".join(lines)

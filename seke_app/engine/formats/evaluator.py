@@ -118,7 +118,8 @@ def parse_va(value: Any) -> tuple[float, float] | None:
     """(valence, arousal) from a prediction, or None when either is missing."""
     data = structured(value)
     if data is not None:
-        source = data.get("va") if isinstance(data.get("va"), Mapping) else data
+        nested = data.get("va")
+        source: Mapping[str, Any] = nested if isinstance(nested, Mapping) else data
         valence, arousal = _va_number(source.get("valence")), _va_number(source.get("arousal"))
         return (valence, arousal) if valence is not None and arousal is not None else None
     if not isinstance(value, str):
@@ -287,7 +288,9 @@ def _au_scores(c: _Collected) -> dict[str, Any] | None:
     coded = sorted({au for truth in c.au_truth for au in truth})
     per_au: dict[str, Any] = {}
     for au in coded:
-        rows = [(t[au], p.get(au, False)) for t, p in zip(c.au_truth, c.au_pred, strict=True) if au in t]
+        rows = [
+            (t[au], p.get(au, False)) for t, p in zip(c.au_truth, c.au_pred, strict=True) if au in t
+        ]
         truth = [t for t, _ in rows]
         per_au[f"AU{au}"] = {
             "f1": metrics.binary_f1(truth, [p for _, p in rows]),
@@ -323,6 +326,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _va_row(axis: str, scores: Mapping[str, Any] | None) -> str:
+    scores = scores or {}
+    return f"| {axis} | {_fmt(scores.get('ccc'))} | {_fmt(scores.get('rmse'))} |"
+
+
 def markdown(report: Mapping[str, Any], title: str = "FEAB evaluation") -> str:
     """The report as a Markdown page."""
     lines = [f"# {title}", ""]
@@ -351,10 +359,7 @@ def markdown(report: Mapping[str, Any], title: str = "FEAB evaluation") -> str:
             "",
             "| axis | CCC | RMSE |",
             "|---|---|---|",
-            *(
-                f"| {axis} | {_fmt((va[axis] or {}).get('ccc'))} | {_fmt((va[axis] or {}).get('rmse'))} |"
-                for axis in ("valence", "arousal")
-            ),
+            *(_va_row(axis, va[axis]) for axis in ("valence", "arousal")),
             "",
         ]
     if aus:

@@ -54,7 +54,9 @@ def label_config(aus: Sequence[int], expressions: Sequence[str] = EXPRESSIONS) -
 """
 
 
-def _item(record: CuratedRecord, from_name: str, kind: str, value: dict[str, Any]) -> dict[str, Any]:
+def _item(
+    record: CuratedRecord, from_name: str, kind: str, value: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "id": f"{record.image[:8]}-{from_name}",
         "from_name": from_name,
@@ -68,11 +70,17 @@ def _results(record: CuratedRecord, grains: Iterable[str]) -> list[dict[str, Any
     results = []
     for grain in grains:
         if grain == "expression":
-            results.append(_item(record, FROM_EXPRESSION, "choices", {"choices": [record.expression]}))
+            results.append(
+                _item(record, FROM_EXPRESSION, "choices", {"choices": [record.expression]})
+            )
         elif grain == "va":
             assert record.valence is not None and record.arousal is not None
-            results.append(_item(record, FROM_VALENCE, "number", {"number": round_va(record.valence)}))
-            results.append(_item(record, FROM_AROUSAL, "number", {"number": round_va(record.arousal)}))
+            results.append(
+                _item(record, FROM_VALENCE, "number", {"number": round_va(record.valence)})
+            )
+            results.append(
+                _item(record, FROM_AROUSAL, "number", {"number": round_va(record.arousal)})
+            )
         elif grain == "aus":
             active = [au_key(au) for au in record.active_aus()]
             results.append(_item(record, FROM_AUS, "choices", {"choices": active}))
