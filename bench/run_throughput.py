@@ -89,7 +89,10 @@ def measure(
         )
         children_before, self_before = _cpu(resource.RUSAGE_CHILDREN), _cpu(resource.RUSAGE_SELF)
         started = time.perf_counter()
-        processes = env.start_workers(bench, workers, env={"OPENAI_BASE_URL": server.base_url})
+        options = ["--worker-class", args.worker_class] if args.worker_class else []
+        processes = env.start_workers(
+            bench, workers, options=options, env={"OPENAI_BASE_URL": server.base_url}
+        )
         env.wait_workers(processes, timeout=args.timeout)
         total_s = time.perf_counter() - started
         worker_cpu = _cpu(resource.RUSAGE_CHILDREN) - children_before
@@ -150,6 +153,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=160, help="side of the drawn faces, px")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--backlog", type=int, default=128, help="fake server's listen backlog")
+    parser.add_argument(
+        "--worker-class",
+        default="",
+        help="passed to rqworker (e.g. rq.worker.SimpleWorker, which runs jobs without forking)",
+    )
     args = parser.parse_args()
     # A class attribute read when the server socket starts listening (see the docstring).
     http.server.ThreadingHTTPServer.request_queue_size = args.backlog
@@ -166,7 +174,8 @@ def main() -> None:
         print(f"storage: {bench.describe()}")
         print(f"{args.images} drawn {args.size}x{args.size} faces, strategy {args.strategy!r},"
               f" concurrency {args.concurrency}, fake server latency {args.latency * 1000:.0f} ms"
-              f" (listen backlog {args.backlog}), rate limits off")
+              f" (listen backlog {args.backlog}), rate limits off,"
+              f" worker class {args.worker_class or 'the default (forks a work horse per job)'}")
         dataset_id = env.import_drawn_dataset(bench, "throughput", args.images, args.size)
         results = {}
         for workers in args.workers:

@@ -1,17 +1,30 @@
 from django.contrib import admin
 
-from review.models import ReviewDecision, ReviewTask
+from review.models import GoldCheck, GoldQuestion, ReviewDecision, ReviewTask
 
 
 @admin.register(ReviewTask)
 class ReviewTaskAdmin(admin.ModelAdmin[ReviewTask]):
-    list_display = ["code", "status", "priority", "holder", "lease_until"]
-    list_filter = ["status"]
+    list_display = ["code", "kind", "status", "priority", "holder", "lease_until"]
+    list_filter = ["status", "kind"]
     raw_id_fields = ["annotation", "holder"]
 
 
 @admin.register(ReviewDecision)
 class ReviewDecisionAdmin(admin.ModelAdmin[ReviewDecision]):
-    list_display = ["code", "action", "reviewer", "expression", "created_at", "undone_at"]
-    list_filter = ["action"]
+    list_display = ["code", "kind", "action", "reviewer", "expression", "created_at", "undone_at"]
+    list_filter = ["action", "kind"]
     raw_id_fields = ["task", "annotation", "image", "reviewer"]
+
+
+@admin.register(GoldQuestion)
+class GoldQuestionAdmin(admin.ModelAdmin[GoldQuestion]):
+    list_display = ["code", "image", "expression", "active", "created_at"]
+    list_filter = ["active", "expression"]
+    raw_id_fields = ["image"]
+
+
+@admin.register(GoldCheck)
+class GoldCheckAdmin(admin.ModelAdmin[GoldCheck]):
+    list_display = ["code", "version", "parent", "status", "promoted_at"]
+    list_filter = ["status"]

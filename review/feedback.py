@@ -109,9 +109,7 @@ def _attach_images(exemplars: list[dict[str, Any]]) -> None:
         image = images.get(str(exemplar.get("image_ref")))
         if image is not None:
             with image.file.open("rb") as handle:
-                exemplar["image_url"] = image_data_url(
-                    handle.read(), max_side=EXEMPLAR_IMAGE_SIDE
-                )
+                exemplar["image_url"] = image_data_url(handle.read(), max_side=EXEMPLAR_IMAGE_SIDE)
 
 
 def version_text(knowledge_text: str, rule_notes: str, exemplars: list[dict[str, Any]]) -> str:

@@ -15,15 +15,48 @@ from django.db.models import Q
 from seke_app.models import EXPRESSION_CHOICES, Annotation, FaceImage
 
 
+class GoldQuestion(models.Model):
+    """An image with labels an admin trusts, mixed into reviewers' queues unannounced."""
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    image = models.OneToOneField(FaceImage, on_delete=models.CASCADE, related_name="gold")
+    expression = models.CharField(max_length=20, choices=EXPRESSION_CHOICES, null=True)
+    valence = models.FloatField(null=True)
+    arousal = models.FloatField(null=True)
+    aus = models.JSONField(null=True)
+    active = models.BooleanField(default=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"gold question on {self.image_id}"
+
+
 class ReviewTask(models.Model):
     class Status(models.TextChoices):
         OPEN = "open", "Open"
         CLAIMED = "claimed", "Claimed"
         DONE = "done", "Done"
 
+    class Kind(models.TextChoices):
+        FIRST = "first", "First review"
+        SECOND = "second", "Second, independent review"
+        ADJUDICATION = "adjudication", "Adjudication (admins)"
+        GOLD = "gold", "Gold question"
+
     code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    annotation = models.OneToOneField(
-        Annotation, on_delete=models.CASCADE, related_name="review_task"
+    annotation = models.ForeignKey(
+        Annotation, on_delete=models.CASCADE, related_name="review_tasks"
+    )
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.FIRST)
+    # Set on gold-question tasks, which are made for one reviewer at claim time.
+    gold = models.ForeignKey(
+        GoldQuestion, null=True, blank=True, on_delete=models.CASCADE, related_name="tasks"
     )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
     # Lower is reviewed first: the annotation's overall confidence, copied here along
@@ -59,10 +92,16 @@ class ReviewTask(models.Model):
                 | ~Q(status="claimed"),
                 name="claimed_task_has_holder",
             ),
+            # One task of each review round per annotation; gold tasks are per reviewer.
+            models.UniqueConstraint(
+                fields=["annotation", "kind"],
+                condition=~Q(kind="gold"),
+                name="one_task_per_round",
+            ),
         ]
 
     def __str__(self) -> str:
-        return f"task {self.code} ({self.status})"
+        return f"task {self.code} ({self.kind}, {self.status})"
 
 
 class ReviewDecision(models.Model):
@@ -79,6 +118,8 @@ class ReviewDecision(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="review_decisions"
     )
     action = models.CharField(max_length=20, choices=Action.choices)
+    # The round of the task it decides: first, second (double review), adjudication, gold.
+    kind = models.CharField(max_length=12, choices=ReviewTask.Kind.choices, default="first")
     # The decided values per grain (after); null where the grain was not decided.
     expression = models.CharField(max_length=20, choices=EXPRESSION_CHOICES, null=True)
     valence = models.FloatField(null=True)

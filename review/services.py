@@ -9,6 +9,8 @@ A decision is a new row; the machine annotation is never modified.
 
 from __future__ import annotations
 
+import hashlib
+import random
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -19,9 +21,10 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from review.models import ReviewDecision, ReviewTask
+from review.models import GoldQuestion, ReviewDecision, ReviewTask
 from seke_app.engine.vocab import Vocabulary
 from seke_app.models import Annotation, FaceImage
+from seke_app.roles import is_admin
 
 ORDERINGS = {
     "overall": "priority",
@@ -60,19 +63,34 @@ class QueueFilter:
         return tasks.order_by(ORDERINGS.get(self.order, "priority"), "id")
 
 
+def _task_values(annotation: Annotation) -> dict[str, float]:
+    return {
+        "priority": annotation.confidence,
+        "expression_confidence": annotation.expression_confidence,
+        "va_confidence": annotation.va_confidence,
+        "au_confidence": annotation.au_confidence,
+    }
+
+
+def double_reviewed(annotation: Annotation, share: float) -> bool:
+    """Whether this annotation is in the run's double-review share (stable per annotation)."""
+    if share <= 0:
+        return False
+    digest = hashlib.sha256(str(annotation.code).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
 def task_create_for(annotation: Annotation) -> None:
-    """One open task per flagged annotation, ordered by its confidence."""
+    """An open task per flagged annotation (two for the double-review share)."""
     if not annotation.flagged:
         return
-    ReviewTask.objects.get_or_create(
-        annotation=annotation,
-        defaults={
-            "priority": annotation.confidence,
-            "expression_confidence": annotation.expression_confidence,
-            "va_confidence": annotation.va_confidence,
-            "au_confidence": annotation.au_confidence,
-        },
-    )
+    kinds = [ReviewTask.Kind.FIRST]
+    if double_reviewed(annotation, annotation.run.double_review_share):
+        kinds.append(ReviewTask.Kind.SECOND)
+    for kind in kinds:
+        ReviewTask.objects.get_or_create(
+            annotation=annotation, kind=kind, defaults=_task_values(annotation)
+        )
 
 
 def _available(now: Any) -> Q:
@@ -81,9 +99,27 @@ def _available(now: Any) -> Q:
     )
 
 
-def queue_tasks(queue_filter: QueueFilter) -> QuerySet[ReviewTask]:
-    """Tasks awaiting review (open, or held under an expired lease), in queue order."""
-    return queue_filter.apply(ReviewTask.objects.filter(_available(timezone.now())))
+def queue_tasks(queue_filter: QueueFilter, user: User | None = None) -> QuerySet[ReviewTask]:
+    """Tasks awaiting review (open, or held under an expired lease), in queue order.
+
+    With a user: only what that user may take. Adjudication is for admins; a second
+    review must be independent, so nobody gets both rounds of the same annotation.
+    """
+    tasks = ReviewTask.objects.filter(_available(timezone.now())).exclude(kind=ReviewTask.Kind.GOLD)
+    if user is not None:
+        if not is_admin(user):
+            tasks = tasks.exclude(kind=ReviewTask.Kind.ADJUDICATION)
+        seen = ReviewDecision.objects.filter(reviewer=user).values("annotation_id")
+        held = (
+            ReviewTask.objects.filter(holder=user)
+            .exclude(kind=ReviewTask.Kind.GOLD)
+            .values("annotation_id")
+        )
+        tasks = tasks.exclude(
+            Q(kind__in=[ReviewTask.Kind.FIRST, ReviewTask.Kind.SECOND])
+            & (Q(annotation_id__in=seen) | Q(annotation_id__in=held))
+        )
+    return queue_filter.apply(tasks)
 
 
 def task_held_by(user: User) -> ReviewTask | None:
@@ -105,9 +141,52 @@ def task_claim_next(*, user: User, queue_filter: QueueFilter | None = None) -> R
     held = task_held_by(user)
     if held is not None:
         return held
+    gold = _gold_task(user)
+    if gold is not None:
+        return gold
     queue_filter = queue_filter or QueueFilter()
+    if is_admin(user):
+        # Disagreements wait for an admin: they come first in an admin's queue.
+        adjudication = _claim_from(
+            queue_tasks(queue_filter, user).filter(kind=ReviewTask.Kind.ADJUDICATION), user
+        )
+        if adjudication is not None:
+            return adjudication
+    return _claim_from(queue_tasks(queue_filter, user), user)
+
+
+def _gold_task(user: User) -> ReviewTask | None:
+    """Now and then (SEKE_GOLD_RATE), a gold question this reviewer has not answered yet."""
+    if settings.GOLD_RATE <= 0 or random.random() >= settings.GOLD_RATE:
+        return None
+    answered = ReviewTask.objects.filter(kind=ReviewTask.Kind.GOLD, holder=user).values("gold_id")
+    question = (
+        GoldQuestion.objects.filter(active=True, image__annotations__isnull=False)
+        .exclude(id__in=answered)
+        .order_by("?")
+        .first()
+    )
+    if question is None:
+        return None
+    annotation = question.image.annotations.order_by("-created_at").first()
+    assert annotation is not None
+    now = timezone.now()
+    # Made already claimed by this reviewer, so it looks like any other task.
+    return ReviewTask.objects.create(
+        annotation=annotation,
+        kind=ReviewTask.Kind.GOLD,
+        gold=question,
+        status=ReviewTask.Status.CLAIMED,
+        holder=user,
+        lease_until=now + lease(),
+        claimed_at=now,
+        **_task_values(annotation),
+    )
+
+
+def _claim_from(tasks: QuerySet[ReviewTask], user: User) -> ReviewTask | None:
     for _ in range(CLAIM_ATTEMPTS):
-        candidate = _candidate(queue_filter)
+        candidate = _candidate(tasks)
         if candidate is None:
             return None
         if _take(candidate, user):
@@ -115,8 +194,7 @@ def task_claim_next(*, user: User, queue_filter: QueueFilter | None = None) -> R
     return None
 
 
-def _candidate(queue_filter: QueueFilter) -> int | None:
-    tasks = queue_tasks(queue_filter)
+def _candidate(tasks: QuerySet[ReviewTask]) -> int | None:
     if connection.features.has_select_for_update_skip_locked:
         with transaction.atomic():
             row = tasks.select_for_update(skip_locked=True, of=("self",)).values_list(
@@ -225,6 +303,7 @@ def decision_record(*, task: ReviewTask, user: User, decision: Decision) -> Revi
             annotation=annotation,
             image=annotation.image,
             reviewer=user,
+            kind=held.kind,
             before=_machine_values(annotation),
             **_after_values(decision, annotation),
         )
@@ -232,9 +311,58 @@ def decision_record(*, task: ReviewTask, user: User, decision: Decision) -> Revi
         held.lease_until = None
         held.closed_at = timezone.now()
         held.save(update_fields=["status", "lease_until", "closed_at"])
-        if decision.action == ReviewDecision.Action.REJECT_IMAGE:
+        gold = held.kind == ReviewTask.Kind.GOLD
+        if decision.action == ReviewDecision.Action.REJECT_IMAGE and not gold:
             FaceImage.objects.filter(id=annotation.image_id).update(rejected=True)
+        if held.kind in (ReviewTask.Kind.FIRST, ReviewTask.Kind.SECOND):
+            _adjudicate_if_needed(annotation)
     return row
+
+
+VA_DISAGREEMENT = 0.2
+AU_DISAGREEMENT = 2
+
+
+def disagreement(a: ReviewDecision, b: ReviewDecision) -> list[str]:
+    """Where two independent reviews of one annotation disagree, in words.
+
+    This project's rule: a different action (one rejects the image), a different
+    expression, valence or arousal apart by more than 0.2, or AU codings that differ
+    in two or more AUs.
+    """
+    reasons = []
+    if (a.action == "reject_image") != (b.action == "reject_image"):
+        reasons.append("one reviewer rejected the image")
+    if a.expression != b.expression:
+        reasons.append(f"expression {a.expression} vs {b.expression}")
+    if None not in (a.valence, b.valence, a.arousal, b.arousal):
+        assert a.valence is not None and b.valence is not None
+        assert a.arousal is not None and b.arousal is not None
+        if max(abs(a.valence - b.valence), abs(a.arousal - b.arousal)) > VA_DISAGREEMENT:
+            reasons.append("valence-arousal apart by more than 0.2")
+    aus_a = {k for k, on in (a.aus or {}).items() if on}
+    aus_b = {k for k, on in (b.aus or {}).items() if on}
+    if len(aus_a ^ aus_b) >= AU_DISAGREEMENT:
+        reasons.append(
+            "AU codings differ in " + ", ".join(f"AU{k}" for k in sorted(aus_a ^ aus_b, key=int))
+        )
+    return reasons
+
+
+def _adjudicate_if_needed(annotation: Annotation) -> None:
+    pair = list(
+        ReviewDecision.objects.filter(
+            annotation=annotation,
+            undone_at__isnull=True,
+            kind__in=[ReviewTask.Kind.FIRST, ReviewTask.Kind.SECOND],
+        ).order_by("kind")
+    )
+    if len(pair) == 2 and disagreement(pair[0], pair[1]):
+        ReviewTask.objects.get_or_create(
+            annotation=annotation,
+            kind=ReviewTask.Kind.ADJUDICATION,
+            defaults=_task_values(annotation),
+        )
 
 
 def _after_values(decision: Decision, annotation: Annotation) -> dict[str, Any]:
@@ -291,6 +419,12 @@ def decision_undo(*, decision: ReviewDecision, user: User) -> ReviewTask:
         )
         if row.action == ReviewDecision.Action.REJECT_IMAGE:
             FaceImage.objects.filter(id=row.image_id).update(rejected=False)
+        # An adjudication nobody has started is withdrawn with the review it came from.
+        ReviewTask.objects.filter(
+            annotation_id=row.annotation_id,
+            kind=ReviewTask.Kind.ADJUDICATION,
+            status=ReviewTask.Status.OPEN,
+        ).delete()
     return ReviewTask.objects.get(id=row.task_id)
 
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from review import feedback_views, views
+from review import feedback_views, quality_views, views
 
 app_name = "review"
 
@@ -11,6 +11,9 @@ urlpatterns = [
     path("task/<uuid:code>/", views.task_page, name="task"),
     path("task/<uuid:code>/decide", views.decide, name="decide"),
     path("task/<uuid:code>/skip", views.skip, name="skip"),
+    path("quality/", quality_views.quality, name="quality"),
+    path("gold/image/<uuid:code>", quality_views.gold_mark, name="gold_mark"),
+    path("gold/<uuid:code>/retire", quality_views.gold_retire, name="gold_retire"),
     path("versions/", feedback_views.version_list, name="version_list"),
     path("versions/new/", feedback_views.version_new, name="version_new"),
     path("versions/<uuid:code>/", feedback_views.version_detail, name="version_detail"),

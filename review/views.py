@@ -67,13 +67,13 @@ def _queue_filter(request: HttpRequest, params: Mapping[str, str]) -> QueueFilte
 @annotator_required
 def queue(request: HttpRequest) -> HttpResponse:
     queue_filter = _queue_filter(request, request.GET)
-    tasks = queue_tasks(queue_filter).select_related(
+    tasks = queue_tasks(queue_filter, _user(request)).select_related(
         "annotation__image", "annotation__run__dataset"
     )
     counts = dict(ReviewTask.objects.values_list("status").annotate(n=Count("id")).order_by())
     context = {
         "tasks": tasks[:100],
-        "n_waiting": queue_tasks(queue_filter).count(),
+        "n_waiting": queue_tasks(queue_filter, _user(request)).count(),
         "counts": counts,
         "filter": queue_filter,
         "orders": list(ORDERINGS),

@@ -160,6 +160,8 @@ class GenerationRun(models.Model):
     review_threshold = models.FloatField(default=0.7)
     budget_usd = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
     concurrency = models.PositiveSmallIntegerField(default=4)
+    # Share of flagged images that a second annotator reviews independently.
+    double_review_share = models.FloatField(default=0.0)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL

@@ -83,6 +83,11 @@ class RunForm(forms.Form):
         initial=4,
         help_text="Images in flight at once per worker.",
     )
+    double_review_share = forms.FloatField(
+        min_value=0.0, max_value=1.0, initial=0.0, required=False, label="Double review share",
+        help_text="Share of flagged images a second annotator reviews independently;"
+        " disagreements go to an admin for adjudication.",
+    )
     budget_usd = forms.DecimalField(
         required=False,
         min_value=0.0001,

@@ -56,6 +56,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
                 params=form.params(),
                 budget_usd=data["budget_usd"],
                 concurrency=data["concurrency"],
+                double_review_share=data["double_review_share"] or 0.0,
                 image_filter=ImageFilter(
                     split=data["split"], only_unconfident=data["only_unconfident"]
                 ),

@@ -185,6 +185,8 @@ OPENAI_TPM = env_int("SEKE_OPENAI_TPM", 2_000_000, minimum=0)
 # How long a worker holds an image of a run before another worker may take it over.
 RUN_LEASE_SECONDS = env_int("SEKE_RUN_LEASE_SECONDS", 600, minimum=5)
 REVIEW_LEASE_MINUTES = env_int("SEKE_REVIEW_LEASE_MINUTES", 10, minimum=1)
+# Probability that claiming the next task serves a gold question instead (0 = never).
+GOLD_RATE = env_float("SEKE_GOLD_RATE", 0.1, minimum=0.0)
 # How long after a decision its reviewer may still undo it.
 REVIEW_UNDO_SECONDS = env_int("SEKE_REVIEW_UNDO_SECONDS", 120, minimum=5)
 

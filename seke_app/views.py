@@ -16,6 +16,7 @@ from django.db.models import Count, Q
 from django.http import FileResponse, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
+from seke_app.engine.vocab import AU_NAMES
 from seke_app.forms import UploadForm
 from seke_app.models import Dataset, FaceImage
 from seke_app.roles import admin_required, annotator_required
@@ -85,7 +86,14 @@ def image_detail(request: HttpRequest, code: UUID) -> HttpResponse:
     image = _get_image(code)
     annotations = image.annotations.select_related("run", "prompt_version").order_by("-created_at")
     decisions = image.decisions.select_related("reviewer").order_by("-created_at")
-    context = {"image": image, "annotations": annotations, "decisions": decisions}
+    vocabulary = image.dataset.vocabulary()
+    context = {
+        "image": image,
+        "annotations": annotations,
+        "decisions": decisions,
+        "expressions": vocabulary.expressions,
+        "au_names": [(au, AU_NAMES[au]) for au in vocabulary.aus],
+    }
     return render(request, "seke_app/image_detail.html", context)
 
 

@@ -176,8 +176,12 @@ def test_it_scores_the_confidence(dataset: tuple[Path, dict[bytes, Answer | None
     # A 50% budget sends c and d to review; the two accepted are right.
     assert report.confidence["accepted_error_rate"]["50%"] == pytest.approx(0.0)
     assert report.confidence["accepted_error_rate"]["20%"] == pytest.approx(1 / 3)
-    # Vote shares 0.8, 0.6, 0.4, 0.9 against the confidences' order.
-    assert report.confidence["spearman_vote_share"] is not None
+    # a and b are unanimous and fit the knowledge perfectly, so their confidences tie.
+    assert conf["a.png"] == conf["b.png"]
+    # Confidence ranks (a, b, c, d) = (3.5, 3.5, 2, 1); vote-share ranks for shares
+    # (0.8, 0.6, 0.4, 0.9) = (3, 2, 1, 4). Pearson on the ranks:
+    expected = -1.5 / math.sqrt(4.5 * 5.0)
+    assert report.confidence["spearman_vote_share"] == pytest.approx(expected)
 
 
 def test_it_exports_json_and_markdown(dataset: tuple[Path, dict[bytes, Answer | None]]) -> None:

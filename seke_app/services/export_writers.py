@@ -9,6 +9,7 @@ one small entry per image (code, subject, expression) to draw the split.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import zipfile
 from collections.abc import Callable, Iterator
@@ -44,9 +45,9 @@ class Progress:
     check: when it changes no row, the export was cancelled.
     """
 
-    def __init__(self, export_id: int, every: int = PROGRESS_EVERY) -> None:
+    def __init__(self, export_id: int, every: int | None = None) -> None:
         self.export_id = export_id
-        self.every = every
+        self.every = every or PROGRESS_EVERY
         self.done = self.written = self.skipped = 0
         self._saved = 0
 
@@ -286,4 +287,6 @@ def write_export(export: Export, options: ExportOptions, progress: Progress) -> 
         return files.finish(folder / _file_name(export, options), manifest)
     except BaseException:
         files.discard()
+        with contextlib.suppress(OSError):
+            folder.rmdir()
         raise

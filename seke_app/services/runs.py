@@ -87,6 +87,7 @@ def run_create(
     budget_usd: Decimal | None = None,
     concurrency: int = 4,
     image_filter: ImageFilter | None = None,
+    double_review_share: float = 0.0,
     user: AbstractBaseUser | None = None,
 ) -> GenerationRun:
     """Create a run over the selected images and enqueue it once committed."""
@@ -95,6 +96,8 @@ def run_create(
         raise RunRefused(f"unknown backend {backend!r}")
     if not 1 <= concurrency <= 64:
         raise RunRefused("concurrency must be between 1 and 64")
+    if not 0.0 <= double_review_share <= 1.0:
+        raise RunRefused("the double-review share must lie between 0 and 1")
     if budget_usd is not None and budget_usd <= 0:
         raise RunRefused("the cost cap must be positive (leave it empty for none)")
     model_name = model_name or default_model(backend)
@@ -116,6 +119,7 @@ def run_create(
             review_threshold=params.review_threshold,
             budget_usd=budget_usd,
             concurrency=concurrency,
+            double_review_share=double_review_share,
             created_by=user,  # type: ignore[misc]
         )
         ids = list(select_images(dataset, image_filter).values_list("id", flat=True))

@@ -373,7 +373,7 @@
         hovertemplate: "%{x}: %{y} sample(s)<extra></extra>",
       }],
       layout({
-        xaxis: { fixedrange: true, tickfont: { size: 11 } },
+        xaxis: { fixedrange: true, tickfont: { size: 11 }, tickangle: -30, automargin: true },
         yaxis: { fixedrange: true, title: { text: "samples" }, rangemode: "tozero", tickformat: "d" },
       }),
       CONFIG

@@ -31,6 +31,10 @@ class Command(BaseCommand):
         parser.add_argument("--review-threshold", type=float, default=defaults.review_threshold)
         parser.add_argument("--no-verify", action="store_true", help="skip self-verification")
         parser.add_argument("--concurrency", type=int, default=4)
+        parser.add_argument(
+            "--double-review", type=float, default=0.0,
+            help="share of flagged images reviewed twice, independently (0-1)",
+        )
         parser.add_argument("--budget", help="cost cap in USD; the run stops cleanly there")
         parser.add_argument("--split", default="")
         parser.add_argument(
@@ -62,6 +66,7 @@ class Command(BaseCommand):
                 params=params,
                 budget_usd=budget,
                 concurrency=options["concurrency"],
+                double_review_share=options["double_review"],
                 image_filter=ImageFilter(
                     split=options["split"], only_unconfident=options["only_unconfident"]
                 ),

@@ -1,0 +1,139 @@
+"""Overhead per image of a generation run (database writes, queue) on the offline annotator.
+
+Usage (from the repository root)::
+
+    python bench/run_overhead.py [--images 300] [--concurrency 1] [--size 160]
+                                 [--worker-class rq.worker.SimpleWorker]
+
+Issue 4's target: under 20 ms per image. The same drawn faces are annotated twice
+with the same SV-UAMC parameters: by the engine alone (``run_uamc`` with an
+``OfflineBackend`` in a loop, the requests built beforehand) and by a whole run
+with one ``manage.py rqworker generation --burst`` process (claiming each image,
+reading its file, writing the annotation, samples, review task and counters, the
+queue and the worker's jobs). The run's time is from its start (the first chunk a
+worker takes) to its end, so the worker's own start-up is left out; everything a
+worker does per chunk, such as loading the weights, is in. The difference per
+image is the overhead.
+
+Storage is throwaway, as in ``run_throughput.py``: SQLite in a temporary data
+folder, or a new PostgreSQL database when ``DATABASE_URL`` is set, and the
+embedded Redis or a free database number of ``REDIS_URL``. Prints figures and
+asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import _django_env as env
+
+
+def engine_alone(dataset_id: int) -> tuple[float, int, float]:
+    """Seconds for ``run_uamc`` over every image of the dataset, images, weights load time."""
+    from seke_app.engine.offline.model import OfflineModel
+    from seke_app.engine.offline_backend import OfflineBackend
+    from seke_app.engine.types import AnnotationRequest, KnownLabels
+    from seke_app.engine.uamc import UAMCParams, run_uamc
+    from seke_app.models import Dataset
+    from seke_app.services.prompts import prompt_version_active
+
+    dataset = Dataset.objects.get(id=dataset_id)
+    version = prompt_version_active()
+    vocabulary = dataset.vocabulary()
+    requests = []
+    for image in dataset.images.order_by("id"):
+        with image.file.open("rb") as handle:
+            data = handle.read()
+        requests.append(
+            AnnotationRequest(
+                image_bytes=data,
+                vocabulary=vocabulary,
+                known=KnownLabels(),
+                knowledge_text=version.knowledge_text,
+                exemplars=tuple(version.exemplars),
+                image_id=str(image.code),
+            )
+        )
+    started = time.perf_counter()
+    model = OfflineModel.load()
+    load_s = time.perf_counter() - started
+    params = UAMCParams()
+    # One image first, so that one-off costs (numpy's first calls) are not counted.
+    run_uamc(OfflineBackend(model), requests[0], params)
+    backend = OfflineBackend(model)
+    started = time.perf_counter()
+    for request in requests:
+        run_uamc(backend, request, params)
+    return time.perf_counter() - started, len(requests), load_s
+
+
+def whole_run(
+    bench: env.BenchEnv, dataset_id: int, args: argparse.Namespace
+) -> tuple[float, float, int, float]:
+    """(run seconds, seconds with worker start-up, images, mean samples per image)."""
+    from django.db.models import Avg
+
+    from seke_app.engine.uamc import UAMCParams
+    from seke_app.models import Annotation, Dataset
+    from seke_app.queue import get_queue
+    from seke_app.services.runs import run_create
+
+    get_queue("generation").empty()
+    run = run_create(
+        dataset=Dataset.objects.get(id=dataset_id),
+        backend="offline",
+        params=UAMCParams(),
+        concurrency=args.concurrency,
+    )
+    options = ["--worker-class", args.worker_class] if args.worker_class else []
+    started = time.perf_counter()
+    env.wait_workers(env.start_workers(bench, 1, options=options), timeout=args.timeout)
+    total_s = time.perf_counter() - started
+    run.refresh_from_db()
+    if run.status != "completed" or run.started_at is None or run.finished_at is None:
+        raise env.BenchSetupError(f"the run ended as {run.status!r}: {run.error}")
+    samples = Annotation.objects.filter(run=run).aggregate(n=Avg("n_samples"))["n"] or 0.0
+    run_s = (run.finished_at - run.started_at).total_seconds()
+    return run_s, total_s, run.n_done, float(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=1, help="the run's threads per worker")
+    parser.add_argument("--size", type=int, default=160, help="side of the drawn faces, px")
+    parser.add_argument(
+        "--worker-class",
+        default="",
+        help="passed to rqworker (e.g. rq.worker.SimpleWorker, which runs jobs without forking)",
+    )
+    parser.add_argument("--timeout", type=float, default=900.0)
+    args = parser.parse_args()
+    bench = env.setup("overhead")
+    try:
+        from seke_app.services.runs import CHUNK_SIZE
+
+        print(f"storage: {bench.describe()}")
+        print(f"{args.images} drawn {args.size}x{args.size} faces, offline annotator, default"
+              f" SV-UAMC parameters, run concurrency {args.concurrency}, one worker"
+              f" ({args.worker_class or 'default class: forks a work horse per job'},"
+              f" {CHUNK_SIZE} images a job)")
+        dataset_id = env.import_drawn_dataset(bench, "overhead", args.images, args.size)
+        engine_s, n_engine, load_s = engine_alone(dataset_id)
+        run_s, total_s, n_run, samples = whole_run(bench, dataset_id, args)
+        engine_ms = engine_s / n_engine * 1000
+        run_ms = run_s / n_run * 1000
+        print(f"  engine alone            {engine_ms:7.1f} ms/image ({n_engine} images,"
+              f" {engine_s:.2f} s)")
+        print(f"  whole run, one worker   {run_ms:7.1f} ms/image ({n_run} images, {run_s:.2f} s;"
+              f" {total_s:.2f} s with worker start-up; {samples:.2f} samples/image)")
+        print(f"  overhead                {run_ms - engine_ms:7.1f} ms/image   (target < 20 ms)")
+        print(f"  for scale: loading the offline weights takes {load_s * 1000:.0f} ms;"
+              f" a job holds {CHUNK_SIZE} images")
+    finally:
+        env.teardown(bench)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Quality figures in plain numpy: agreement between raters, calibration, risk-coverage.
+
+Agreement compares two raters of the same items (two reviewers, two runs, a run
+and the human decisions). Calibration asks whether a confidence of 0.8 is right
+eight times in ten. The risk-coverage curve says, for each review threshold, how
+much goes to humans and how often what is auto-accepted is wrong, and picks the
+threshold that meets a target error rate or a review budget.
+
+Cohen's kappa follows ``sklearn.metrics.cohen_kappa_score`` (``tests/test_quality.py``
+checks the agreement to 1e-9); the calibration bins are those of
+``metrics.expected_calibration_error``. The rest are this project's definitions,
+documented where they are made.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence, Sized
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from seke_app.engine import metrics
+
+# Two valence-arousal answers agree when both coordinates are this close: a tenth
+# of the [-1, 1] scale, about one AffectNet per-class standard deviation.
+VA_TOLERANCE = 0.2
+DEFAULT_BINS = 10
+
+
+def _same_length(a: Sized, b: Sized) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"the two raters differ in length ({len(a)} and {len(b)})")
+
+
+def _floats(values: npt.ArrayLike, name: str) -> npt.NDArray[np.float64]:
+    array = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains values that are not finite numbers")
+    return array
+
+
+def cohen_kappa(
+    first: Sequence[Hashable],
+    second: Sequence[Hashable],
+    labels: Sequence[Hashable] | None = None,
+) -> float:
+    """Cohen's kappa of two raters, ``(p_o - p_e) / (1 - p_e)``.
+
+    As ``cohen_kappa_score``: items whose label is not among ``labels`` are left
+    out, and the result is NaN when chance agreement is already perfect (both
+    raters always gave the same single label), where kappa is undefined.
+    """
+    _same_length(first, second)
+    if not first:
+        raise ValueError("kappa of an empty set is undefined")
+    # Without explicit labels, the sorted union of the labels seen (as scikit-learn does).
+    classes = (
+        list(labels)
+        if labels is not None
+        else sorted(set(first) | set(second), key=lambda label: (str(type(label)), label))
+    )
+    counts = metrics.confusion_matrix(first, second, classes).astype(np.float64)
+    total = counts.sum()
+    if total == 0:
+        return float("nan")
+    observed_disagreement = 1.0 - np.trace(counts) / total
+    expected = np.outer(counts.sum(axis=1), counts.sum(axis=0)) / total
+    expected_disagreement = 1.0 - np.trace(expected) / total
+    if expected_disagreement == 0:
+        return float("nan")
+    return float(1.0 - observed_disagreement / expected_disagreement)
+
+
+@dataclass(frozen=True)
+class AUAgreement:
+    """Two raters on one action unit.
+
+    ``prevalence`` is the share of "present" among both raters' answers. It is
+    shown next to kappa because kappa drops for rare AUs even when the raters
+    almost always agree (the kappa paradox of Feinstein and Cicchetti, 1990).
+    """
+
+    au: int
+    n: int
+    prevalence: float
+    observed_agreement: float
+    kappa: float
+
+
+def au_agreement(
+    first: Mapping[int, Sequence[bool]], second: Mapping[int, Sequence[bool]]
+) -> list[AUAgreement]:
+    """Per-AU agreement for every AU present in both mappings, in AU order."""
+    rows = []
+    for au in sorted(set(first) & set(second)):
+        a = np.asarray(first[au], dtype=bool).ravel()
+        b = np.asarray(second[au], dtype=bool).ravel()
+        _same_length(a, b)
+        if a.size == 0:
+            continue
+        rows.append(
+            AUAgreement(
+                au=au,
+                n=int(a.size),
+                prevalence=float((a.sum() + b.sum()) / (2 * a.size)),
+                observed_agreement=float(np.mean(a == b)),
+                kappa=cohen_kappa(a.tolist(), b.tolist(), labels=[False, True]),
+            )
+        )
+    return rows
+
+
+def va_distance(first: tuple[float, float], second: tuple[float, float]) -> float:
+    """Euclidean distance between two (valence, arousal) points."""
+    return math.hypot(first[0] - second[0], first[1] - second[1])
+
+
+def mean_va_distance(
+    first: Sequence[tuple[float, float]], second: Sequence[tuple[float, float]]
+) -> float:
+    """Mean Euclidean distance between paired (valence, arousal) points."""
+    _same_length(first, second)
+    if not first:
+        raise ValueError("the VA distance of an empty set is undefined")
+    a = _floats(first, "first").reshape(-1, 2)
+    b = _floats(second, "second").reshape(-1, 2)
+    return float(np.mean(np.hypot(a[:, 0] - b[:, 0], a[:, 1] - b[:, 1])))
+
+
+def va_agrees(
+    first: tuple[float, float], second: tuple[float, float], tolerance: float = VA_TOLERANCE
+) -> bool:
+    """Whether valence and arousal each differ by at most ``tolerance``."""
+    return abs(first[0] - second[0]) <= tolerance and abs(first[1] - second[1]) <= tolerance
+
+
+def aus_agree(first: Mapping[int, bool], second: Mapping[int, bool]) -> bool:
+    """Whether every AU is present in both or absent in both; a missing AU is absent."""
+    return all(bool(first.get(au)) == bool(second.get(au)) for au in set(first) | set(second))
+
+
+@dataclass(frozen=True)
+class ReliabilityBin:
+    """One bin of a reliability diagram: ``[lower, upper]`` and what fell into it."""
+
+    lower: float
+    upper: float
+    mean_confidence: float
+    accuracy: float
+    count: int
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """The non-empty bins of a reliability diagram and the expected calibration error."""
+
+    bins: list[ReliabilityBin]
+    ece: float
+    n: int
+
+
+def reliability_diagram(
+    correct: npt.ArrayLike, confidence: npt.ArrayLike, n_bins: int = DEFAULT_BINS
+) -> Reliability:
+    """Accuracy against mean confidence in ``n_bins`` equal-width bins of [0, 1].
+
+    The bins are those of ``metrics.expected_calibration_error`` (a confidence on
+    an inner edge falls into the lower bin), whose value is returned with them.
+    """
+    right = np.asarray(correct, dtype=np.float64).ravel()
+    conf = _floats(confidence, "confidence").ravel()
+    ece = metrics.expected_calibration_error(right, conf, n_bins)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    index = np.searchsorted(edges[1:-1], conf)
+    bins = []
+    for b in np.unique(index):
+        members = index == b
+        bins.append(
+            ReliabilityBin(
+                lower=float(edges[b]),
+                upper=float(edges[b + 1]),
+                mean_confidence=float(conf[members].mean()),
+                accuracy=float(right[members].mean()),
+                count=int(members.sum()),
+            )
+        )
+    return Reliability(bins=bins, ece=ece, n=int(conf.size))
+
+
+@dataclass(frozen=True)
+class RiskPoint:
+    """The outcome of one review threshold.
+
+    Items whose confidence is under ``threshold`` go to review (as SV-UAMC flags
+    them); the rest are auto-accepted. ``error_rate`` is the share of wrong
+    answers among the auto-accepted, None when nothing is accepted.
+    """
+
+    threshold: float
+    review_share: float
+    n_review: int
+    n_accepted: int
+    n_errors: int
+    error_rate: float | None
+
+    @property
+    def coverage(self) -> float:
+        return 1.0 - self.review_share
+
+
+def risk_coverage(correct: npt.ArrayLike, confidence: npt.ArrayLike) -> list[RiskPoint]:
+    """One point per distinct split of the items, from threshold 0 (review nothing) upwards.
+
+    The candidate thresholds are 0, every distinct confidence and 1; any other
+    threshold splits the items as the next candidate above it does. Of candidates
+    that split the items alike (0 and a smallest confidence above 0), the lower is kept.
+    """
+    right = np.asarray(correct, dtype=bool).ravel()
+    conf = _floats(confidence, "confidence").ravel()
+    _same_length(right, conf)
+    if conf.size == 0:
+        raise ValueError("the risk-coverage curve of an empty set is undefined")
+    if conf.min() < 0 or conf.max() > 1:
+        raise ValueError("confidences must lie in [0, 1]")
+    order = np.argsort(conf, kind="stable")
+    sorted_conf = conf[order]
+    # Errors among the items from position i on (the accepted ones when i go to review).
+    errors_from = np.r_[np.cumsum((~right[order])[::-1])[::-1], 0]
+    thresholds = np.unique(np.r_[0.0, conf, 1.0])
+    n = conf.size
+    points: list[RiskPoint] = []
+    for threshold in thresholds:
+        n_review = int(np.searchsorted(sorted_conf, threshold, side="left"))
+        if points and points[-1].n_review == n_review:
+            continue
+        n_accepted = n - n_review
+        n_errors = int(errors_from[n_review])
+        points.append(
+            RiskPoint(
+                threshold=float(threshold),
+                review_share=n_review / n,
+                n_review=n_review,
+                n_accepted=n_accepted,
+                n_errors=n_errors,
+                error_rate=n_errors / n_accepted if n_accepted else None,
+            )
+        )
+    return points
+
+
+def threshold_for_error_rate(points: Sequence[RiskPoint], target: float) -> RiskPoint | None:
+    """The lowest threshold (least review) whose auto-accepted error rate is at most ``target``.
+
+    None when no threshold that still accepts something reaches the target.
+    """
+    if not 0.0 <= target <= 1.0:
+        raise ValueError("the target error rate is a fraction between 0 and 1")
+    meeting = [p for p in points if p.error_rate is not None and p.error_rate <= target]
+    return min(meeting, key=lambda p: p.threshold) if meeting else None
+
+
+def threshold_for_budget(points: Sequence[RiskPoint], budget: float) -> RiskPoint | None:
+    """The highest threshold (most review) that sends at most ``budget`` of the items to review.
+
+    None only for an empty curve, since threshold 0 reviews nothing.
+    """
+    if not 0.0 <= budget <= 1.0:
+        raise ValueError("the review budget is a fraction between 0 and 1")
+    within = [p for p in points if p.review_share <= budget]
+    return max(within, key=lambda p: p.threshold) if within else None
+
+
+def histogram(values: npt.ArrayLike, n_bins: int = 20) -> list[int]:
+    """Counts in ``n_bins`` equal-width bins of [0, 1]; 1.0 falls into the last bin."""
+    x = _floats(values, "values").ravel()
+    if x.size and (x.min() < 0 or x.max() > 1):
+        raise ValueError("values must lie in [0, 1]")
+    index = np.minimum((x * n_bins).astype(np.int64), n_bins - 1)
+    return [int(c) for c in np.bincount(index, minlength=n_bins)]
