@@ -17,8 +17,10 @@ from seke_app.run_forms import RunForm
 from seke_app.services.runs import (
     ImageFilter,
     RunRefused,
+    generation_workers,
     run_cancel,
     run_create,
+    run_has_expired_items,
     run_recent_errors,
     run_resume,
     run_retry_failed,
@@ -88,7 +90,22 @@ def _progress_context(run: GenerationRun) -> dict[str, object]:
         "rate": rate,
         "eta": eta,
         "errors": run_recent_errors(run),
+        "stalled": not run.is_finished() and run_has_expired_items(run),
+        "workers": None if run.is_finished() else _worker_note(),
     }
+
+
+def _worker_note() -> str | None:
+    """Why a run may not move: no worker listens, or Redis does not answer."""
+    try:
+        if generation_workers() == 0:
+            return (
+                "No worker is listening on the generation queue: start one with"
+                " `python manage.py rqworker generation`."
+            )
+    except QueueUnavailable as exc:
+        return str(exc)
+    return None
 
 
 @admin_required

@@ -18,11 +18,13 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
+from rq import Worker
 
 from seke_app import hooks
 from seke_app.engine.types import AnnotationRequest, Backend, KnownLabels
@@ -37,7 +39,7 @@ from seke_app.models import (
     PromptVersion,
     RunItem,
 )
-from seke_app.queue import get_queue
+from seke_app.queue import QueueUnavailable, get_queue
 from seke_app.services.backends import BackendUnavailable, backend_for, default_model
 from seke_app.services.prompts import prompt_version_active
 
@@ -481,6 +483,20 @@ def run_retry_failed(*, run: GenerationRun) -> int:
         )
         transaction.on_commit(lambda: run_enqueue(run_id=run.id))
     return count
+
+
+def run_has_expired_items(run: GenerationRun) -> bool:
+    """True when a worker died holding images of this run (their leases ran out)."""
+    return bool(_expired_items(run.id))
+
+
+def generation_workers() -> int:
+    """How many RQ workers listen on the generation queue (raises QueueUnavailable)."""
+    queue = get_queue("generation")
+    try:
+        return Worker.count(queue=queue)
+    except redis.RedisError as exc:
+        raise QueueUnavailable(f"Redis does not answer: {exc}") from None
 
 
 def run_recent_errors(run: GenerationRun, limit: int = 10) -> list[tuple[str, str]]:
