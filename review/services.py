@@ -408,6 +408,13 @@ def decision_undo(*, decision: ReviewDecision, user: User) -> ReviewTask:
         if timezone.now() - row.created_at > undo_window():
             raise ReviewRefused("Too late to undo: the undo window has passed.")
         now = timezone.now()
+        # A task claimed since then goes back to the queue, in the same transaction,
+        # so that the undone task is the one the reviewer holds.
+        ReviewTask.objects.filter(holder=user, status=ReviewTask.Status.CLAIMED).exclude(
+            id=row.task_id
+        ).exclude(kind=ReviewTask.Kind.GOLD).update(
+            status=ReviewTask.Status.OPEN, holder=None, lease_until=None
+        )
         row.undone_at = now
         row.save(update_fields=["undone_at"])
         ReviewTask.objects.filter(id=row.task_id).update(

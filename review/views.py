@@ -169,11 +169,7 @@ def undo(request: HttpRequest) -> HttpResponse:
     if decision is None:
         messages.error(request, "Nothing to undo: no decision of yours is recent enough.")
         return redirect("review:queue")
-    # A task claimed in the meantime goes back to the queue so the undone one is next.
-    held = task_held_by(_user(request))
     try:
-        if held is not None and held.id != decision.task_id:
-            task_skip(task=held, user=_user(request))
         task = decision_undo(decision=decision, user=_user(request))
     except ReviewRefused as exc:
         messages.error(request, str(exc))

@@ -9,12 +9,13 @@ Use the ``browser_page`` fixture together with pytest-django's ``live_server``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connections
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -31,9 +32,13 @@ TIMEOUT_MS = 15_000
 
 @dataclass
 class BrowserPage:
-    """A Playwright page and the errors its console reported (which fail the test)."""
+    """A Playwright page, its ``expect``, and the errors its console reported.
+
+    Console errors fail the test when it ends; a test may also assert the list empty.
+    """
 
     page: Any
+    expect: Callable[..., Any]
     console_errors: list[str] = field(default_factory=list)
 
 
@@ -48,7 +53,7 @@ def browser_page(monkeypatch: pytest.MonkeyPatch) -> Iterator[BrowserPage]:
     if not os.access(CHROMIUM, os.X_OK):
         _unavailable(f"{CHROMIUM} is missing: install Debian's chromium package")
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
     except ImportError:
         _unavailable("the playwright package is missing: pip install -e '.[dev]'")
     # Playwright's sync API keeps an event loop running in this thread, which makes
@@ -61,12 +66,17 @@ def browser_page(monkeypatch: pytest.MonkeyPatch) -> Iterator[BrowserPage]:
         try:
             page = browser.new_page()
             page.set_default_timeout(TIMEOUT_MS)
-            result = BrowserPage(page=page)
+            result = BrowserPage(page=page, expect=expect)
             page.on("console", lambda message: _record_console(result, message))
             page.on("pageerror", lambda error: result.console_errors.append(f"page error: {error}"))
             yield result
         finally:
             browser.close()
+            # While Playwright's loop runs, Django keeps the test's database
+            # connections apart from the usual thread-local ones, where its own
+            # clean-up would not find them (PostgreSQL then refuses to drop the
+            # test database "being accessed by other users").
+            connections.close_all()
     if result.console_errors:
         pytest.fail("the browser console reported errors:\n" + "\n".join(result.console_errors))
 

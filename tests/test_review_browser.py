@@ -39,7 +39,7 @@ XSS = '<script>window.__pwned = "evidence"</script>'
 
 @pytest.fixture(autouse=True)
 def _own_queue() -> Iterator[None]:
-    queue = get_queue("generation")
+    queue: Any = get_queue("generation")
     queue.empty()
     yield
     queue.empty()
@@ -59,9 +59,9 @@ def reviewable_run(tmp_path: Path, n: int = 6) -> GenerationRun:
         params=UAMCParams(review_threshold=1.0),
         concurrency=1,
     )
-    SimpleWorker(
-        [get_queue("generation")], connection=django_rq.get_connection("generation")
-    ).work(burst=True)
+    SimpleWorker([get_queue("generation")], connection=django_rq.get_connection("generation")).work(
+        burst=True
+    )
     run.refresh_from_db()
     assert run.status == "completed"
     assert ReviewTask.objects.filter(status="open").count() == n
@@ -110,7 +110,7 @@ def nudged(value: float, steps: int) -> float:
     return value
 
 
-def machine_rows() -> list[dict[str, Any]]:
+def machine_rows() -> list[Any]:
     return list(Annotation.objects.order_by("id").values())
 
 
@@ -183,9 +183,10 @@ def test_it_reviews_with_the_keyboard_and_mouse_and_records_exactly_the_decision
     valence = float(page.input_value("#valence"))
     arousal = float(page.input_value("#arousal"))
     assert valence == pytest.approx(0.5, abs=0.02) and arousal == pytest.approx(-0.3, abs=0.02)
-    assert page.eval_on_selector(
-        "#chart-va", "gd => [gd.data[3].x[0], gd.data[3].y[0]]"
-    ) == [valence, arousal], "the choice marker did not move to the click"
+    assert page.eval_on_selector("#chart-va", "gd => [gd.data[3].x[0], gd.data[3].y[0]]") == [
+        valence,
+        arousal,
+    ], "the choice marker did not move to the click"
     aus = fourth.annotation.aus_dict()
     switched_off = next(au for au, on in sorted(aus.items()) if on)
     switched_on = next(au for au, on in sorted(aus.items()) if not on)

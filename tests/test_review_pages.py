@@ -266,7 +266,10 @@ BAD_VALUES: dict[str, tuple[dict[str, str], str]] = {
         {"action": "correct", "valence": "0.2"},
         "valence and arousal must be given together",
     ),
-    "valence not a number": ({"action": "correct", "valence": "high", "arousal": "0"}, "not a number"),
+    "valence not a number": (
+        {"action": "correct", "valence": "high", "arousal": "0"},
+        "not a number",
+    ),
     "AU outside the vocabulary": ({"action": "correct", "au_11": "on"}, "unknown AUs: AU11"),
     "a field that is no AU": ({"action": "correct", "au_lips": "on"}, "au_lips is not an AU field"),
     "AU intensity outside A-E": (
@@ -314,6 +317,7 @@ def test_it_records_a_correction_as_a_new_row(tmp_path: Path, annotator: User) -
     client.post(reverse("review:decide", args=[task.code]), data)
     decision = ReviewDecision.objects.get()
     assert (decision.expression, decision.valence, decision.arousal) == ("surprise", 0.25, 0.8)
+    assert decision.aus is not None
     assert {au for au, on in decision.aus.items() if on} == {"1", "26"}
     assert decision.au_intensity == {"1": "C"}, "an intensity counts only for a present AU"
     assert decision.before["expression"] == task.annotation.expression

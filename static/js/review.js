@@ -232,6 +232,14 @@
     form.classList.add("submitting");
   });
 
+  // A page restored by the back button must accept keys and clicks again.
+  window.addEventListener("pageshow", function (event) {
+    if (event.persisted) {
+      submitting = false;
+      form.classList.remove("submitting");
+    }
+  });
+
   // --- Keyboard -------------------------------------------------------------------
 
   function isTypingField(element) {
@@ -495,7 +503,7 @@
       }],
       layout({
         margin: { l: 8, r: 12, t: 8, b: 32 },
-        xaxis: { range: [0, 1], fixedrange: true, tickformat: ".0%", title: { text: "activation rate" } },
+        xaxis: { range: [0, 1], dtick: 0.25, fixedrange: true, tickformat: ".0%", title: { text: "activation rate" } },
         yaxis: { autorange: "reversed", fixedrange: true, automargin: true, tickfont: { size: 11 } },
         bargap: 0.25,
         shapes: [{
