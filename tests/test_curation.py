@@ -144,7 +144,9 @@ def test_it_prefers_a_reviewer_then_the_dataset_then_an_accepted_machine_label(
     # A flagged annotation never counts: the earlier accepted one stands.
     assert records["2.png"].provenance["va"].run == str(run.code)
     accepted = records["3.png"]
-    assert accepted.expression == "happiness" and accepted.provenance["expression"].source == "human"
+    assert (
+        accepted.expression == "happiness" and accepted.provenance["expression"].source == "human"
+    )
 
 
 def test_it_takes_the_latest_accepted_machine_label() -> None:
@@ -224,4 +226,6 @@ def test_it_reads_in_chunks_with_three_queries_each(
     with django_assert_num_queries(3 * chunks + 1):
         read = list(curated_records(dataset=dataset, chunk_size=5))
     assert len(read) == chunks and sum(len(c) for c in read) == n
-    assert all(r is not None and r.provenance["expression"].source == "human" for c in read for r in c)
+    assert all(
+        r is not None and r.provenance["expression"].source == "human" for c in read for r in c
+    )

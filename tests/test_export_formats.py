@@ -222,9 +222,7 @@ def test_it_writes_questions_and_answer_keys_that_score_perfectly() -> None:
     assert "neutral" in expression_question["question"]
     # A model that repeats FEID's answer sentences scores perfectly.
     by_id = {r.image: r for r in records}
-    predictions = {
-        k["id"]: feid.answer_text(by_id[k["image"]], k["grain"]) for k in keys
-    }
+    predictions = {k["id"]: feid.answer_text(by_id[k["image"]], k["grain"]) for k in keys}
     report = evaluator.score(keys, predictions)
     assert report["expression"]["accuracy"] == 1.0
     assert report["expression"]["macro_f1"] == 1.0
@@ -292,7 +290,11 @@ def as_label_studio_export(task: dict[str, Any], **annotation: Any) -> dict[str,
 
 
 def test_it_reads_its_own_label_studio_tasks_back() -> None:
-    for rec in (record(1), record(2, aus={1: True, 2: False, 4: False}), record(3).without(["aus"])):
+    for rec in (
+        record(1),
+        record(2, aus={1: True, 2: False, 4: False}),
+        record(3).without(["aus"]),
+    ):
         task = as_label_studio_export(labelstudio.task(rec, "x.png"))
         back = labelstudio.labels_from_task(json.loads(json.dumps(task)), FEID_AUS)
         assert back.image == rec.image and back.annotator == "ann@example.org"
@@ -348,7 +350,9 @@ def test_it_reports_label_studio_values_it_cannot_use() -> None:
 def test_it_summarises_labels_provenance_and_confidence_in_the_card() -> None:
     stats = CardStats()
     for i in range(4):
-        stats.add(record(i, provenance={g: machine(0.15 + i * 0.25) for g in ("expression", "va", "aus")}))
+        stats.add(
+            record(i, provenance={g: machine(0.15 + i * 0.25) for g in ("expression", "va", "aus")})
+        )
     stats.add(record(9))
     summary = stats.to_json()
     assert summary["n_records"] == 5
@@ -358,7 +362,12 @@ def test_it_summarises_labels_provenance_and_confidence_in_the_card() -> None:
     assert sum(summary["machine_confidence_histogram"]["va"]) == 4
     assert summary["prompt_versions"] == [3]
     text = card_markdown(stats, title="drawn", summary={"Dataset": "drawn"})
-    for heading in ("## Provenance", "## Expressions", "## Valence and arousal",
-                    "## Action units", "## Machine confidence"):
+    for heading in (
+        "## Provenance",
+        "## Expressions",
+        "## Valence and arousal",
+        "## Action units",
+        "## Machine confidence",
+    ):
         assert heading in text
     assert "| happiness | 5 (100.0%) |" in text

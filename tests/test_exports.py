@@ -18,6 +18,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.urls import reverse
+from playwright.sync_api import expect
 from rq import SimpleWorker
 
 import seke_app
@@ -32,7 +33,8 @@ from seke_app.services.exports import (
     export_create,
     export_run,
 )
-from tests.conftest import client_for
+from tests.browser import BrowserPage
+from tests.conftest import PASSWORD, client_for
 from tests.test_curation import annotate, decide, make_images, make_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -129,9 +131,7 @@ def test_it_exports_feid_in_every_format_with_manifest_and_card(labelled: Datase
     card = archive.read("README.md").decode()
     assert "## Provenance" in card and "## Machine confidence" in card and "12 images." in card
     # The working files are gone; only the archive is left.
-    assert [p.name for p in (exports_dir() / str(export.code)).iterdir()] == [
-        export.file_name()
-    ]
+    assert [p.name for p in (exports_dir() / str(export.code)).iterdir()] == [export.file_name()]
 
 
 def test_it_copies_images_and_embeds_them_as_data_urls(labelled: Dataset) -> None:
@@ -260,10 +260,13 @@ def test_it_exports_a_subject_disjoint_benchmark_and_scores_it(
     assert split["method"] == "subject-disjoint" and split["n_test"] == 3
     test_images = archive.read("test_images.txt").decode().split()
     train_images = archive.read("train_images.txt").decode().split()
-    subjects = dict(FaceImage.objects.values_list("code", "subject"))
-    test_subjects = {subjects[__import__("uuid").UUID(c)] for c in test_images}
-    assert not test_subjects & {subjects[__import__("uuid").UUID(c)] for c in train_images}
+    subjects = {str(c): s for c, s in FaceImage.objects.values_list("code", "subject")}
+    test_subjects = {subjects[c] for c in test_images}
+    assert not test_subjects & {subjects[c] for c in train_images}
     assert export.n_total == 24 and export.n_done == 24 and export.n_written == 3
+    assert export.n_skipped == 0
+    counts = json.loads(archive.read("manifest.json"))["counts"]
+    assert counts["images"] == 12 and counts["records"] == 3
     questions = jsonl(archive, "feab_questions.jsonl")
     answers = jsonl(archive, "feab_answers.jsonl")
     assert len(questions) == len(answers) == 9
@@ -294,12 +297,10 @@ def test_it_exports_label_studio_tasks_with_their_config(labelled: Dataset) -> N
     tasks = json.loads(archive.read("tasks.json"))
     assert len(tasks) == 12
     assert all(t["data"]["image"].startswith("/data/local-files/?d=faces/") for t in tasks)
-    assert "<Choices name=\"aus\"" in archive.read("label_config.xml").decode()
+    assert '<Choices name="aus"' in archive.read("label_config.xml").decode()
 
 
-def test_it_runs_the_commands_inline_and_copies_the_file(
-    labelled: Dataset, tmp_path: Path
-) -> None:
+def test_it_runs_the_commands_inline_and_copies_the_file(labelled: Dataset, tmp_path: Path) -> None:
     out = tmp_path / "feid.zip"
     stdout = io.StringIO()
     call_command(
@@ -316,7 +317,14 @@ def test_it_runs_the_commands_inline_and_copies_the_file(
         manifest = json.loads(archive.read("manifest.json"))
     assert manifest["filters"]["sources"]["aus"] == ["human"]
     call_command("export_feab", dataset="drawn", inline=True, out=tmp_path, stdout=stdout)
-    call_command("export_labelstudio", dataset="drawn", inline=True, no_archive=True, out=tmp_path, stdout=stdout)
+    call_command(
+        "export_labelstudio",
+        dataset="drawn",
+        inline=True,
+        no_archive=True,
+        out=tmp_path,
+        stdout=stdout,
+    )
     assert len(list(tmp_path.glob("drawn-feab-*.zip"))) == 1
     assert len(list(tmp_path.glob("drawn-labelstudio-*.json"))) == 1
     with pytest.raises(CommandError, match="no dataset called"):
@@ -426,9 +434,16 @@ def test_it_starts_polls_and_cancels_an_export_from_the_pages(
     assert "hx-trigger" not in finished
     refused = client.post(
         reverse("export_new", args=[labelled.code]),
-        {"kind": "feab", "grains": ["expression"], "expression_sources": ["human"],
-         "min_confidence": "0", "images": "copy", "openai_images": "url", "seed": "0",
-         "test_fraction": "0.2"},
+        {
+            "kind": "feab",
+            "grains": ["expression"],
+            "expression_sources": ["human"],
+            "min_confidence": "0",
+            "images": "copy",
+            "openai_images": "url",
+            "seed": "0",
+            "test_fraction": "0.2",
+        },
     )
     assert re.search(r"needs an archive", refused.content.decode())
     assert Export.objects.count() == 1
@@ -439,3 +454,43 @@ def test_it_offers_the_download_link_once_done(done_export: Export, admin_user: 
     text = page.content.decode()
     assert reverse("export_download", args=[done_export.code]) in text
     assert "hx-trigger" not in text and "100.0%" in text
+
+
+# --- In the browser --------------------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_it_exports_from_the_browser_to_the_downloaded_file(
+    labelled: Dataset,
+    admin_user: User,
+    tmp_path: Path,
+    live_server: Any,
+    browser_page: BrowserPage,
+    start_worker: Callable[..., Any],
+) -> None:
+    worker = start_worker(("exports",))
+    page = browser_page.page
+    page.goto(f"{live_server.url}/login/")
+    page.get_by_label("User name").fill(admin_user.username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Exports").click()
+    page.get_by_role("link", name="Export drawn…").click()
+    page.get_by_label("Kind").select_option("feid")
+    page.get_by_label("ShareGPT (LLaMA-Factory)").check()
+    page.get_by_role("button", name="Start the export").click()
+    expect(page).to_have_url(re.compile(r"/exports/[0-9a-f-]{36}/$"))
+    # The progress section polls until the worker is done, then offers the file.
+    download_link = page.locator("#export-download")
+    expect(download_link).to_be_visible(timeout=60_000)
+    expect(page.locator("#export-status")).to_have_text("Done")
+    with page.expect_download() as info:
+        download_link.click()
+    saved = tmp_path / info.value.suggested_filename
+    info.value.save_as(saved)
+    assert worker.poll() is None, worker.output()
+    with zipfile.ZipFile(saved) as archive:
+        assert len(jsonl(archive, "feid_llava.jsonl")) == 12
+        assert len(jsonl(archive, "feid_sharegpt.jsonl")) == 12
+        manifest = json.loads(archive.read("manifest.json"))
+    assert manifest["export"] == str(Export.objects.get().code)

@@ -123,7 +123,9 @@ def test_it_agrees_with_scikit_learn() -> None:
         image = f"i{i}"
         keys.append(key(image, "expression", {"expression": str(truth[i])}))
         keys.append(key(image, "va", {"valence": va_truth[i, 0], "arousal": va_truth[i, 1]}))
-        keys.append(key(image, "aus", {"aus": {f"AU{a}": bool(au_truth[i, j]) for j, a in enumerate(aus)}}))
+        keys.append(
+            key(image, "aus", {"aus": {f"AU{a}": bool(au_truth[i, j]) for j, a in enumerate(aus)}})
+        )
         if answered[i]:
             predictions[image] = {
                 "expression": str(guessed[i]),

@@ -107,7 +107,7 @@ def _latest_per_image(rows: Any) -> dict[int, Row]:
     return latest
 
 
-def _latest_decisions(ids: list[int]) -> dict[int, Row]:
+def _latest_decisions(ids: models.QuerySet[FaceImage, Any]) -> dict[int, Row]:
     rows = (
         decision_model()
         ._default_manager.filter(image_id__in=ids, undone_at__isnull=True)
@@ -117,7 +117,7 @@ def _latest_decisions(ids: list[int]) -> dict[int, Row]:
     return _latest_per_image(rows)
 
 
-def _latest_accepted(ids: list[int]) -> dict[int, Row]:
+def _latest_accepted(ids: models.QuerySet[FaceImage, Any]) -> dict[int, Row]:
     rows = (
         Annotation.objects.filter(image_id__in=ids, flagged=False)
         .order_by("image_id", "-created_at", "-id")
@@ -231,8 +231,9 @@ def curated_records(
         chunk = list(images.filter(id__gt=last_id).values(*_IMAGE_FIELDS)[:chunk_size])
         if not chunk:
             return
+        # The chunk's images again, as a subquery: no list of ids to send, whatever its size.
+        ids = images.filter(id__gt=last_id, id__lte=chunk[-1]["id"]).values("id")
         last_id = chunk[-1]["id"]
-        ids = [row["id"] for row in chunk]
         decisions, accepted = _latest_decisions(ids), _latest_accepted(ids)
         yield [
             curate(row, decisions.get(row["id"]), accepted.get(row["id"]), dataset.name)

@@ -78,6 +78,7 @@ class _Writer:
     progress: Progress
     stats: CardStats = field(default_factory=CardStats)
     exclude: frozenset[str] = frozenset()
+    n_images: int = 0
     manifest_extra: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -149,6 +150,8 @@ def _write_feab(w: _Writer) -> None:
     split = feab.benchmark_split(items, test_fraction=options.test_fraction, seed=options.seed)
     n_items = len(items)
     del items
+    # The second pass meets the same images without labels again; count them once.
+    w.progress.skipped = 0
     question_file = w.files.data_file("feab_questions.jsonl")
     answer_file = w.files.data_file("feab_answers.jsonl")
     test_list = w.files.data_file("test_images.txt")
@@ -240,7 +243,7 @@ def _manifest(w: _Writer) -> dict[str, Any]:
         },
         "filters": w.options.to_json(),
         "counts": {
-            "images_read": w.progress.done,
+            "images": w.n_images,
             "records": stats["n_records"],
             "skipped_without_admitted_label": w.progress.skipped,
             "grains": stats["grains"],
@@ -278,7 +281,9 @@ def write_export(export: Export, options: ExportOptions, progress: Progress) -> 
         n_images = candidate_images(dataset=export.dataset, split=options.split).count()
         passes = 2 if export.kind == Export.Kind.FEAB else 1
         Export.objects.filter(id=export.id).update(n_total=n_images * passes)
-        writer = _Writer(export, options, files, progress, exclude=_holdout_images(options))
+        writer = _Writer(
+            export, options, files, progress, exclude=_holdout_images(options), n_images=n_images
+        )
         WRITERS[export.kind](writer)
         progress.save()
         manifest = _manifest(writer)

@@ -57,9 +57,9 @@ class CardStats:
             self.arousal[_bin(record.arousal, -1.0, 1.0)] += 1
             self.va_sums[0] += record.valence
             self.va_sums[1] += record.arousal
-        for au, on in (record.aus or {}).items():
-            self.au_coded[au] += 1
-            self.au_active[au] += int(on)
+        if record.aus:
+            self.au_coded.update(record.aus.keys())
+            self.au_active.update(au for au, on in record.aus.items() if on)
 
     def to_json(self) -> dict[str, Any]:
         n_va = self.grains["va"]

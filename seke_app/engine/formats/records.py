@@ -15,7 +15,8 @@ SEKE's own definitions, used by every export format:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from typing import Any
 
 GRAINS: tuple[str, ...] = ("expression", "va", "aus")
@@ -54,12 +55,24 @@ class Provenance:
             raise ValueError(f"unknown provenance source {self.source!r}")
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        return dict(self._json)
+
+    @cached_property
+    def _json(self) -> dict[str, Any]:
+        # Computed once: an export asks for it once per format and for the card.
+        return {
+            name: getattr(self, name)
+            for name in _PROVENANCE_FIELDS
+            if getattr(self, name) is not None
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Provenance:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_PROVENANCE_FIELDS = tuple(f.name for f in fields(Provenance))
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,10 @@ class CuratedRecord:
         raise ValueError(f"unknown grain {grain!r}")
 
     def grains(self) -> tuple[str, ...]:
+        return self._present
+
+    @cached_property
+    def _present(self) -> tuple[str, ...]:
         return tuple(g for g in GRAINS if self.has(g))
 
     def active_aus(self) -> list[int]:
