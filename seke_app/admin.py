@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from seke_app.export_models import Export
 from seke_app.models import (
     Annotation,
     AnnotationSample,
@@ -64,3 +65,10 @@ class AnnotationAdmin(admin.ModelAdmin[Annotation]):
 class AnnotationSampleAdmin(admin.ModelAdmin[AnnotationSample]):
     list_display = ["annotation", "index", "kind", "parse_error"]
     raw_id_fields = ["annotation"]
+
+
+@admin.register(Export)
+class ExportAdmin(admin.ModelAdmin[Export]):
+    list_display = ["code", "kind", "dataset", "status", "created_at"]
+    list_filter = ["kind", "status"]
+    readonly_fields = ["code"]
