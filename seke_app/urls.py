@@ -38,3 +38,12 @@ urlpatterns += [
     path("exports/<uuid:code>/cancel", export_views.export_cancel_view, name="export_cancel"),
     path("exports/<uuid:code>/download", export_views.export_download, name="export_download"),
 ]
+
+# Dashboards and comparisons (issue 8).
+from seke_app import dashboard_views  # noqa: E402
+
+urlpatterns += [
+    path("runs/<uuid:code>/dashboard", dashboard_views.run_dashboard_view, name="run_dashboard"),
+    path("runs/<uuid:code>/threshold", dashboard_views.run_threshold_view, name="run_threshold"),
+    path("compare", dashboard_views.compare_view, name="compare"),
+]

@@ -61,14 +61,24 @@ def cohen_kappa(
         if labels is not None
         else sorted(set(first) | set(second), key=lambda label: (str(type(label)), label))
     )
-    counts = metrics.confusion_matrix(first, second, classes).astype(np.float64)
+    return kappa_from_table(metrics.confusion_matrix(first, second, classes))
+
+
+def kappa_from_table(table: npt.ArrayLike) -> float:
+    """Cohen's kappa from a square table of counts (first rater in rows, second in columns).
+
+    NaN for an empty table and where chance agreement is already perfect.
+    """
+    counts = np.asarray(table, dtype=np.float64)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+        raise ValueError("kappa needs a square table of counts")
     total = counts.sum()
     if total == 0:
         return float("nan")
     observed_disagreement = 1.0 - np.trace(counts) / total
     expected = np.outer(counts.sum(axis=1), counts.sum(axis=0)) / total
     expected_disagreement = 1.0 - np.trace(expected) / total
-    if expected_disagreement == 0:
+    if expected_disagreement <= 0:
         return float("nan")
     return float(1.0 - observed_disagreement / expected_disagreement)
 
@@ -88,28 +98,40 @@ class AUAgreement:
     observed_agreement: float
     kappa: float
 
+    @classmethod
+    def from_table(cls, au: int, table: npt.ArrayLike) -> AUAgreement:
+        """From a 2x2 table of counts: index 0 absent, 1 present; first rater in rows."""
+        counts = np.asarray(table, dtype=np.float64)
+        if counts.shape != (2, 2):
+            raise ValueError("an AU's agreement table is 2x2")
+        n = counts.sum()
+        if n == 0:
+            raise ValueError(f"no paired answers for AU{au}")
+        return cls(
+            au=au,
+            n=int(n),
+            prevalence=float((counts[1, :].sum() + counts[:, 1].sum()) / (2 * n)),
+            observed_agreement=float(np.trace(counts) / n),
+            kappa=kappa_from_table(counts),
+        )
+
+
+def au_table(first: Sequence[bool], second: Sequence[bool]) -> npt.NDArray[np.int64]:
+    """The 2x2 table of two raters' answers on one AU (0 absent, 1 present)."""
+    a = np.asarray(first, dtype=bool).ravel()
+    b = np.asarray(second, dtype=bool).ravel()
+    _same_length(a, b)
+    table = np.zeros((2, 2), dtype=np.int64)
+    np.add.at(table, (a.astype(np.int64), b.astype(np.int64)), 1)
+    return table
+
 
 def au_agreement(
     first: Mapping[int, Sequence[bool]], second: Mapping[int, Sequence[bool]]
 ) -> list[AUAgreement]:
-    """Per-AU agreement for every AU present in both mappings, in AU order."""
-    rows = []
-    for au in sorted(set(first) & set(second)):
-        a = np.asarray(first[au], dtype=bool).ravel()
-        b = np.asarray(second[au], dtype=bool).ravel()
-        _same_length(a, b)
-        if a.size == 0:
-            continue
-        rows.append(
-            AUAgreement(
-                au=au,
-                n=int(a.size),
-                prevalence=float((a.sum() + b.sum()) / (2 * a.size)),
-                observed_agreement=float(np.mean(a == b)),
-                kappa=cohen_kappa(a.tolist(), b.tolist(), labels=[False, True]),
-            )
-        )
-    return rows
+    """Per-AU agreement for every AU present in both mappings with answers, in AU order."""
+    tables = {au: au_table(first[au], second[au]) for au in sorted(set(first) & set(second))}
+    return [AUAgreement.from_table(au, t) for au, t in tables.items() if t.sum()]
 
 
 def va_distance(first: tuple[float, float], second: tuple[float, float]) -> float:
@@ -250,6 +272,26 @@ def risk_coverage(correct: npt.ArrayLike, confidence: npt.ArrayLike) -> list[Ris
     return points
 
 
+def risk_point(correct: npt.ArrayLike, confidence: npt.ArrayLike, threshold: float) -> RiskPoint:
+    """The outcome of one review threshold: items under it are reviewed, the rest accepted."""
+    right = np.asarray(correct, dtype=bool).ravel()
+    conf = _floats(confidence, "confidence").ravel()
+    _same_length(right, conf)
+    if conf.size == 0:
+        raise ValueError("the risk of an empty set is undefined")
+    accepted = conf >= threshold
+    n_accepted = int(accepted.sum())
+    n_errors = int((~right[accepted]).sum())
+    return RiskPoint(
+        threshold=float(threshold),
+        review_share=(conf.size - n_accepted) / conf.size,
+        n_review=conf.size - n_accepted,
+        n_accepted=n_accepted,
+        n_errors=n_errors,
+        error_rate=n_errors / n_accepted if n_accepted else None,
+    )
+
+
 def threshold_for_error_rate(points: Sequence[RiskPoint], target: float) -> RiskPoint | None:
     """The lowest threshold (least review) whose auto-accepted error rate is at most ``target``.
 
@@ -270,6 +312,11 @@ def threshold_for_budget(points: Sequence[RiskPoint], budget: float) -> RiskPoin
         raise ValueError("the review budget is a fraction between 0 and 1")
     within = [p for p in points if p.review_share <= budget]
     return max(within, key=lambda p: p.threshold) if within else None
+
+
+def bin_of(value: float, n_bins: int) -> int:
+    """The equal-width bin of [0, 1] a value falls into, as ``histogram`` counts it."""
+    return min(int(min(max(value, 0.0), 1.0) * n_bins), n_bins - 1)
 
 
 def histogram(values: npt.ArrayLike, n_bins: int = 20) -> list[int]:
