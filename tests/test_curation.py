@@ -62,6 +62,8 @@ def make_run(dataset: Dataset, model_name: str = "gpt-4o") -> GenerationRun:
         model_name=model_name,
         prompt_version=prompt_version_active(),
         status=GenerationRun.Status.COMPLETED,
+        # Below every scripted overall confidence, so unflagged labels count as accepted.
+        review_threshold=0.0,
     )
 
 
@@ -229,3 +231,62 @@ def test_it_reads_in_chunks_with_three_queries_each(
     assert all(
         r is not None and r.provenance["expression"].source == "human" for c in read for r in c
     )
+
+
+def test_it_never_curates_from_gold_answers_and_prefers_adjudication(
+    db: None, annotator: User, teammate: User, admin_user: User, settings: Any
+) -> None:
+    from review.models import ReviewTask
+    from review.quality import gold_question_set
+    from review.services import Decision, decision_record, task_claim_next, task_create_for
+    from seke_app.models import GenerationRun
+    from seke_app.services.accounts import user_create
+    from tests.factories import make_flagged_annotations
+
+    settings.GOLD_RATE = 0.0
+    annotation = make_flagged_annotations(1, dataset_name="dbl")[0]
+    GenerationRun.objects.filter(id=annotation.run_id).update(double_review_share=1.0)
+    ReviewTask.objects.all().delete()
+    annotation.refresh_from_db()
+    task_create_for(annotation)
+    for user, expression in ((annotator, "fear"), (teammate, "surprise")):
+        task = task_claim_next(user=user)
+        assert task is not None
+        decision_record(
+            task=task, user=user, decision=Decision(action="correct", expression=expression)
+        )
+    adjudication = task_claim_next(user=admin_user)
+    assert adjudication is not None and adjudication.kind == "adjudication"
+    decision_record(
+        task=adjudication, user=admin_user, decision=Decision(action="correct", expression="fear")
+    )
+    # A later gold answer by another reviewer must not replace the adjudicated label.
+    gold_question_set(
+        image=annotation.image,
+        expression="fear",
+        valence=None,
+        arousal=None,
+        aus=None,
+        user=admin_user,
+    )
+    settings.GOLD_RATE = 1.0
+    gold = task_claim_next(
+        user=user_create(username="g", password="pw-123456789", role="annotator")
+    )
+    assert gold is not None and gold.kind == "gold"
+    assert gold.holder is not None
+    decision_record(
+        task=gold, user=gold.holder, decision=Decision(action="correct", expression="anger")
+    )
+    record = next(iter(curated_labels(dataset=annotation.image.dataset)))
+    assert record.expression == "fear"
+    assert record.provenance["expression"].reviewer == "ada"
+
+
+def test_it_drops_machine_labels_under_a_raised_threshold() -> None:
+    dataset, (image,) = make_images(1)
+    run = make_run(dataset)
+    annotate(image, run, confidence=0.8)
+    assert by_name(dataset)["0.png"].expression is not None
+    GenerationRun.objects.filter(id=run.id).update(review_threshold=0.65)
+    assert by_name(dataset)["0.png"].grains() == ()

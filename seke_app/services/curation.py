@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import models
+from django.db.models import Case, F, When
 
 from seke_app.engine.formats.records import CuratedRecord, Provenance
 from seke_app.models import Annotation, Dataset, FaceImage
@@ -108,10 +109,14 @@ def _latest_per_image(rows: Any) -> dict[int, Row]:
 
 
 def _latest_decisions(ids: models.QuerySet[FaceImage, Any]) -> dict[int, Row]:
+    # An admin's adjudication settles a double review; otherwise the latest decision
+    # counts. Answers to gold questions test the reviewer, not the image: never used.
     rows = (
         decision_model()
         ._default_manager.filter(image_id__in=ids, undone_at__isnull=True)
-        .order_by("image_id", "-created_at", "-id")
+        .exclude(kind="gold")
+        .annotate(settled=Case(When(kind="adjudication", then=0), default=1))
+        .order_by("image_id", "settled", "-created_at", "-id")
         .values(*_DECISION_FIELDS)
     )
     return _latest_per_image(rows)
@@ -119,7 +124,11 @@ def _latest_decisions(ids: models.QuerySet[FaceImage, Any]) -> dict[int, Row]:
 
 def _latest_accepted(ids: models.QuerySet[FaceImage, Any]) -> dict[int, Row]:
     rows = (
-        Annotation.objects.filter(image_id__in=ids, flagged=False)
+        # Accepted by its run: not flagged, and still above the run's review threshold
+        # (an admin may raise it later from the risk-coverage curve).
+        Annotation.objects.filter(
+            image_id__in=ids, flagged=False, confidence__gte=F("run__review_threshold")
+        )
         .order_by("image_id", "-created_at", "-id")
         .values(*_MACHINE_FIELDS)
     )
