@@ -14,8 +14,9 @@ from review.forms import DecisionFormError, decision_from_post
 from review.models import GoldQuestion, ReviewTask
 from review.quality import gold_question_set, gold_scores
 from review.services import ReviewRefused
-from seke_app.models import FaceImage
+from seke_app.models import Annotation, FaceImage
 from seke_app.roles import admin_required
+from seke_app.services.agreement import reviewer_agreement
 
 
 @admin_required
@@ -23,6 +24,7 @@ def quality(request: HttpRequest) -> HttpResponse:
     context = {
         "scores": gold_scores(),
         "questions": GoldQuestion.objects.select_related("image").filter(active=True)[:200],
+        "agreement": reviewer_agreement(annotations=Annotation.objects.all()),
         "adjudications": ReviewTask.objects.filter(kind=ReviewTask.Kind.ADJUDICATION)
         .exclude(status=ReviewTask.Status.DONE)
         .count(),

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from seke_app import run_views, views
+from seke_app import dashboard_views, export_views, run_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -26,8 +26,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
 ]
 
-# Exports of the curated dataset (issue 7).
-from seke_app import export_views  # noqa: E402
+# Exports of the curated dataset.
 
 urlpatterns += [
     path("exports/", export_views.export_list, name="export_list"),
@@ -39,8 +38,7 @@ urlpatterns += [
     path("exports/<uuid:code>/download", export_views.export_download, name="export_download"),
 ]
 
-# Dashboards and comparisons (issue 8).
-from seke_app import dashboard_views  # noqa: E402
+# Dashboards and comparisons.
 
 urlpatterns += [
     path("runs/<uuid:code>/dashboard", dashboard_views.run_dashboard_view, name="run_dashboard"),
