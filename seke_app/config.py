@@ -100,6 +100,6 @@ def env_url(
     if parsed.scheme not in schemes:
         allowed = ", ".join(f"{s}://" for s in schemes)
         raise ConfigError(f"{name} must start with one of {allowed}; got {value.split(':')[0]!r}")
-    if parsed.scheme != "unix" and not parsed.hostname:
+    if parsed.scheme not in ("unix", "sqlite") and not parsed.hostname:
         raise ConfigError(f"{name} has no host name")
     return value

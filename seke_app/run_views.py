@@ -22,6 +22,7 @@ from seke_app.services.runs import (
     run_create,
     run_has_expired_items,
     run_recent_errors,
+    run_resumable,
     run_resume,
     run_retry_failed,
 )
@@ -91,6 +92,7 @@ def _progress_context(run: GenerationRun) -> dict[str, object]:
         "eta": eta,
         "errors": run_recent_errors(run),
         "stalled": not run.is_finished() and run_has_expired_items(run),
+        "resumable": not run.is_finished() and run_resumable(run),
         "workers": None if run.is_finished() else _worker_note(),
     }
 

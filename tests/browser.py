@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from django.db import connections
@@ -42,7 +42,7 @@ class BrowserPage:
     console_errors: list[str] = field(default_factory=list)
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     if os.environ.get("SEKE_REQUIRE_BROWSER") == "1":
         pytest.fail(f"{reason} (SEKE_REQUIRE_BROWSER=1 requires the browser tests to run)")
     pytest.skip(reason=reason)
@@ -66,6 +66,7 @@ def browser_page(monkeypatch: pytest.MonkeyPatch) -> Iterator[BrowserPage]:
         try:
             page = browser.new_page()
             page.set_default_timeout(TIMEOUT_MS)
+            expect.set_options(timeout=TIMEOUT_MS)
             result = BrowserPage(page=page, expect=expect)
             page.on("console", lambda message: _record_console(result, message))
             page.on("pageerror", lambda error: result.console_errors.append(f"page error: {error}"))

@@ -277,3 +277,21 @@ def test_it_starts_a_run_from_the_form(tmp_path: Path, admin_user: User) -> None
     )
     assert "kmax (most samples) must be at least k0" in bad.content.decode()
     assert GenerationRun.objects.count() == 1
+
+
+def test_it_resumes_a_run_whose_worker_died_between_images(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path, n=4)
+    run = run_create(dataset=dataset, backend="offline", params=UAMCParams())
+    # The worker took the chunk job and died before claiming anything: the run says
+    # "running", no lease exists, and no job is left in the queue.
+    get_queue("generation").empty()
+    GenerationRun.objects.filter(id=run.id).update(status="running")
+    run.refresh_from_db()
+    assert runs.run_resumable(run)
+    assert runs.run_resume(run=run) == 4
+    work()
+    run.refresh_from_db()
+    assert run.status == "completed"
+    assert_consistent(run)
+    with pytest.raises(RunRefused, match="retry its failed images"):
+        runs.run_resume(run=run)

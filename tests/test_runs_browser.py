@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import expect
 
 from seke_app.models import Dataset, GenerationRun
 from seke_app.services.accounts import user_create
@@ -17,10 +16,8 @@ from tests.browser import BrowserPage
 from tests.conftest import PASSWORD, draw_face
 from tests.workers import WorkerProcess, wait_for_worker
 
-# Groups and the other rows the migrations create are restored before each test
-# (a transactional test empties every table when it ends).
 pytestmark = [
-    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+    pytest.mark.django_db(transaction=True),
     pytest.mark.browser,
 ]
 
@@ -59,7 +56,7 @@ def test_it_shows_a_run_progress_live_until_it_completes(
 ) -> None:
     dataset = drawn_dataset(tmp_path, N_IMAGES)
     user_create(username="ada", password=PASSWORD, role="admin")
-    page = browser_page.page
+    page, expect = browser_page.page, browser_page.expect
     page.goto(f"{live_server.url}/login/")
     page.get_by_label("User name").fill("ada")
     page.get_by_label("Password").fill(PASSWORD)

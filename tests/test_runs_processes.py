@@ -19,9 +19,7 @@ from seke_app.services.runs import run_create, run_resume
 from tests.conftest import draw_face
 from tests.workers import WorkerProcess, kill_worker_process, wait_for_worker
 
-# Groups and the other rows the migrations create are restored before each test
-# (a transactional test empties every table when it ends).
-pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+pytestmark = pytest.mark.django_db(transaction=True)
 
 N_IMAGES = 30
 LEASE_SECONDS = 5
@@ -70,8 +68,12 @@ def test_it_finishes_a_run_exactly_once_after_its_worker_is_killed(
         claimed_at = lease_until - timedelta(seconds=LEASE_SECONDS) if lease_until else None
         return claimed_at is not None and timezone.now() - claimed_at < FRESH_CLAIM
 
-    wait_until(some_done_and_one_just_claimed, timeout=120, every=0.005,
-               what="a few annotations and a freshly claimed image")
+    wait_until(
+        some_done_and_one_just_claimed,
+        timeout=120,
+        every=0.005,
+        what="a few annotations and a freshly claimed image",
+    )
     # The worker and the work horse it forked for the job die without any clean-up.
     kill_worker_process(worker)
     done_at_kill = annotations.count()
@@ -83,8 +85,11 @@ def test_it_finishes_a_run_exactly_once_after_its_worker_is_killed(
     assert lease_until <= timezone.now() + timedelta(seconds=LEASE_SECONDS)
 
     # The dead worker's image can be taken over once its lease has expired.
-    wait_until(lambda: timezone.now() > lease_until, timeout=LEASE_SECONDS + 5,
-               what="the dead worker's lease to expire")
+    wait_until(
+        lambda: timezone.now() > lease_until,
+        timeout=LEASE_SECONDS + 5,
+        what="the dead worker's lease to expire",
+    )
     run.refresh_from_db()
     assert run.status == GenerationRun.Status.RUNNING
     assert run_resume(run=run) == N_IMAGES - done_at_kill

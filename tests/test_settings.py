@@ -83,3 +83,8 @@ def test_it_parses_values_with_the_helpers() -> None:
     assert env_url("missing", env, schemes=("redis",)) is None
     with pytest.raises(ConfigError, match="I must be at least 10"):
         env_int("I", 0, env, minimum=10)
+
+
+def test_it_accepts_a_sqlite_database_url(tmp_path: Path) -> None:
+    result = start({"DATABASE_URL": f"sqlite:///{tmp_path}/other.sqlite3"}, tmp_path)
+    assert result.returncode == 0, result.stderr

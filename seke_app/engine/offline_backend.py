@@ -143,7 +143,7 @@ class OfflineBackend:
             evidence={
                 "expression": f"{BASELINE}: drawn from the softmax of test-time view "
                 f"{view + 1} (p={probs[index]:.2f})",
-                "valence_arousal": f"{BASELINE}: the network's VA head on the same view",
+                "va": f"{BASELINE}: the network's VA head on the same view",
                 "aus": f"{BASELINE}: not observed; drawn from the CK+ AU rates for {expression}",
             },
         )
@@ -178,7 +178,7 @@ class OfflineBackend:
             evidence={
                 "expression": f"{BASELINE}: most probable class of the un-augmented image "
                 f"(p={probs.max():.2f})",
-                "valence_arousal": f"{BASELINE}: the VA head on the un-augmented image",
+                "va": f"{BASELINE}: the VA head on the un-augmented image",
                 "aus": f"{BASELINE}: follows the expression; AUs are not observed",
             },
         )

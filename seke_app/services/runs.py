@@ -452,9 +452,14 @@ def run_cancel(*, run: GenerationRun) -> None:
 
 
 def run_resume(*, run: GenerationRun) -> int:
-    """Continue a stopped run: images never done (or whose worker died) are queued again."""
-    if run.status in (Status.QUEUED, Status.RUNNING) and not _expired_items(run.id):
-        raise RunRefused("the run is still going; nothing to resume")
+    """Queue again every image not done: never started, or held by a worker that died.
+
+    Safe at any time, also on a run that looks busy: claims are atomic, so a chunk
+    job for images another worker already took finds nothing to do. This is how a
+    run whose worker died between two images (holding no lease) gets going again.
+    """
+    if run.status in (Status.QUEUED, Status.RUNNING) and not run_resumable(run):
+        raise RunRefused("every remaining image is being worked on; nothing to resume")
     if run.status == Status.COMPLETED:
         raise RunRefused("the run is complete; retry its failed images instead")
     with transaction.atomic():
@@ -483,6 +488,15 @@ def run_retry_failed(*, run: GenerationRun) -> int:
         )
         transaction.on_commit(lambda: run_enqueue(run_id=run.id))
     return count
+
+
+def run_resumable(run: GenerationRun) -> bool:
+    """True when some image of the run is pending or held under an expired lease."""
+    return RunItem.objects.filter(
+        Q(status=RunItem.Status.PENDING)
+        | Q(status=RunItem.Status.LEASED, lease_until__lt=timezone.now()),
+        run=run,
+    ).exists()
 
 
 def run_has_expired_items(run: GenerationRun) -> bool:

@@ -179,7 +179,15 @@ class OfflineModel:
             return cls._from_arrays(arrays)
         except OfflineWeightsError:
             raise
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            EOFError,
+            zipfile.BadZipFile,
+        ) as exc:
             raise OfflineWeightsError(
                 f"Offline annotator weights at {path} are corrupt or incomplete ({exc})."
             ) from exc
