@@ -85,6 +85,28 @@ class ReviewTask(models.Model):
             models.Index(fields=["status", "va_confidence"], name="task_queue_va"),
             models.Index(fields=["status", "au_confidence"], name="task_queue_aus"),
             models.Index(fields=["holder", "status"], name="task_holder"),
+            # The queue reads tasks that are open or claimed (expired leases count as
+            # open) in confidence order; partial indexes give that order without a sort.
+            models.Index(
+                fields=["priority", "id"],
+                condition=Q(status__in=["open", "claimed"]),
+                name="task_available_overall",
+            ),
+            models.Index(
+                fields=["expression_confidence", "id"],
+                condition=Q(status__in=["open", "claimed"]),
+                name="task_available_expression",
+            ),
+            models.Index(
+                fields=["va_confidence", "id"],
+                condition=Q(status__in=["open", "claimed"]),
+                name="task_available_va",
+            ),
+            models.Index(
+                fields=["au_confidence", "id"],
+                condition=Q(status__in=["open", "claimed"]),
+                name="task_available_aus",
+            ),
         ]
         constraints = [
             models.CheckConstraint(

@@ -94,8 +94,10 @@ def task_create_for(annotation: Annotation) -> None:
 
 
 def _available(now: Any) -> Q:
-    return Q(status=ReviewTask.Status.OPEN) | Q(
-        status=ReviewTask.Status.CLAIMED, lease_until__lt=now
+    # The first term repeats what the second implies so that the planner matches
+    # the partial queue indexes (status in open, claimed) without having to prove it.
+    return Q(status__in=[ReviewTask.Status.OPEN, ReviewTask.Status.CLAIMED]) & (
+        Q(status=ReviewTask.Status.OPEN) | Q(status=ReviewTask.Status.CLAIMED, lease_until__lt=now)
     )
 
 
@@ -186,21 +188,23 @@ def _gold_task(user: User) -> ReviewTask | None:
 
 def _claim_from(tasks: QuerySet[ReviewTask], user: User) -> ReviewTask | None:
     for _ in range(CLAIM_ATTEMPTS):
-        candidate = _candidate(tasks)
-        if candidate is None:
-            return None
-        if _take(candidate, user):
-            return ReviewTask.objects.get(id=candidate)
+        # The row lock (PostgreSQL) is held until the conditional UPDATE commits, so
+        # concurrent annotators skip this row instead of racing for it.
+        with transaction.atomic():
+            candidate = _candidate(tasks)
+            if candidate is None:
+                return None
+            if _take(candidate, user):
+                return ReviewTask.objects.get(id=candidate)
     return None
 
 
 def _candidate(tasks: QuerySet[ReviewTask]) -> int | None:
     if connection.features.has_select_for_update_skip_locked:
-        with transaction.atomic():
-            row = tasks.select_for_update(skip_locked=True, of=("self",)).values_list(
-                "id", flat=True
-            )[:1]
-            return next(iter(row), None)
+        row = tasks.select_for_update(skip_locked=True, of=("self",)).values_list("id", flat=True)[
+            :1
+        ]
+        return next(iter(row), None)
     return tasks.values_list("id", flat=True).first()
 
 

@@ -98,8 +98,12 @@ def _next_or_queue(request: HttpRequest) -> HttpResponse:
 @require_POST
 @annotator_required
 def start(request: HttpRequest) -> HttpResponse:
-    request.session[SKIPPED] = []
-    request.session[FILTERS] = {name: request.POST.get(name, "") for name in FILTER_FIELDS}
+    # Written only when they change: a session write costs a query on every claim.
+    if request.session.get(SKIPPED):
+        request.session[SKIPPED] = []
+    filters = {name: request.POST.get(name, "") for name in FILTER_FIELDS}
+    if request.session.get(FILTERS) != filters:
+        request.session[FILTERS] = filters
     return _next_or_queue(request)
 
 

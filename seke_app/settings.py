@@ -110,7 +110,12 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": str(DATA_DIR / "seke.sqlite3"),
             # SQLite waits this long for a lock held by a worker instead of failing.
-            "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
+            # Write-ahead logging lets the web process read while a worker writes.
+            "OPTIONS": {
+                "timeout": 30,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
             # Tests use a file, not shared-cache memory, so that worker threads and
             # worker processes see the test data and wait on locks like production.
             # One file per test process, so that parallel test runs never share it.

@@ -86,6 +86,13 @@ class Fault:
             raise ValueError(f"unknown fault {self.kind!r}; known: {', '.join(FAULT_KINDS)}")
 
 
+class _Server(ThreadingHTTPServer):
+    # Many clients connect at once in benchmarks (concurrency 16 per worker); the
+    # standard backlog of 5 would drop connections and measure this fake, not SEKE.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @dataclass(frozen=True)
 class CapturedRequest:
     """What the server received; the Authorization value is never kept."""
@@ -132,7 +139,7 @@ class FakeOpenAI:
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> FakeOpenAI:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        server = _Server(("127.0.0.1", 0), _handler_for(self))
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(

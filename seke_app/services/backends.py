@@ -42,6 +42,15 @@ def _offline_model() -> OfflineModel:
     return OfflineModel.load()
 
 
+def preload_offline_model() -> None:
+    """Load the offline CNN now (raises BackendUnavailable if it cannot load)."""
+    try:
+        with _load_lock:
+            _offline_model()
+    except (OSError, ValueError) as exc:
+        raise BackendUnavailable(f"the offline annotator cannot load: {exc}") from None
+
+
 def backend_for(
     backend: str,
     model_name: str,
