@@ -4,8 +4,9 @@ A benchmark never touches a developer's data. It makes a temporary
 ``SEKE_DATA_DIR`` (so the SQLite file, the media, the secret key and the embedded
 Redis socket all live there) and, when ``DATABASE_URL`` names a PostgreSQL server,
 a throwaway database on that server that it drops at the end. When ``REDIS_URL``
-is set, the benchmark uses a database number of that Redis that holds no keys, so
-its queues never mix with those of a test run or a developer's workers.
+is set, the benchmark claims a database number of that Redis that holds no keys
+(never the one in the URL, nor CI's 15) with an owner key, so its queues never mix
+with those of a test run or a developer's workers, and empties it at the end.
 
 Environment variables are set before ``django.setup()``: settings are read once,
 at start. Worker processes get the same environment, so they find the same
@@ -106,22 +107,44 @@ def _drop_postgres_database(admin_url: str, name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# .ci/run gives the test suite database 15 of the machine's Redis; never borrow it.
+RESERVED_REDIS_DBS = {15}
+OWNER_KEY = "seke-bench:owner"
+
+
+def _owner_token() -> str:
+    return f"{os.getpid()}-{id(BenchEnv)}"
+
+
 def _free_redis_db(url: str) -> str:
-    """The URL of a database number of this Redis that holds no keys (highest first)."""
+    """Claim an empty database number of this Redis (highest first) with an owner key.
+
+    The database named in the URL (a developer's or a test run's) and CI's are
+    never used. The owner key makes the database non-empty at once, so that another
+    benchmark looking for an empty one passes it by; teardown empties it only while
+    the key is still this process's.
+    """
     import redis
 
     _check_local(url, "REDIS_URL")
     parts = urlsplit(url)
+    own = int(parts.path.strip("/") or 0)
     probe = redis.Redis.from_url(url)
     try:
-        count = int(probe.config_get("databases").get("databases", 16))
+        count = int(str(probe.config_get("databases").get("databases", 16)))
     except redis.RedisError:
         count = 16
     for index in range(count - 1, 0, -1):
+        if index == own or index in RESERVED_REDIS_DBS:
+            continue
         candidate = urlunsplit((parts.scheme, parts.netloc, f"/{index}", parts.query, ""))
-        if redis.Redis.from_url(candidate).dbsize() == 0:
-            return candidate
-    raise BenchSetupError(f"every database of the Redis at {_redacted(url)} holds keys")
+        client = redis.Redis.from_url(candidate)
+        if client.dbsize() == 0 and client.set(OWNER_KEY, _owner_token(), nx=True):
+            if client.dbsize() == 1:
+                return candidate
+            # Someone else started writing there at the same moment: leave it to them.
+            client.delete(OWNER_KEY)
+    raise BenchSetupError(f"no database of the Redis at {_redacted(url)} is free")
 
 
 def setup(
@@ -132,6 +155,13 @@ def setup(
     keep: bool = False,
 ) -> BenchEnv:
     """Point SEKE at throwaway storage, start Django and migrate; call before any model import."""
+    database_url = os.environ.get("DATABASE_URL", "")
+    postgres = database_url.startswith(("postgres://", "postgresql://"))
+    if require_postgres and not postgres:
+        raise BenchSetupError(
+            "this benchmark needs PostgreSQL: set DATABASE_URL=postgres://user@127.0.0.1:5432/x"
+            " (a throwaway database is created on that server and dropped at the end)"
+        )
     data_dir = Path(tempfile.mkdtemp(prefix=f"seke-bench-{label}-"))
     bench = BenchEnv(data_dir=data_dir, keep=keep)
     os.environ["DJANGO_SETTINGS_MODULE"] = "seke_app.settings"
@@ -141,22 +171,20 @@ def setup(
     os.environ.setdefault("SEKE_LOG_LEVEL", "WARNING")
     for name, value in (extra_env or {}).items():
         os.environ[name] = value
-    database_url = os.environ.get("DATABASE_URL", "")
-    if database_url.startswith(("postgres://", "postgresql://")):
-        name, bench_url, admin_url = _create_postgres_database(database_url, label)
-        bench.database_name, bench.admin_url = name, admin_url
-        os.environ["DATABASE_URL"] = bench_url
-    elif require_postgres:
-        raise BenchSetupError(
-            "this benchmark needs PostgreSQL: set DATABASE_URL=postgres://user@127.0.0.1:5432/x"
-            " (a throwaway database is created on that server and dropped at the end)"
-        )
-    else:
-        # SQLite in the benchmark's own data folder (the settings' default).
-        os.environ.pop("DATABASE_URL", None)
-    if os.environ.get("REDIS_URL"):
-        bench.redis_url = _free_redis_db(os.environ["REDIS_URL"])
-        os.environ["REDIS_URL"] = bench.redis_url
+    try:
+        if postgres:
+            name, bench_url, admin_url = _create_postgres_database(database_url, label)
+            bench.database_name, bench.admin_url = name, admin_url
+            os.environ["DATABASE_URL"] = bench_url
+        else:
+            # SQLite in the benchmark's own data folder (the settings' default).
+            os.environ.pop("DATABASE_URL", None)
+        if os.environ.get("REDIS_URL"):
+            bench.redis_url = _free_redis_db(os.environ["REDIS_URL"])
+            os.environ["REDIS_URL"] = bench.redis_url
+    except BaseException:
+        _release(bench)
+        raise
     import django
     from django.core.management import call_command
 
@@ -176,16 +204,24 @@ def teardown(bench: BenchEnv) -> None:
     from django.db import connections
 
     connections.close_all()
-    if bench.redis_url:
-        import redis
-
-        # The database number was empty when chosen; what is in it now is ours.
-        with contextlib.suppress(redis.RedisError):
-            redis.Redis.from_url(bench.redis_url).flushdb()
-    else:
+    if not bench.redis_url:
         from seke_app import queue
 
         queue.stop_embedded_redis()
+    _release(bench)
+
+
+def _release(bench: BenchEnv) -> None:
+    """Give back the Redis database, the PostgreSQL database and the folder (no Django)."""
+    if bench.redis_url:
+        import redis
+
+        # The database was empty when claimed; while the owner key is still ours,
+        # what is in it now is this benchmark's.
+        with contextlib.suppress(redis.RedisError):
+            client = redis.Redis.from_url(bench.redis_url)
+            if client.get(OWNER_KEY) == _owner_token().encode():
+                client.flushdb()
     if bench.keep:
         print(f"kept: {bench.describe()}")
         return
@@ -250,7 +286,7 @@ def stop_worker(process: subprocess.Popen[bytes]) -> None:
     """Stop one worker this benchmark started, and the work horses it forked."""
     if process.poll() is not None:
         return
-    import psutil
+    import psutil  # type: ignore[import-untyped]
 
     try:
         family = [*psutil.Process(process.pid).children(recursive=True)]
@@ -284,12 +320,20 @@ def draw_face(seed: int, size: int) -> bytes:
         r = s * rng.uniform(0.03, 0.05)
         draw.ellipse((s * x - r, s * 0.42 - r, s * x + r, s * 0.42 + r), fill=(30, 20, 20))
         tilt = s * rng.uniform(-0.04, 0.04)
-        draw.line((s * (x - 0.08), s * 0.33 + tilt, s * (x + 0.08), s * 0.33 - tilt),
-                  fill=(60, 40, 30), width=max(1, s // 40))
+        draw.line(
+            (s * (x - 0.08), s * 0.33 + tilt, s * (x + 0.08), s * 0.33 - tilt),
+            fill=(60, 40, 30),
+            width=max(1, s // 40),
+        )
     top = s * rng.uniform(0.62, 0.7)
     smile = rng.random() < 0.5
-    draw.arc((s * 0.32, top, s * 0.68, top + s * 0.16), 0 if smile else 180,
-             180 if smile else 360, fill=(130, 20, 20), width=max(1, s // 40))
+    draw.arc(
+        (s * 0.32, top, s * 0.68, top + s * 0.16),
+        0 if smile else 180,
+        180 if smile else 360,
+        fill=(130, 20, 20),
+        width=max(1, s // 40),
+    )
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -314,9 +358,16 @@ def percentiles(values: Sequence[float]) -> tuple[float, float, float]:
     """p50, p95 and max (nearest-rank percentiles)."""
     ordered = sorted(values)
     if not ordered:
-        return (float("nan"),) * 3  # type: ignore[return-value]
+        return float("nan"), float("nan"), float("nan")
 
     def rank(p: float) -> float:
         return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
 
     return rank(0.50), rank(0.95), ordered[-1]
+
+
+def machine_load() -> str:
+    """The load average and core count, printed beside figures taken on a shared machine."""
+    one, five, fifteen = os.getloadavg()
+    cores = os.cpu_count()
+    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} (1/5/15 min) on {cores} cores"

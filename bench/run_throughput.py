@@ -37,6 +37,7 @@ import math
 import resource
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import _django_env as env
 
@@ -78,7 +79,7 @@ def measure(
     from seke_app.services.runs import run_create
     from tests.fake_openai import FakeOpenAI
 
-    get_queue("generation").empty()
+    get_queue("generation").empty()  # type: ignore[no-untyped-call]
     with FakeOpenAI(latency_s=args.latency) as server:
         run = run_create(
             dataset=Dataset.objects.get(id=dataset_id),
@@ -121,26 +122,140 @@ def report(m: Measured, args: argparse.Namespace) -> float:
     from seke_app.services.runs import CHUNK_SIZE
 
     ideal = m.workers * args.concurrency / args.latency / m.calls_per_image
-    fraction = m.images_per_s / ideal
+    fraction = float(m.images_per_s / ideal)
     # A chunk's thread pool empties before the next chunk starts: a chunk of CHUNK_SIZE
     # images takes ceil(CHUNK_SIZE / concurrency) waves of (calls x latency) at best.
     waves = math.ceil(CHUNK_SIZE / args.concurrency)
     chunk_bound = CHUNK_SIZE / (waves * args.concurrency)
     print(f"{m.workers} worker{'s' if m.workers > 1 else ''}:")
     print(f"  images annotated        {m.images} ({m.failed} failed)")
-    print(f"  calls per image         {m.calls_per_image:.2f} (mean of the annotations' requests;"
-          f" the server saw {m.requests} requests, at most {m.max_in_flight} at once)")
-    print(f"  run wall time           {m.run_s:.2f} s (start to end of the run;"
-          f" {m.total_s:.2f} s with worker start-up)")
+    print(
+        f"  calls per image         {m.calls_per_image:.2f} (mean of the annotations' requests;"
+        f" the server saw {m.requests} requests, at most {m.max_in_flight} at once)"
+    )
+    print(
+        f"  run wall time           {m.run_s:.2f} s (start to end of the run;"
+        f" {m.total_s:.2f} s with worker start-up)"
+    )
     print(f"  throughput              {m.images_per_s:.1f} images/s")
-    print(f"  ideal throughput        {ideal:.1f} images/s"
-          f" ({m.workers} x {args.concurrency} / {args.latency:g} s / {m.calls_per_image:.2f} calls)")
+    print(
+        f"  ideal throughput        {ideal:.1f} images/s ({m.workers} x {args.concurrency}"
+        f" / {args.latency:g} s / {m.calls_per_image:.2f} calls)"
+    )
     print(f"  fraction of ideal       {fraction:.1%}   (target >= 85%)")
-    print(f"  chunking bound          {chunk_bound:.1%}   ({CHUNK_SIZE}-image chunks in"
-          f" {waves} waves of {args.concurrency} slots)")
-    print(f"  CPU: workers {m.worker_cpu_s:.1f} s, fake server {m.server_cpu_s:.1f} s"
-          f" ({(m.worker_cpu_s + m.server_cpu_s) / m.total_s:.2f} cores busy on average)")
+    print(
+        f"  chunking bound          {chunk_bound:.1%}   ({CHUNK_SIZE}-image chunks in"
+        f" {waves} waves of {args.concurrency} slots)"
+    )
+    print(
+        f"  CPU: workers {m.worker_cpu_s:.1f} s, fake server {m.server_cpu_s:.1f} s"
+        f" ({(m.worker_cpu_s + m.server_cpu_s) / m.total_s:.2f} cores busy on average)"
+    )
     return fraction
+
+
+# Steps of ``seke_app.services.runs`` timed by ``--breakdown`` (those that exist are wrapped).
+BREAKDOWN_STEPS = (
+    "_run_is_running",
+    "_claim",
+    "_request_for",
+    "run_uamc",
+    "_store",
+    "_stop_at_budget",
+)
+
+
+def breakdown(dataset_id: int, args: argparse.Namespace) -> None:
+    """Time each step of one worker's chunks in this process, to show where the time goes.
+
+    Two chunks run through ``run_process_chunk`` here (no rq, no fork) against a fresh
+    fake server in this process, so the figures are a little slower than in a worker.
+    """
+    import functools
+    import threading
+    from collections import defaultdict
+
+    from django.conf import settings
+    from django.db import connections
+
+    from seke_app.engine.uamc import UAMCParams
+    from seke_app.models import Dataset, RunItem
+    from seke_app.queue import get_queue
+    from seke_app.services import runs
+    from tests.fake_openai import FakeOpenAI
+
+    spent: dict[str, list[float]] = defaultdict(list)
+    lock = threading.Lock()
+
+    def timed(name: str, function: Any) -> Any:
+        @functools.wraps(function)
+        def wrapper(*a: Any, **k: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*a, **k)
+            finally:
+                with lock:
+                    spent[name].append(time.perf_counter() - started)
+
+        return wrapper
+
+    originals = {n: getattr(runs, n) for n in BREAKDOWN_STEPS if hasattr(runs, n)}
+    # Opening a database connection happens inside the first step of a thread that has none.
+    wrapper_class = type(connections["default"])
+    connect = wrapper_class.connect
+    with FakeOpenAI(latency_s=args.latency) as server:
+        settings.OPENAI_BASE_URL = server.base_url
+        run = runs.run_create(
+            dataset=Dataset.objects.get(id=dataset_id),
+            backend="openai",
+            model_name="gpt-4o",
+            params=UAMCParams(strategy=args.strategy),
+            concurrency=args.concurrency,
+        )
+        get_queue("generation").empty()  # type: ignore[no-untyped-call]
+        ids = list(RunItem.objects.filter(run=run).order_by("id").values_list("id", flat=True))
+        chunks = [ids[i : i + runs.CHUNK_SIZE] for i in (0, runs.CHUNK_SIZE)]
+        for name, function in originals.items():
+            setattr(runs, name, timed(name, function))
+        setattr(wrapper_class, "connect", timed("db connect", connect))  # noqa: B010
+        try:
+            started = time.perf_counter()
+            for chunk in chunks:
+                runs.run_process_chunk(run_id=run.id, item_ids=chunk)
+            elapsed = time.perf_counter() - started
+        finally:
+            setattr(wrapper_class, "connect", connect)  # noqa: B010
+            for name, function in originals.items():
+                setattr(runs, name, function)
+    images = sum(len(c) for c in chunks)
+    print(
+        f"breakdown: {len(chunks)} chunks of {runs.CHUNK_SIZE} in this process,"
+        f" {elapsed:.2f} s ({elapsed / len(chunks):.2f} s a chunk):"
+    )
+    for name in [*originals, "db connect"]:
+        values = spent[name]
+        if values:
+            print(
+                f"  {name:16s} mean {sum(values) / len(values) * 1000:7.1f} ms"
+                f"  max {max(values) * 1000:7.1f} ms  (x{len(values)})"
+            )
+    path = sum(sum(spent[n]) for n in originals if n != "run_uamc" and n in spent) / images
+    print(
+        f"  per image outside the engine, on its thread: {path * 1000:.1f} ms"
+        f" (the engine's calls: {args.latency * 1000:.0f} ms each); {len(spent['db connect'])}"
+        f" database connections opened for {images} images (inside the steps above)"
+    )
+
+
+def sqlite_wal() -> str:
+    """Put the SQLite file in WAL mode (kept in the file, so workers get it too)."""
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        return f"not SQLite ({connection.vendor}): --sqlite-wal ignored"
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        return str(cursor.fetchone()[0])
 
 
 def main() -> None:
@@ -153,6 +268,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=160, help="side of the drawn faces, px")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--backlog", type=int, default=128, help="fake server's listen backlog")
+    parser.add_argument(
+        "--sqlite-wal",
+        action="store_true",
+        help="switch the throwaway SQLite file to write-ahead logging first (a proposed fix)",
+    )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time each step of two chunks run in this process (where the time goes)",
+    )
     parser.add_argument(
         "--worker-class",
         default="",
@@ -172,10 +297,15 @@ def main() -> None:
     )
     try:
         print(f"storage: {bench.describe()}")
-        print(f"{args.images} drawn {args.size}x{args.size} faces, strategy {args.strategy!r},"
-              f" concurrency {args.concurrency}, fake server latency {args.latency * 1000:.0f} ms"
-              f" (listen backlog {args.backlog}), rate limits off,"
-              f" worker class {args.worker_class or 'the default (forks a work horse per job)'}")
+        print(f"machine: {env.machine_load()}")
+        print(
+            f"{args.images} drawn {args.size}x{args.size} faces, strategy {args.strategy!r},"
+            f" concurrency {args.concurrency}, fake server latency {args.latency * 1000:.0f} ms"
+            f" (listen backlog {args.backlog}), rate limits off,"
+            f" worker class {args.worker_class or 'the default (forks a work horse per job)'}"
+        )
+        if args.sqlite_wal:
+            print(f"SQLite journal mode: {sqlite_wal()}")
         dataset_id = env.import_drawn_dataset(bench, "throughput", args.images, args.size)
         results = {}
         for workers in args.workers:
@@ -185,6 +315,9 @@ def main() -> None:
         if 1 in results and 2 in results:
             ratio = results[2].images_per_s / results[1].images_per_s
             print(f"two workers / one worker: {ratio:.2f}x   (target >= 1.7x)")
+        if args.breakdown:
+            breakdown(dataset_id, args)
+        print(f"machine at the end: {env.machine_load()}")
     finally:
         env.teardown(bench)
 
