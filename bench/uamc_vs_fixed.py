@@ -54,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 # repository root is put on the import path before importing SEKE.
 sys.path.insert(0, str(REPO))
 
+from seke_app.engine import uamc as sv_uamc  # noqa: E402
 from seke_app.engine.evaluate import EvalItem, EvalReport, evaluate, read_manifest  # noqa: E402
 from seke_app.engine.knowledge import PROTOTYPES, VA_PRIORS  # noqa: E402
 from seke_app.engine.offline.model import OfflineModel, OfflinePrediction  # noqa: E402
@@ -227,11 +228,32 @@ def _tempered(pool: OfflinePrediction, rows: np.ndarray, temperature: float) -> 
 
 
 TUNING_GRID: list[dict[str, Any]] = [
-    {"temperature": t, "plurality_threshold": p, "entropy_threshold": e}
-    for t in (0.7, 1.0, 1.3)
-    for p in (0.6, 0.7, 0.8)
-    for e in (0.3, 0.4)
+    {"temperature": t, "plurality_threshold": p} for t in (0.2, 0.35, 0.5, 1.0) for p in (0.6, 0.7)
 ]
+# (agreement, verification, knowledge) weights of the confidence, tried at the defaults.
+WEIGHT_GRID: list[tuple[float, float, float]] = [
+    (0.8, 0.1, 0.1),
+    (0.7, 0.15, 0.15),
+    (0.6, 0.2, 0.2),
+    (0.5, 0.25, 0.25),
+]
+
+
+def _tuning_row(label: str, uamc: EvalReport, fixed: EvalReport) -> None:
+    c = uamc.confidence
+    print(
+        f"| {label} | {uamc.cost['samples_per_image']:.2f} "
+        f"| {uamc.cost['samples_per_image'] / fixed.cost['samples_per_image']:.3f} "
+        f"| {uamc.expression['accuracy']:.3f} | {fixed.expression['accuracy']:.3f} "
+        f"| {_fmt(c['auroc'])} | {_fmt(accepted_share(uamc))} "
+        f"| {_fmt(c['spearman_vote_share'])} |",
+        flush=True,
+    )
+
+
+def _set_weights(weights: tuple[float, float, float]) -> None:
+    # The confidence weights are module constants, read at call time.
+    sv_uamc.AGREEMENT_WEIGHT, sv_uamc.VERIFICATION_WEIGHT, sv_uamc.KNOWLEDGE_WEIGHT = weights
 
 
 def run_tune(args: argparse.Namespace, base: UAMCParams) -> None:
@@ -240,24 +262,27 @@ def run_tune(args: argparse.Namespace, base: UAMCParams) -> None:
     pool = ViewPool(model)
     print(f"# Tuning on {len(items)} held-out training images\n")
     print(
-        "| params | uamc samples | fixed samples | ratio | acc uamc | acc fixed | AUROC "
+        "| changes | uamc samples/image | uamc/fixed | acc uamc | acc fixed | AUROC "
         "| err@30%/overall | Spearman |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
+    fixed_by_temperature: dict[float, EvalReport] = {}
     for changes in TUNING_GRID:
         params = replace(base, **changes)
-        uamc = evaluate(OfflineBackend(pool), items, params, VOCABULARY)
-        fixed = evaluate(OfflineBackend(pool), items, replace(params, strategy="fixed"), VOCABULARY)
-        c = uamc.confidence
-        print(
-            f"| {changes} | {uamc.cost['samples_per_image']:.2f} "
-            f"| {fixed.cost['samples_per_image']:.2f} "
-            f"| {uamc.cost['samples_per_image'] / fixed.cost['samples_per_image']:.3f} "
-            f"| {uamc.expression['accuracy']:.3f} | {fixed.expression['accuracy']:.3f} "
-            f"| {_fmt(c['auroc'])} | {_fmt(accepted_share(uamc))} "
-            f"| {_fmt(c['spearman_vote_share'])} |",
-            flush=True,
-        )
+        if params.temperature not in fixed_by_temperature:
+            fixed_params = replace(params, strategy="fixed")
+            fixed_by_temperature[params.temperature] = evaluate(
+                OfflineBackend(pool), items, fixed_params, VOCABULARY
+            )
+        report = evaluate(OfflineBackend(pool), items, params, VOCABULARY)
+        _tuning_row(str(changes), report, fixed_by_temperature[params.temperature])
+    defaults = (sv_uamc.AGREEMENT_WEIGHT, sv_uamc.VERIFICATION_WEIGHT, sv_uamc.KNOWLEDGE_WEIGHT)
+    fixed = evaluate(OfflineBackend(pool), items, replace(base, strategy="fixed"), VOCABULARY)
+    for weights in WEIGHT_GRID:
+        _set_weights(weights)
+        report = evaluate(OfflineBackend(pool), items, base, VOCABULARY)
+        _tuning_row(f"weights {weights}", report, fixed)
+    _set_weights(defaults)
 
 
 # --- Fake OpenAI mode --------------------------------------------------------------
