@@ -182,3 +182,23 @@ def test_it_runs_on_the_trained_weights(face_bytes: FaceBytes) -> None:
     backend = OfflineBackend()
     samples = backend.sample(request_for(face_bytes(size=(96, 96))), 4, 1.0)
     assert len(samples) == 4 and all(s.valid for s in samples)
+
+
+def test_it_applies_a_prompt_versions_recalibration(face_bytes: FaceBytes) -> None:
+    image = face_bytes()
+    plain = OfflineBackend(TinyModel()).sample(request_for(image), 40, 1.0)
+    # A strong prior towards contempt, as corrections would fit if experts kept
+    # answering contempt where the network said something else.
+    shifted = OfflineBackend(
+        TinyModel(), calibration={"class_log_prior": {"contempt": 8.0}, "temperature": 1.0}
+    ).sample(request_for(image), 40, 1.0)
+    count = sum(s.answer is not None and s.answer.expression == "contempt" for s in shifted)
+    before = sum(s.answer is not None and s.answer.expression == "contempt" for s in plain)
+    assert count > before and count >= 30
+    verify_expression = OfflineBackend(
+        TinyModel(), calibration={"class_log_prior": {"contempt": 30.0}}
+    ).verify(
+        VerificationRequest(request_for(image), _aggregate("neutral", 0.0, 0.0), "")
+    )
+    assert verify_expression.answer is not None
+    assert verify_expression.answer.expression == "contempt"

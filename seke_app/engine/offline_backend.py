@@ -36,7 +36,7 @@ import hashlib
 import io
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -95,9 +95,16 @@ class OfflineBackend:
 
     name = "offline"
 
-    def __init__(self, model: ExpressionModel | None = None) -> None:
+    def __init__(
+        self,
+        model: ExpressionModel | None = None,
+        calibration: Mapping[str, Any] | None = None,
+    ) -> None:
         self._model: ExpressionModel = model if model is not None else OfflineModel.load()
         self.model = str(self._model.metadata.get("name", DEFAULT_MODEL_NAME))
+        # A prompt version's recalibration, learned from reviewers' corrections: the
+        # offline annotator reads no prompt, so this is how feedback reaches it.
+        self._calibration = dict(calibration or {})
         self._calls: dict[bytes, int] = {}
         self._lock = threading.Lock()
 
@@ -108,6 +115,21 @@ class OfflineBackend:
             self._calls[digest] = counter + 1
         return np.random.default_rng([int.from_bytes(digest[:16], "big"), counter])
 
+    def _calibrated(
+        self, probs: npt.NDArray[np.float64], vocabulary: Vocabulary
+    ) -> npt.NDArray[np.float64]:
+        """Apply class log-prior offsets and a temperature: p' ~ p^(1/T) * exp(offset)."""
+        if not self._calibration:
+            return probs
+        offsets = self._calibration.get("class_log_prior", {})
+        temperature = float(self._calibration.get("temperature", 1.0))
+        shift = np.array([float(offsets.get(e, 0.0)) for e in vocabulary.expressions])
+        logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature + shift
+        logits -= logits.max(axis=1, keepdims=True)
+        weights = np.exp(logits)
+        calibrated: npt.NDArray[np.float64] = weights / weights.sum(axis=1, keepdims=True)
+        return calibrated
+
     def sample(self, request: AnnotationRequest, k: int, temperature: float) -> list[Sample]:
         """``k`` answers, one per random test-time view of the image."""
         rng = self._rng(request.image_bytes)
@@ -117,7 +139,9 @@ class OfflineBackend:
             error = f"the offline annotator could not read the image ({exc})"
             return [Sample(kind="sample", raw="", error=error) for _ in range(k)]
         prediction = self._model.predict_augmented(image, k, rng, temperature=temperature)
-        probs = _vocabulary_probs(prediction.probs, request.vocabulary)
+        probs = self._calibrated(
+            _vocabulary_probs(prediction.probs, request.vocabulary), request.vocabulary
+        )
         return [
             self._view_sample(probs[i], prediction.va[i], rng, request.vocabulary, i)
             for i in range(k)
@@ -159,7 +183,9 @@ class OfflineBackend:
             error = f"the offline annotator could not read the image ({exc})"
             return Sample(kind="verification", raw="", error=error)
         prediction = self._model.predict([image])
-        probs = _vocabulary_probs(prediction.probs, request.vocabulary)[0]
+        probs = self._calibrated(
+            _vocabulary_probs(prediction.probs, request.vocabulary), request.vocabulary
+        )[0]
         expression = request.vocabulary.expressions[int(np.argmax(probs))]
         valence, arousal = (round(float(x), 4) for x in prediction.va[0])
         va_agrees = max(abs(valence - aggregate.valence), abs(arousal - aggregate.arousal))

@@ -65,7 +65,7 @@ def backend_for(
                 model = _offline_model()
             except (OSError, ValueError) as exc:
                 raise BackendUnavailable(f"the offline annotator cannot load: {exc}") from None
-        return OfflineBackend(model)
+        return OfflineBackend(model, calibration=prompt_version.calibration)
     if backend == GenerationRun.Backend.OPENAI:
         if not openai_configured():
             raise BackendUnavailable(
