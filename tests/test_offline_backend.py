@@ -197,8 +197,6 @@ def test_it_applies_a_prompt_versions_recalibration(face_bytes: FaceBytes) -> No
     assert count > before and count >= 30
     verify_expression = OfflineBackend(
         TinyModel(), calibration={"class_log_prior": {"contempt": 30.0}}
-    ).verify(
-        VerificationRequest(request_for(image), _aggregate("neutral", 0.0, 0.0), "")
-    )
+    ).verify(VerificationRequest(request_for(image), _aggregate("neutral", 0.0, 0.0), ""))
     assert verify_expression.answer is not None
     assert verify_expression.answer.expression == "contempt"

@@ -16,8 +16,13 @@ are drawn with probability proportional to the square root of their size, and th
 remaining imbalance is removed with logit adjustment (Menon et al., ICLR 2021):
 the loss sees ``logits + log(prior)``, so the plain logits estimate class
 probabilities under a uniform prior, which is what a balanced evaluation wants.
-A stratified part of both training sets is held out for model selection; the
-evaluation sets are never read.
+The valence/arousal head is trained on the AffectNet faces only (masked loss).
+
+A stratified part of both training sets (10% of FER+, 15% of AffectNet) is held
+out; after every epoch the network and a running average of its weights are scored
+there, and whichever scores the best balanced accuracy over all epochs is exported.
+The evaluation sets (ferplus, affectnet_val, ckplus_facs) are never read.
+With the defaults a run takes about 12 minutes on two idle cores.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import csv
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -40,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from seke_app.engine.offline.model import (
     WEIGHTS_FORMAT,
@@ -171,15 +176,17 @@ class ExpressionNet(nn.Module):
         return self.expression(x), torch.tanh(self.va(x))
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random flips, rotations, scales, shifts, lighting and small occlusions of a batch."""
+def augment(
+    x: torch.Tensor, generator: torch.Generator, zoom: tuple[float, float] = (0.85, 1.2)
+) -> torch.Tensor:
+    """Random flips, rotations, zooms, shifts, lighting and small occlusions of a batch."""
     n = len(x)
 
     def uniform(low: float, high: float) -> torch.Tensor:
         return torch.rand(n, generator=generator) * (high - low) + low
 
     angle = uniform(-12.0, 12.0) * math.pi / 180.0
-    scale = uniform(0.85, 1.2)
+    scale = uniform(*zoom)
     flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = torch.cos(angle) / scale * flip
@@ -251,9 +258,10 @@ def train_step(
     log_prior: torch.Tensor,
     norm: Normalizer,
     generator: torch.Generator,
+    zoom: tuple[float, float],
 ) -> tuple[torch.Tensor, float]:
     """Loss of one batch: logit-adjusted soft cross-entropy plus masked VA error."""
-    x = norm.apply(augment(norm.tensor(batch.images), generator))
+    x = norm.apply(augment(norm.tensor(batch.images), generator, zoom))
     logits, va = net(x)
     targets = torch.from_numpy(batch.targets)
     expression_loss = -(targets * F.log_softmax(logits + log_prior, dim=1)).sum(dim=1).mean()
@@ -342,7 +350,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ferplus-train", type=Path, required=True)
     parser.add_argument("--affectnet-train", type=Path, required=True)
-    parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--samples-per-epoch", type=int, default=12288)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -353,6 +361,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--affectnet-boost", type=float, default=4.0)
     parser.add_argument("--ema", type=float, default=0.998, help="weight EMA decay; 0 disables")
     parser.add_argument("--affectnet-face-size", type=int, default=40)
+    parser.add_argument("--zoom", type=float, nargs=2, default=(0.85, 1.2), metavar=("LOW", "HIGH"))
     return parser.parse_args(argv)
 
 
@@ -399,17 +408,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         loss = trainer.epoch(
             train, batches(train, weights, args.samples_per_epoch, args.batch_size, rng)
         )
-        logits, va = predict(trainer.evaluated, held, norm)
-        metrics = held_out_metrics(logits, va, held)
-        print(
-            f"epoch {epoch:2d}/{args.epochs}  loss {loss:.3f}  "
-            + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-            + f"  {time.monotonic() - started:.0f}s",
-            flush=True,
-        )
-        if metrics["balanced_accuracy"] >= best["balanced_accuracy"]:
-            state = {k: v.clone() for k, v in trainer.evaluated.state_dict().items()}
-            best = {**metrics, "epoch": epoch, "state": state}
+        for name, candidate in trainer.candidates().items():
+            metrics = held_out_metrics(*predict(candidate, held, norm), held)
+            print(
+                f"epoch {epoch:2d}/{args.epochs} {name:<3}  loss {loss:.3f}  "
+                + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+                + f"  {time.monotonic() - started:.0f}s",
+                flush=True,
+            )
+            if metrics["balanced_accuracy"] >= best["balanced_accuracy"]:
+                state = {k: v.clone() for k, v in candidate.state_dict().items()}
+                best = {**metrics, "epoch": epoch, "weights": name, "state": state}
     net = ExpressionNet()
     net.load_state_dict(best.pop("state"))
     net.eval()
@@ -423,6 +432,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _ema(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """An exponential moving average whose decay grows with the step count.
+
+    Early on the average covers only about the last tenth of the steps taken,
+    so the random initial weights are forgotten instead of lingering in it.
+    """
+
+    def average(averaged: torch.Tensor, current: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        steps = float(count)
+        rate = min(decay, (1.0 + steps) / (10.0 + steps))
+        return averaged * rate + current * (1.0 - rate)
+
+    return average
+
+
 @dataclass
 class Trainer:
     """The network, its optimiser and schedule, and an optional running average of it."""
@@ -434,6 +458,7 @@ class Trainer:
     log_prior: torch.Tensor
     norm: Normalizer
     generator: torch.Generator
+    zoom: tuple[float, float]
 
     @classmethod
     def create(
@@ -452,17 +477,17 @@ class Trainer:
         # smooths out the noise of the last steps, which a short schedule leaves.
         averaged = None
         if args.ema > 0:
-            average_fn = get_ema_multi_avg_fn(args.ema)  # type: ignore[no-untyped-call]
-            averaged = AveragedModel(net, multi_avg_fn=average_fn, use_buffers=True)
-        return cls(net, averaged, optimizer, schedule, log_prior, norm, generator)
+            averaged = AveragedModel(net, avg_fn=_ema(args.ema), use_buffers=True)
+        zoom = (args.zoom[0], args.zoom[1])
+        return cls(net, averaged, optimizer, schedule, log_prior, norm, generator, zoom)
 
-    @property
-    def evaluated(self) -> ExpressionNet:
+    def candidates(self) -> dict[str, ExpressionNet]:
+        """The networks worth exporting: the trained one and its running average."""
         if self.averaged is None:
-            return self.net
+            return {"raw": self.net}
         module = self.averaged.module
         assert isinstance(module, ExpressionNet)
-        return module
+        return {"raw": self.net, "ema": module}
 
     def epoch(self, train: Split, drawn: Iterator[npt.NDArray[np.int64]]) -> float:
         """Train on every batch drawn; return the mean expression loss."""
@@ -470,7 +495,7 @@ class Trainer:
         losses = []
         for index in drawn:
             loss, expression_loss = train_step(
-                self.net, train.subset(index), self.log_prior, self.norm, self.generator
+                self.net, train.subset(index), self.log_prior, self.norm, self.generator, self.zoom
             )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
@@ -512,12 +537,16 @@ def build_metadata(args: argparse.Namespace, result: dict[str, Any]) -> dict[str
         "epochs": args.epochs,
         "samples_per_epoch": args.samples_per_epoch,
         "best_epoch": result["best"]["epoch"],
-        "held_out": {k: round(v, 4) for k, v in result["best"].items() if k != "epoch"},
+        "exported_weights": result["best"]["weights"],
+        "held_out": {
+            k: round(v, 4) for k, v in result["best"].items() if k not in ("epoch", "weights")
+        },
         "seed": args.seed,
         "class_power": args.class_power,
         "affectnet_boost": args.affectnet_boost,
         "ema": args.ema,
         "affectnet_face_size": args.affectnet_face_size,
+        "zoom": list(args.zoom),
         "train_seconds": round(result["seconds"]),
         "torch_version": torch.__version__,
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
