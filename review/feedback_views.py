@@ -8,7 +8,6 @@ from typing import Any
 from uuid import UUID
 
 from django.contrib import messages
-from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -24,14 +23,9 @@ from review.feedback import (
 from seke_app.engine.feedback import FeedbackOptions
 from seke_app.models import GenerationRun, PromptVersion
 from seke_app.queue import QueueUnavailable
-from seke_app.roles import admin_required
+from seke_app.roles import admin_required, request_user
 from seke_app.services.backends import default_model
 from seke_app.services.prompts import prompt_version_active
-
-
-def _user(request: HttpRequest) -> User:
-    assert isinstance(request.user, User)
-    return request.user
 
 
 def _get_version(code: UUID) -> PromptVersion:
@@ -130,7 +124,7 @@ def _create(request: HttpRequest, parent: PromptVersion, context: dict[str, Any]
             rule_notes=request.POST.get("rule_notes", ""),
             exemplars=exemplars,
             calibration=calibration,
-            user=_user(request),
+            user=request_user(request),
         )
     except (ValueError, FeedbackRefused) as exc:
         messages.error(request, f"Not saved: {exc}")
@@ -157,7 +151,7 @@ def version_gold_check(request: HttpRequest, code: UUID) -> HttpResponse:
             backend=backend,
             model_name=request.POST.get("model_name") or default_model(backend),
             include_imported=request.POST.get("include_imported") == "on",
-            user=_user(request),
+            user=request_user(request),
         )
     except (FeedbackRefused, QueueUnavailable) as exc:
         messages.error(request, str(exc))
@@ -175,7 +169,7 @@ def version_promote(request: HttpRequest, code: UUID) -> HttpResponse:
     try:
         prompt_version_promote(
             version=version,
-            user=_user(request),
+            user=request_user(request),
             override_reason=request.POST.get("override_reason", ""),
         )
     except FeedbackRefused as exc:

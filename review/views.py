@@ -30,7 +30,7 @@ from review.services import (
 from review.task_context import task_page_context
 from seke_app.engine.vocab import EXPRESSIONS
 from seke_app.models import Dataset, GenerationRun
-from seke_app.roles import annotator_required
+from seke_app.roles import annotator_required, request_user
 
 SKIPPED = "review_skipped"
 # The queue filters chosen when reviewing started; the next task after a decision or
@@ -38,11 +38,6 @@ SKIPPED = "review_skipped"
 # ``expression`` field is the reviewer's answer, not a filter.
 FILTERS = "review_filters"
 FILTER_FIELDS = ("run", "dataset", "reason", "expression", "order")
-
-
-def _user(request: HttpRequest) -> User:
-    assert isinstance(request.user, User)
-    return request.user
 
 
 def _code(value: str) -> str:
@@ -67,28 +62,28 @@ def _queue_filter(request: HttpRequest, params: Mapping[str, str]) -> QueueFilte
 @annotator_required
 def queue(request: HttpRequest) -> HttpResponse:
     queue_filter = _queue_filter(request, request.GET)
-    tasks = queue_tasks(queue_filter, _user(request)).select_related(
+    tasks = queue_tasks(queue_filter, request_user(request)).select_related(
         "annotation__image", "annotation__run__dataset"
     )
     counts = dict(ReviewTask.objects.values_list("status").annotate(n=Count("id")).order_by())
     context = {
         "tasks": tasks[:100],
-        "n_waiting": queue_tasks(queue_filter, _user(request)).count(),
+        "n_waiting": queue_tasks(queue_filter, request_user(request)).count(),
         "counts": counts,
         "filter": queue_filter,
         "orders": list(ORDERINGS),
         "expressions": EXPRESSIONS,
         "runs": GenerationRun.objects.select_related("dataset")[:50],
         "datasets": Dataset.objects.all(),
-        "held": task_held_by(_user(request)),
-        "undoable": last_undoable_decision(_user(request)),
+        "held": task_held_by(request_user(request)),
+        "undoable": last_undoable_decision(request_user(request)),
     }
     return render(request, "review/queue.html", context)
 
 
 def _next_or_queue(request: HttpRequest) -> HttpResponse:
     filters = request.session.get(FILTERS, {})
-    task = task_claim_next(user=_user(request), queue_filter=_queue_filter(request, filters))
+    task = task_claim_next(user=request_user(request), queue_filter=_queue_filter(request, filters))
     if task is None:
         messages.info(request, "Nothing left to review with these filters.")
         return redirect("review:queue")
@@ -124,13 +119,13 @@ def _holds(task: ReviewTask, user: User) -> bool:
 @annotator_required
 def task_page(request: HttpRequest, code: UUID) -> HttpResponse:
     task = _get_task(code)
-    if not _holds(task, _user(request)):
-        if task.holder_id == _user(request).id and task.status == ReviewTask.Status.CLAIMED:
+    if not _holds(task, request_user(request)):
+        if task.holder_id == request_user(request).id and task.status == ReviewTask.Status.CLAIMED:
             messages.error(request, "Your hold on this task expired and it went back to the queue.")
         else:
             messages.error(request, "This task is not yours: start reviewing from the queue.")
         return redirect("review:queue")
-    context = task_page_context(task, _user(request))
+    context = task_page_context(task, request_user(request))
     return render(request, "review/task.html", context)
 
 
@@ -143,10 +138,10 @@ def decide(request: HttpRequest, code: UUID) -> HttpResponse:
     vocabulary = task.annotation.image.dataset.vocabulary()
     try:
         decision = decision_from_post(request.POST, vocabulary.aus)
-        decision_record(task=task, user=_user(request), decision=decision)
+        decision_record(task=task, user=request_user(request), decision=decision)
     except (ReviewRefused, DecisionFormError) as exc:
         messages.error(request, str(exc))
-        if _holds(task, _user(request)):
+        if _holds(task, request_user(request)):
             return redirect("review:task", code=task.code)
         return redirect("review:queue")
     return _next_or_queue(request)
@@ -157,7 +152,7 @@ def decide(request: HttpRequest, code: UUID) -> HttpResponse:
 def skip(request: HttpRequest, code: UUID) -> HttpResponse:
     task = _get_task(code)
     try:
-        task_skip(task=task, user=_user(request))
+        task_skip(task=task, user=request_user(request))
     except ReviewRefused as exc:
         messages.error(request, str(exc))
         return redirect("review:queue")
@@ -169,12 +164,12 @@ def skip(request: HttpRequest, code: UUID) -> HttpResponse:
 @require_POST
 @annotator_required
 def undo(request: HttpRequest) -> HttpResponse:
-    decision = last_undoable_decision(_user(request))
+    decision = last_undoable_decision(request_user(request))
     if decision is None:
         messages.error(request, "Nothing to undo: no decision of yours is recent enough.")
         return redirect("review:queue")
     try:
-        task = decision_undo(decision=decision, user=_user(request))
+        task = decision_undo(decision=decision, user=request_user(request))
     except ReviewRefused as exc:
         messages.error(request, str(exc))
         return redirect("review:queue")

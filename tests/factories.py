@@ -10,6 +10,7 @@ from django.conf import settings
 from review.models import ReviewTask
 from review.services import task_create_for
 from seke_app.models import Annotation, Dataset, FaceImage, GenerationRun
+from seke_app.services.imports import dataset_import
 from seke_app.services.prompts import prompt_version_active
 from tests.conftest import draw_face
 
@@ -82,3 +83,16 @@ def make_flagged_annotations(
         task_create_for(annotation)
     assert ReviewTask.objects.filter(annotation__run=run).count() == n
     return annotations
+
+
+def make_dataset(tmp_path: Path, n: int = 6, name: str = "drawn") -> Dataset:
+    """A dataset of ``n`` drawn faces, imported; the first two in split "test"."""
+    src = tmp_path / f"src-{name}"
+    src.mkdir()
+    for i in range(n):
+        (src / f"{i}.png").write_bytes(draw_face(seed=i, smile=i % 2 == 0))
+    (src / "manifest.csv").write_text(
+        "file,split\n" + "".join(f"{i}.png,{'test' if i < 2 else 'train'}\n" for i in range(n))
+    )
+    dataset_import(path=src, dataset_name=name)
+    return Dataset.objects.get(name=name)

@@ -15,12 +15,11 @@ from review.feedback import gold_check_create, prompt_version_create
 from review.models import GoldCheck
 from review.services import Decision, decision_record, task_claim_next
 from seke_app.engine.uamc import UAMCParams
-from seke_app.models import Annotation, Dataset, FaceImage
+from seke_app.models import Annotation, FaceImage
 from seke_app.queue import get_queue
-from seke_app.services.imports import dataset_import
 from seke_app.services.prompts import prompt_version_active
 from seke_app.services.runs import ImageFilter, run_create
-from tests.conftest import draw_face
+from tests.factories import make_dataset
 from tests.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -35,15 +34,6 @@ def _queues() -> Any:
 
 def work(queue: str = "generation") -> None:
     SimpleWorker([get_queue(queue)], connection=django_rq.get_connection(queue)).work(burst=True)
-
-
-def make_dataset(tmp_path: Path, n: int = 6) -> Dataset:
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(n):
-        (src / f"{i}.png").write_bytes(draw_face(seed=i, smile=i % 2 == 0))
-    dataset_import(path=src, dataset_name="loop")
-    return Dataset.objects.get(name="loop")
 
 
 def test_it_sends_the_new_versions_exemplars_and_notes_to_the_model(

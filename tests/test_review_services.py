@@ -203,9 +203,7 @@ def test_it_accepts_the_machine_values(tasks: list[Annotation], annotator: User)
 def test_it_never_decides_a_task_twice_under_concurrency() -> None:
     """20 threads claim and decide for a while; every task decided exactly once."""
     if connection.vendor != "postgresql":
-        pytest.skip(
-            reason="the 20-thread claim test needs PostgreSQL's row locks; CI runs it there"
-        )
+        pytest.skip(reason="the 20-thread claim test needs PostgreSQL row locks (CI has them)")
     seconds = float(os.environ.get("SEKE_CLAIM_TEST_SECONDS", "60"))
     make_flagged_annotations(3000, dataset_name="contended")
     users = [

@@ -14,12 +14,12 @@ from rq import SimpleWorker
 
 from review.models import ReviewTask
 from seke_app.engine.uamc import UAMCParams
-from seke_app.models import Annotation, AnnotationSample, Dataset, GenerationRun, RunItem
+from seke_app.models import Annotation, AnnotationSample, GenerationRun, RunItem
 from seke_app.queue import get_queue
 from seke_app.services import runs
-from seke_app.services.imports import dataset_import
 from seke_app.services.runs import ImageFilter, RunRefused, run_create
-from tests.conftest import client_for, draw_face
+from tests.conftest import client_for
+from tests.factories import make_dataset
 from tests.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -31,18 +31,6 @@ def _own_queue() -> Any:
     queue.empty()
     yield
     queue.empty()
-
-
-def make_dataset(tmp_path: Path, n: int = 6, name: str = "drawn") -> Dataset:
-    src = tmp_path / f"src-{name}"
-    src.mkdir()
-    for i in range(n):
-        (src / f"{i}.png").write_bytes(draw_face(seed=i, smile=i % 2 == 0))
-    (src / "manifest.csv").write_text(
-        "file,split\n" + "".join(f"{i}.png,{'test' if i < 2 else 'train'}\n" for i in range(n))
-    )
-    dataset_import(path=src, dataset_name=name)
-    return Dataset.objects.get(name=name)
 
 
 def work() -> None:

@@ -49,10 +49,7 @@ def database_url() -> str:
     if connection.vendor == "sqlite":
         name = str(db["NAME"])
         if name == ":memory:" or "mode=memory" in name:
-            pytest.skip(
-                reason=f"the SQLite test database {name!r} is in memory;"
-                " a worker process cannot open it"
-            )
+            pytest.skip(reason=f"test database {name!r} is in memory: no worker can open it")
         query = urlencode(
             {k: v for k, v in options.items() if k in ("timeout", "transaction_mode")}
         )
