@@ -119,14 +119,18 @@ def measure(
 
 def report(m: Measured, args: argparse.Namespace) -> float:
     """Print one measurement; return its fraction of the ideal throughput."""
-    from seke_app.services.runs import CHUNK_SIZE
+    from seke_app.services.runs import chunk_size
 
+    size = chunk_size(args.concurrency)
     ideal = m.workers * args.concurrency / args.latency / m.calls_per_image
     fraction = float(m.images_per_s / ideal)
-    # A chunk's thread pool empties before the next chunk starts: a chunk of CHUNK_SIZE
-    # images takes ceil(CHUNK_SIZE / concurrency) waves of (calls x latency) at best.
-    waves = math.ceil(CHUNK_SIZE / args.concurrency)
-    chunk_bound = CHUNK_SIZE / (waves * args.concurrency)
+    # What the run would reach if each chunk's pool drained before the next chunk
+    # started (as it did before chunk jobs went on with the run's pending items): a
+    # chunk takes ceil(chunk / concurrency) waves of (calls x latency) at best.
+    chunks = [min(size, args.images - start) for start in range(0, args.images, size)]
+    per_worker = [chunks[i :: m.workers] for i in range(m.workers)]
+    waves = max(sum(math.ceil(c / args.concurrency) for c in mine) for mine in per_worker)
+    chunk_bound = args.images / (m.workers * waves * args.concurrency)
     print(f"{m.workers} worker{'s' if m.workers > 1 else ''}:")
     print(f"  images annotated        {m.images} ({m.failed} failed)")
     print(
@@ -144,8 +148,8 @@ def report(m: Measured, args: argparse.Namespace) -> float:
     )
     print(f"  fraction of ideal       {fraction:.1%}   (target >= 85%)")
     print(
-        f"  chunking bound          {chunk_bound:.1%}   ({CHUNK_SIZE}-image chunks in"
-        f" {waves} waves of {args.concurrency} slots)"
+        f"  chunk-by-chunk bound    {chunk_bound:.1%}   (if each {size}-image chunk drained"
+        f" before the next: {waves} waves of {args.concurrency} requests per worker)"
     )
     print(
         f"  CPU: workers {m.worker_cpu_s:.1f} s, fake server {m.server_cpu_s:.1f} s"
@@ -156,7 +160,7 @@ def report(m: Measured, args: argparse.Namespace) -> float:
 
 # Steps of ``seke_app.services.runs`` timed by ``--breakdown`` (those that exist are wrapped).
 BREAKDOWN_STEPS = (
-    "_run_is_running",
+    "_run_is_running",  # read at most twice a second per chunk
     "_claim",
     "_request_for",
     "run_uamc",
@@ -214,7 +218,8 @@ def breakdown(dataset_id: int, args: argparse.Namespace) -> None:
         )
         get_queue("generation").empty()  # type: ignore[no-untyped-call]
         ids = list(RunItem.objects.filter(run=run).order_by("id").values_list("id", flat=True))
-        chunks = [ids[i : i + runs.CHUNK_SIZE] for i in (0, runs.CHUNK_SIZE)]
+        size = runs.chunk_size(args.concurrency)
+        chunks = [ids[i : i + size] for i in (0, size)]
         for name, function in originals.items():
             setattr(runs, name, timed(name, function))
         setattr(wrapper_class, "connect", timed("db connect", connect))  # noqa: B010
@@ -229,7 +234,7 @@ def breakdown(dataset_id: int, args: argparse.Namespace) -> None:
                 setattr(runs, name, function)
     images = sum(len(c) for c in chunks)
     print(
-        f"breakdown: {len(chunks)} chunks of {runs.CHUNK_SIZE} in this process,"
+        f"breakdown: {len(chunks)} chunks of {size} in this process,"
         f" {elapsed:.2f} s ({elapsed / len(chunks):.2f} s a chunk):"
     )
     for name in [*originals, "db connect"]:

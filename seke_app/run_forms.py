@@ -81,10 +81,15 @@ class RunForm(forms.Form):
         min_value=1,
         max_value=64,
         initial=4,
-        help_text="Images in flight at once per worker.",
+        help_text="Model requests in flight at once per worker (images annotated at once,"
+        " for the offline annotator).",
     )
     double_review_share = forms.FloatField(
-        min_value=0.0, max_value=1.0, initial=0.0, required=False, label="Double review share",
+        min_value=0.0,
+        max_value=1.0,
+        initial=0.0,
+        required=False,
+        label="Double review share",
         help_text="Share of flagged images a second annotator reviews independently;"
         " disagreements go to an admin for adjudication.",
     )

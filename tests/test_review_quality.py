@@ -97,7 +97,9 @@ def test_it_sends_disagreements_to_an_admin(
     )
     assert decision.kind == "adjudication"
     assert sorted(ReviewDecision.objects.values_list("kind", flat=True)) == [
-        "adjudication", "first", "second"
+        "adjudication",
+        "first",
+        "second",
     ]
 
 

@@ -113,6 +113,34 @@ def test_it_refuses_bad_runs_and_writes_nothing(tmp_path: Path, settings: Any) -
     assert not GenerationRun.objects.exists()
 
 
+def test_a_chunk_job_goes_on_with_the_runs_pending_images(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path)
+    run = run_create(dataset=dataset, backend="offline", params=UAMCParams(), concurrency=2)
+    get_queue("generation").empty()  # the enqueued chunks are not used here
+    ids = list(RunItem.objects.filter(run=run).order_by("id").values_list("id", flat=True))
+    # One chunk job holding two of the six images annotates all six...
+    runs.run_process_chunk(run_id=run.id, item_ids=ids[:2])
+    run.refresh_from_db()
+    assert run.status == "completed"
+    assert_consistent(run)
+    assert sorted(Annotation.objects.filter(run=run).values_list("image_id", flat=True)) == sorted(
+        RunItem.objects.filter(run=run).values_list("image_id", flat=True)
+    )
+    # ...and the job for the other four finds them done and writes nothing.
+    runs.run_process_chunk(run_id=run.id, item_ids=ids[2:])
+    assert Annotation.objects.filter(run=run).count() == 6
+
+
+def test_it_keeps_more_threads_than_requests_on_an_endpoint(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path)
+    offline = run_create(dataset=dataset, backend="offline", params=UAMCParams(), concurrency=4)
+    assert runs.pool_threads(offline) == 4
+    offline.backend, offline.concurrency = "openai", 16
+    assert runs.pool_threads(offline) == 24
+    offline.concurrency = 1
+    assert runs.pool_threads(offline) == 1
+
+
 def test_it_cancels_a_run_and_starts_no_new_image(tmp_path: Path) -> None:
     dataset = make_dataset(tmp_path)
     run = run_create(dataset=dataset, backend="offline", params=UAMCParams())

@@ -3,17 +3,22 @@
 A run's images are ``RunItem`` rows. Chunk jobs (ids in) claim items one at a
 time with a conditional UPDATE that sets a lease, so any number of workers on any
 number of machines can share a run; an item whose worker died is taken over once
-its lease expires. Each image's annotation, samples, review task, item status and
-the run's counters are written in one transaction, exactly once per (run, image).
+its lease expires. A chunk job whose own items are done goes on with the run's
+pending items, so a worker's threads stay busy until the run has no work left.
+Each image's annotation, samples, review task, item status and the run's counters
+are written in one transaction, exactly once per (run, image).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import threading
+import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -200,24 +205,108 @@ def run_process_chunk(*, run_id: int, item_ids: list[int]) -> None:
         _fail_run(run_id, str(exc))
         return
     params = UAMCParams.from_json(run.params)
-    _process_items(run, backend, params, item_ids)
+    _process_items(run, backend, params, item_ids, steal=True)
     _process_items(run, backend, params, _expired_items(run_id))
     _finish_if_done(run_id)
 
 
+def pool_threads(run: GenerationRun) -> int:
+    """Threads a worker uses for one chunk of ``run``.
+
+    On an OpenAI-compatible endpoint, ``concurrency`` is the number of requests in
+    flight, which the client's semaphore enforces. Each image also spends some tens
+    of milliseconds on its own database writes, during which it holds no request;
+    half as many threads again let those writes overlap other images' requests, so
+    the endpoint keeps ``concurrency`` requests open. The offline annotator has no
+    such wait: its threads are its concurrency.
+    """
+    if run.backend == GenerationRun.Backend.OPENAI and run.concurrency > 1:
+        return run.concurrency + (run.concurrency + 1) // 2
+    return run.concurrency
+
+
+class _RunningGate:
+    """Whether the run is still running, read from the database at most every
+    ``interval`` seconds and shared by a chunk's threads (a cancel is seen within
+    that interval; the per-image query it replaces cost a round trip each)."""
+
+    def __init__(self, run_id: int, interval: float = 0.5) -> None:
+        self._run_id = run_id
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._checked_at = -math.inf
+        self._running = True
+
+    def __call__(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if self._running and now - self._checked_at >= self._interval:
+                self._running = _run_is_running(self._run_id)
+                self._checked_at = now
+            return self._running
+
+    def stop(self) -> None:
+        with self._lock:
+            self._running = False
+
+
+class _Feed:
+    """The items a chunk's threads take, one at a time: the chunk's own first, then
+    any item of the run still pending (``steal``), fetched in small batches.
+
+    Taking pending items of later chunks keeps every thread busy until the run has
+    no work left, instead of letting the pool drain at the end of each chunk while
+    the next chunk waits in the queue; the later chunk jobs then find their items
+    done and end at once. A handed-out item is only a candidate: ``_claim`` decides
+    who annotates it, so two feeds offering the same item never annotate it twice.
+    """
+
+    def __init__(self, run_id: int, item_ids: list[int], *, steal: bool, batch: int) -> None:
+        self._run_id = run_id
+        self._own = deque(item_ids)
+        self._stolen: deque[int] = deque()
+        self._steal = steal
+        self._batch = batch
+        self._lock = threading.Lock()
+
+    def next(self) -> int | None:
+        with self._lock:
+            if self._own:
+                return self._own.popleft()
+            if self._steal and not self._stolen:
+                pending = RunItem.objects.filter(run_id=self._run_id, status=RunItem.Status.PENDING)
+                self._stolen.extend(
+                    pending.order_by("id").values_list("id", flat=True)[: self._batch]
+                )
+                self._steal = bool(self._stolen)
+            return self._stolen.popleft() if self._stolen else None
+
+
 def _process_items(
-    run: GenerationRun, backend: Backend, params: UAMCParams, item_ids: list[int]
+    run: GenerationRun,
+    backend: Backend,
+    params: UAMCParams,
+    item_ids: list[int],
+    *,
+    steal: bool = False,
 ) -> None:
     if not item_ids:
         return
-    if run.concurrency <= 1:
-        for item_id in item_ids:
-            if not _process_one(run, backend, params, item_id):
+    running = _RunningGate(run.id)
+    threads = pool_threads(run) if steal else min(pool_threads(run), len(item_ids))
+    feed = _Feed(run.id, item_ids, steal=steal, batch=threads)
+
+    def work() -> None:
+        while (item_id := feed.next()) is not None:
+            if not _process_one(run, backend, params, item_id, running):
                 return
+
+    if threads <= 1:
+        work()
         return
-    threads = min(run.concurrency, len(item_ids))
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(lambda i: _process_one(run, backend, params, i), item_ids))
+        for future in [pool.submit(work) for _ in range(threads)]:
+            future.result()
         _close_thread_connections(pool, threads)
 
 
@@ -243,9 +332,15 @@ def _run_is_running(run_id: int) -> bool:
     return status == Status.RUNNING
 
 
-def _process_one(run: GenerationRun, backend: Backend, params: UAMCParams, item_id: int) -> bool:
+def _process_one(
+    run: GenerationRun,
+    backend: Backend,
+    params: UAMCParams,
+    item_id: int,
+    running: _RunningGate,
+) -> bool:
     """Annotate one item if it can be claimed; False once the run should stop."""
-    if not _run_is_running(run.id):
+    if not running():
         return False
     me = worker_name()
     if not _claim(item_id, me):
@@ -262,7 +357,8 @@ def _process_one(run: GenerationRun, backend: Backend, params: UAMCParams, item_
         _item_failed(run.id, item_id, me, f"internal error: {type(exc).__name__}: {exc}")
         return True
     _store(run, item_id, item.image_id, me, result)
-    _stop_at_budget(run.id)
+    if run.budget_usd is not None and _stop_at_budget(run.id):
+        running.stop()
     return True
 
 
@@ -438,7 +534,7 @@ def sample_rows(annotation: Annotation, result: UAMCResult) -> list[AnnotationSa
 # --- Run state -----------------------------------------------------------------------
 
 
-def _stop_at_budget(run_id: int) -> None:
+def _stop_at_budget(run_id: int) -> bool:
     stopped = GenerationRun.objects.filter(
         id=run_id,
         status=Status.RUNNING,
@@ -447,6 +543,7 @@ def _stop_at_budget(run_id: int) -> None:
     ).update(status=Status.BUDGET_EXHAUSTED, finished_at=timezone.now())
     if stopped:
         log.info("run %s stopped at its cost cap", run_id)
+    return bool(stopped)
 
 
 def _finish_if_done(run_id: int) -> None:

@@ -32,7 +32,9 @@ class Command(BaseCommand):
         parser.add_argument("--no-verify", action="store_true", help="skip self-verification")
         parser.add_argument("--concurrency", type=int, default=4)
         parser.add_argument(
-            "--double-review", type=float, default=0.0,
+            "--double-review",
+            type=float,
+            default=0.0,
             help="share of flagged images reviewed twice, independently (0-1)",
         )
         parser.add_argument("--budget", help="cost cap in USD; the run stops cleanly there")
