@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -57,7 +58,7 @@ class ScriptedBackend:
 
     def __init__(
         self,
-        script: Sequence[Answer | str],
+        script: Sequence[Answer | str | tuple[Answer, dict[str, float]]],
         *,
         verdict: dict[str, str] | None = None,
         revision: Answer | None = None,
@@ -77,6 +78,18 @@ class ScriptedBackend:
             item = self.script.pop(0)
             if isinstance(item, str):
                 drawn.append(Sample(kind="sample", raw=item, error=item, usage=USAGE))
+            elif isinstance(item, tuple):
+                reply, probs = item
+                raw = json.dumps(reply.to_json())
+                drawn.append(
+                    Sample(
+                        kind="sample",
+                        raw=raw,
+                        answer=reply,
+                        usage=USAGE,
+                        expression_probs=probs,
+                    )
+                )
             else:
                 raw = json.dumps(item.to_json())
                 drawn.append(Sample(kind="sample", raw=raw, answer=item, usage=USAGE))
@@ -373,3 +386,53 @@ def test_it_round_trips_params_through_json() -> None:
     assert UAMCParams.from_json(params.to_json()) == params
     with pytest.raises(ValueError, match="unknown SV-UAMC parameters: colour"):
         UAMCParams.from_json({"colour": 1})
+
+
+# --- Soft votes --------------------------------------------------------------------
+
+
+def test_soft_votes_decide_the_plurality_by_summed_probability() -> None:
+    # Every view drew fear, but each gave surprise the larger probability.
+    hesitant = {"surprise": 0.55, "fear": 0.45}
+    backend = ScriptedBackend([(answer("fear"), hesitant)] * 10)
+    result = run(backend, kmax=3)
+    stats = result.uncertainty.expression
+    assert stats.votes == {"fear": 3}
+    assert stats.mass == {"surprise": 1.65, "fear": 1.35}
+    assert result.aggregate is not None and result.aggregate.expression == "surprise"
+    assert "largest summed probability" in result.aggregate.evidence["expression"]
+    assert any("summed probabilities surprise 1.65" in r for r in result.flag_reasons)
+
+
+def test_soft_votes_make_confidence_follow_the_backends_certainty() -> None:
+    sure = ScriptedBackend([(answer("happiness"), {"happiness": 0.97, "neutral": 0.03})] * 10)
+    unsure = ScriptedBackend([(answer("happiness"), {"happiness": 0.5, "neutral": 0.5})] * 10)
+    plain = ScriptedBackend([answer("happiness")] * 10)
+    confident, hesitant, hard = run(sure), run(unsure), run(plain)
+    assert confident.confidence.expression > hesitant.confidence.expression
+    # A hard vote is a soft vote of probability one.
+    assert hard.confidence.expression >= confident.confidence.expression
+    # The hesitant views never settle the plurality, so sampling goes on to kmax.
+    assert sure.calls == [3] and sum(unsure.calls) == 10
+
+
+def test_probabilities_outside_the_vocabulary_are_dropped_and_renormalised() -> None:
+    vocab = replace(VOCAB, expressions=("neutral", "happiness", "sadness"))
+    probs = {"happiness": 0.3, "contempt": 0.4, "neutral": 0.3}
+    backend = ScriptedBackend([(answer("happiness"), probs)] * 3)
+    result = run_uamc(
+        backend,
+        AnnotationRequest(image_bytes=b"face", vocabulary=vocab),
+        UAMCParams(kmax=3),
+    )
+    assert result.uncertainty.expression.mass == {"neutral": 1.5, "happiness": 1.5}
+
+
+@pytest.mark.parametrize("counts", [[3, 0, 0, 0, 0, 0, 0, 0], [2, 1, 0, 0, 0, 0, 0, 0], [4, 1, 1]])
+def test_fractional_counts_join_the_whole_number_posterior(counts: list[int]) -> None:
+    exact = plurality_posterior(counts, 0)
+    nudged = [c + 0.01 if i == 0 else c for i, c in enumerate(counts)]
+    assert plurality_posterior(nudged, 0) == pytest.approx(exact, abs=5e-3)
+    # More mass on the plurality class can only make it more probably the largest.
+    more = [c + 0.5 if i == 0 else c for i, c in enumerate(counts)]
+    assert plurality_posterior(more, 0) > exact

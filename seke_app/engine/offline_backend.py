@@ -6,7 +6,9 @@ path runs on it:
 * each sample is one random test-time-augmented view of the image; the
   expression is drawn from that view's softmax at the run's temperature, over
   the run's vocabulary only (probabilities of other classes are dropped and the
-  rest renormalised);
+  rest renormalised); the sample also carries that softmax
+  (``Sample.expression_probs``), so SV-UAMC counts the view's probabilities as its
+  vote rather than the single drawn class;
 * valence and arousal come from the network's VA head on the same view, plus a
   little Gaussian noise (``VA_NOISE_SD``) standing for the head's own error,
   clipped to [-1, 1];
@@ -171,8 +173,9 @@ class OfflineBackend:
                 "aus": f"{BASELINE}: not observed; drawn from the CK+ AU rates for {expression}",
             },
         )
-        raw = {"answer": answer.to_json(), "view": view + 1, "probs": _named(probs, vocabulary)}
-        return Sample(kind="sample", raw=json.dumps(raw), answer=answer)
+        named = _named(probs, vocabulary)
+        raw = {"answer": answer.to_json(), "view": view + 1, "probs": named}
+        return Sample(kind="sample", raw=json.dumps(raw), answer=answer, expression_probs=named)
 
     def verify(self, verification: VerificationRequest) -> Sample:
         """The un-augmented prediction, confirming or revising each grain of the aggregate."""

@@ -96,6 +96,10 @@ class Sample:
     # Only set on verification replies: per grain, "confirm" or "revise".
     verdict: dict[str, str] | None = None
     usage: Usage = field(default_factory=Usage)
+    # The backend's own probability of each expression for this sample, when it has
+    # one (the offline CNN's softmax on the sample's view); SV-UAMC then counts the
+    # sample's vote as these probabilities instead of one whole vote.
+    expression_probs: dict[str, float] | None = None
 
     @property
     def valid(self) -> bool:

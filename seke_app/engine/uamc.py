@@ -29,6 +29,18 @@ Uncertainty per grain (computed on the votes after every round)
     unsure when the entropy exceeds ``entropy_threshold`` or the posterior is
     below ``plurality_threshold``.
 
+    Soft votes: a sample may carry the backend's probability of every expression
+    (``Sample.expression_probs``; the offline annotator gives its view's softmax).
+    Such a sample adds those probabilities to the classes' *masses* instead of one
+    whole vote to its drawn class: the expected vote, with the same mean as the
+    drawn one and without the draw's noise. The plurality, the plurality posterior
+    (with the masses as fractional counts: gamma instead of Erlang terms, within
+    1e-4) and the expression agreement use the masses; a sample without
+    probabilities has a mass of one on its expression, so hard votes are the
+    special case. The entropy stays that of the drawn votes. A confident view
+    (p = 0.95) then counts almost fully and a hesitant one (p = 0.4) only partly,
+    so the confidence follows the backend's own certainty, not only its votes.
+
     Valence-arousal: mean, median, sample standard deviation (spread) and
     standard error of the mean of V and of A. Unsure when either standard error
     exceeds ``va_sem_threshold``, or when fewer than two votes exist. The default
@@ -51,13 +63,15 @@ Stopping rule
     Without votes every grain is unsure, so failures are retried up to ``kmax``.
 
 Aggregation
-    Plurality expression. Ties are broken by knowledge: the tied class with the
-    highest ``expression_log_likelihoods`` of the aggregated VA and AUs wins, and
-    the vocabulary's order settles what is still tied. VA is the median of the
+    Plurality expression (by mass, see "Soft votes"). Ties are broken by
+    knowledge: the tied class with the highest ``expression_log_likelihoods`` of
+    the aggregated VA and AUs wins, and the vocabulary's order settles what is
+    still tied. VA is the median of the
     votes. An AU is active when its rate is at least 0.5; its intensity is the
     most common intensity among the votes that mark it active (the lower letter
     on a tie, which errs on the side of a weaker claim). Evidence comes from the
-    first vote for the chosen expression.
+    first vote for the chosen expression (when the masses chose a class no sample
+    drew, the evidence says so).
 
 Self-verification
     One call shows the model the aggregate and the disagreement in words. Its
@@ -72,7 +86,7 @@ Confidence per grain
     The weighted geometric mean of three components in [0, 1]:
 
     * agreement (weight 0.7): expression, the plurality posterior of the final
-      expression; VA, ``1 - min(1, max(sd V, sd A) / 0.5)``, 0.5 meaning the
+      expression over the masses; VA, ``1 - min(1, max(sd V, sd A) / 0.5)``, 0.5 meaning the
       samples spread over a quarter of the scale; AUs, the mean of
       ``|2 rate - 1|`` over the AUs that any vote marks active (1 when none does).
       A single vote says nothing about agreement, so VA and AUs then get 0.5
@@ -216,12 +230,18 @@ class UAMCParams:
 
 @dataclass(frozen=True)
 class ExpressionStats:
-    """Vote counts (most votes first) and the expression grain's uncertainty."""
+    """Vote counts and masses (most first) and the expression grain's uncertainty.
+
+    ``votes`` counts the answers' expressions; ``mass`` is what the statistics use:
+    the same counts, except that a sample carrying ``expression_probs`` adds those
+    probabilities instead of one whole vote.
+    """
 
     votes: dict[str, int]
     entropy: float
     plurality_posterior: float
     unsure: bool
+    mass: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -282,44 +302,58 @@ class Uncertainty:
         return [grain for grain, unsure in zip(GRAINS, flags, strict=True) if unsure]
 
 
-def _erlang_terms(x: np.ndarray, shape: int) -> tuple[np.ndarray, np.ndarray]:
-    """Erlang(shape) density and distribution function on the grid ``x``.
+def _gamma_terms(x: np.ndarray, shape: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gamma(shape, 1) density and distribution function on the even grid ``x`` from 0.
 
-    ``F(x) = 1 - exp(-x) sum_{m < shape} x^m / m!`` and the density is the last
-    term of that sum times ``exp(-x)``, so both come from one running product.
+    A whole-number shape is an Erlang distribution, whose distribution function is
+    ``1 - exp(-x) sum_{m < shape} x^m / m!`` (the density is the last term of that
+    sum times ``exp(-x)``), so both come from one running product. A fractional
+    shape (probability masses) integrates the density along the grid instead (the
+    trapezoid rule; error below 1e-4 on the grid ``_posterior_of_largest`` uses).
     """
-    term = np.ones_like(x)
-    partial = np.ones_like(x)
-    for m in range(1, shape):
-        term = term * x / m
-        partial = partial + term
-    decay = np.exp(-x)
-    return term * decay, 1.0 - partial * decay
+    if float(shape).is_integer():
+        term = np.ones_like(x)
+        partial = np.ones_like(x)
+        for m in range(1, int(shape)):
+            term = term * x / m
+            partial = partial + term
+        decay = np.exp(-x)
+        return term * decay, 1.0 - partial * decay
+    positive = x > 0
+    safe = np.where(positive, x, 1.0)
+    log_density = (shape - 1.0) * np.log(safe) - safe - math.lgamma(shape)
+    density = np.where(positive, np.exp(log_density), 0.0)
+    steps = np.diff(x) * (density[1:] + density[:-1]) / 2.0
+    cdf = np.concatenate(([0.0], np.cumsum(steps)))
+    return density, np.clip(cdf, 0.0, 1.0)
 
 
 @lru_cache(maxsize=4096)
-def _posterior_of_largest(alphas: tuple[int, ...], index: int) -> float:
+def _posterior_of_largest(alphas: tuple[float, ...], index: int) -> float:
     top = max(alphas)
     upper = top + 12.0 * math.sqrt(top) + 30.0
     x = np.linspace(0.0, upper, 4001)
-    density, _ = _erlang_terms(x, alphas[index])
+    density, _ = _gamma_terms(x, alphas[index])
     others = np.ones_like(x)
     for j, alpha in enumerate(alphas):
         if j != index:
-            others *= _erlang_terms(x, alpha)[1]
+            others *= _gamma_terms(x, alpha)[1]
     return float(np.clip(np.trapezoid(density * others, x), 0.0, 1.0))
 
 
-def plurality_posterior(counts: Sequence[int], index: int) -> float:
-    """P(class ``index`` has the largest probability | counts), uniform Dirichlet prior."""
+def plurality_posterior(counts: Sequence[float], index: int) -> float:
+    """P(class ``index`` has the largest probability | counts), uniform Dirichlet prior.
+
+    Counts may be fractional (probability masses); they are rounded to two decimals.
+    """
     if not counts or not 0 <= index < len(counts):
         raise ValueError("the class index must point into a non-empty list of counts")
     if any(c < 0 for c in counts):
         raise ValueError("vote counts cannot be negative")
-    return _posterior_of_largest(tuple(int(c) + 1 for c in counts), index)
+    return _posterior_of_largest(tuple(round(float(c), 2) + 1.0 for c in counts), index)
 
 
-def normalised_entropy(counts: Sequence[int]) -> float:
+def normalised_entropy(counts: Sequence[float]) -> float:
     """Entropy of the vote shares divided by ``log(len(counts))``; 0 for one class."""
     total = sum(counts)
     if total == 0 or len(counts) < 2:
@@ -329,17 +363,30 @@ def normalised_entropy(counts: Sequence[int]) -> float:
 
 
 def _expression_stats(
-    answers: Sequence[Answer], params: UAMCParams, vocabulary: Vocabulary
+    answers: Sequence[Answer],
+    params: UAMCParams,
+    vocabulary: Vocabulary,
+    weights: Sequence[Mapping[str, float]] | None = None,
 ) -> ExpressionStats:
     counter = Counter(a.expression for a in answers)
-    counts = [counter.get(e, 0) for e in vocabulary.expressions]
     votes = dict(sorted(counter.items(), key=lambda kv: (-kv[1], _order(vocabulary, kv[0]))))
     if not answers:
-        return ExpressionStats(votes, 1.0, 0.0, True)
-    entropy = normalised_entropy(counts)
-    posterior = plurality_posterior(counts, counts.index(max(counts)))
+        return ExpressionStats(votes, 1.0, 0.0, True, {})
+    if weights is None:
+        weights = [{a.expression: 1.0} for a in answers]
+    masses = [sum(w.get(e, 0.0) for w in weights) for e in vocabulary.expressions]
+    mass = {
+        e: round(m, 4)
+        for e, m in sorted(
+            zip(vocabulary.expressions, masses, strict=True),
+            key=lambda em: (-em[1], _order(vocabulary, em[0])),
+        )
+        if m > 0
+    }
+    entropy = normalised_entropy([counter.get(e, 0) for e in vocabulary.expressions])
+    posterior = plurality_posterior(masses, masses.index(max(masses)))
     unsure = entropy > params.entropy_threshold or posterior < params.plurality_threshold
-    return ExpressionStats(votes, entropy, posterior, unsure)
+    return ExpressionStats(votes, entropy, posterior, unsure, mass)
 
 
 def _va_stats(answers: Sequence[Answer], params: UAMCParams) -> VAStats:
@@ -360,11 +407,16 @@ def _au_stats(answers: Sequence[Answer], params: UAMCParams, vocabulary: Vocabul
     return AUStats(rates, unsure_aus, len(unsure_aus) > params.au_max_unsure)
 
 
-def measure(answers: Sequence[Answer], params: UAMCParams, vocabulary: Vocabulary) -> Uncertainty:
-    """Every grain's uncertainty over the votes."""
+def measure(
+    answers: Sequence[Answer],
+    params: UAMCParams,
+    vocabulary: Vocabulary,
+    weights: Sequence[Mapping[str, float]] | None = None,
+) -> Uncertainty:
+    """Every grain's uncertainty over the votes (``weights``: see ``vote_weights``)."""
     return Uncertainty(
         n_votes=len(answers),
-        expression=_expression_stats(answers, params, vocabulary),
+        expression=_expression_stats(answers, params, vocabulary, weights),
         va=_va_stats(answers, params),
         aus=_au_stats(answers, params, vocabulary),
     )
@@ -376,15 +428,48 @@ def _order(vocabulary: Vocabulary, expression: str) -> int:
     return len(vocabulary.expressions)
 
 
-def votes_of(samples: Sequence[Sample], vocabulary: Vocabulary) -> list[Answer]:
-    """The answers of the samples that vote: valid, with an expression of the vocabulary."""
+def _voting(samples: Sequence[Sample], vocabulary: Vocabulary) -> list[Sample]:
     return [
-        s.answer
+        s
         for s in samples
         if s.kind == "sample"
         and s.answer is not None
         and s.answer.expression in vocabulary.expressions
     ]
+
+
+def votes_of(samples: Sequence[Sample], vocabulary: Vocabulary) -> list[Answer]:
+    """The answers of the samples that vote: valid, with an expression of the vocabulary."""
+    return [s.answer for s in _voting(samples, vocabulary) if s.answer is not None]
+
+
+def vote_weights(samples: Sequence[Sample], vocabulary: Vocabulary) -> list[dict[str, float]]:
+    """What each voting sample adds to the expression masses, in ``votes_of`` order.
+
+    One whole vote for its expression, or, when the sample carries the backend's
+    probabilities, those probabilities over the vocabulary (renormalised). Counting
+    a sample's expected vote instead of its drawn vote keeps the same mean and
+    removes the draw's noise, so fewer samples settle the plurality.
+    """
+    weights = []
+    for sample in _voting(samples, vocabulary):
+        assert sample.answer is not None
+        probs = sample.expression_probs or {}
+        kept = {e: max(0.0, float(probs.get(e, 0.0))) for e in vocabulary.expressions}
+        total = sum(kept.values())
+        if total > 0:
+            weights.append({e: p / total for e, p in kept.items() if p > 0})
+        else:
+            weights.append({sample.answer.expression: 1.0})
+    return weights
+
+
+def _measure_samples(
+    samples: Sequence[Sample], params: UAMCParams, vocabulary: Vocabulary
+) -> Uncertainty:
+    return measure(
+        votes_of(samples, vocabulary), params, vocabulary, vote_weights(samples, vocabulary)
+    )
 
 
 # --- Sampling ----------------------------------------------------------------------
@@ -397,7 +482,7 @@ def _draw_samples(
     first = {"uamc": params.k0, "fixed": params.kmax, "single": 1}[params.strategy]
     samples = list(backend.sample(request, first, params.temperature))
     rounds = [len(samples)]
-    uncertainty = measure(votes_of(samples, request.vocabulary), params, request.vocabulary)
+    uncertainty = _measure_samples(samples, params, request.vocabulary)
     while (
         params.strategy == "uamc"
         and uncertainty.unsure
@@ -408,7 +493,7 @@ def _draw_samples(
         drawn = backend.sample(request, k, params.temperature)
         samples.extend(drawn)
         rounds.append(len(drawn))
-        uncertainty = measure(votes_of(samples, request.vocabulary), params, request.vocabulary)
+        uncertainty = _measure_samples(samples, params, request.vocabulary)
     return samples, rounds, uncertainty
 
 
@@ -421,9 +506,9 @@ def _plurality(
     aus: dict[int, bool],
     vocabulary: Vocabulary,
 ) -> str:
-    votes = uncertainty.expression.votes
-    best = max(votes.values())
-    tied = [e for e, n in votes.items() if n == best]
+    mass = uncertainty.expression.mass or dict(uncertainty.expression.votes)
+    best = max(mass.values())
+    tied = [e for e, m in mass.items() if m >= best - 1e-9]
     if len(tied) == 1:
         return tied[0]
     # Votes cannot decide, so the class that best explains the aggregated VA and AUs wins.
@@ -452,7 +537,14 @@ def aggregate(
     aus = {au: rate >= 0.5 for au, rate in uncertainty.aus.rates.items()}
     expression = _plurality(uncertainty, (valence, arousal), aus, vocabulary)
     intensities = {au: _intensity(answers, au) for au, on in aus.items() if on}
-    evidence = next(a.evidence for a in answers if a.expression == expression)
+    evidence = next((a.evidence for a in answers if a.expression == expression), None)
+    if evidence is None:
+        # The samples' probabilities chose a class that no single sample drew.
+        evidence = {
+            **answers[0].evidence,
+            "expression": "the largest summed probability over the samples "
+            f"({uncertainty.expression.mass.get(expression, 0.0):.2f} of {len(answers)})",
+        }
     return Answer(
         expression=expression,
         valence=valence,
@@ -468,6 +560,11 @@ def _split_phrase(votes: Mapping[str, int]) -> str:
     counts = "/".join(str(n) for n in votes.values())
     between = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     return f"expression split {counts} between {between}"
+
+
+def _mass_phrase(mass: Mapping[str, float]) -> str:
+    top = list(mass.items())[:3]
+    return "summed probabilities " + ", ".join(f"{e} {m:.2f}" for e, m in top)
 
 
 def _disputed_aus(uncertainty: Uncertainty) -> str:
@@ -488,6 +585,8 @@ def disagreement_text(uncertainty: Uncertainty, n_drawn: int) -> str:
         parts.append(_split_phrase(votes))
     elif votes:
         parts.append(f"all {n} valid samples chose {next(iter(votes))}")
+    if votes and uncertainty.expression.mass != {e: float(c) for e, c in votes.items()}:
+        parts.append(_mass_phrase(uncertainty.expression.mass))
     va = uncertainty.va
     if va.valence.sd is not None and va.arousal.sd is not None:
         parts.append(
@@ -588,7 +687,9 @@ def _weighted_geometric_mean(parts: Mapping[str, float], weights: Mapping[str, f
 def _agreements(
     uncertainty: Uncertainty, expression: str, vocabulary: Vocabulary
 ) -> dict[str, float]:
-    counts = [uncertainty.expression.votes.get(e, 0) for e in vocabulary.expressions]
+    stats = uncertainty.expression
+    mass = stats.mass or {e: float(c) for e, c in stats.votes.items()}
+    counts = [mass.get(e, 0.0) for e in vocabulary.expressions]
     agreement = {"expression": plurality_posterior(counts, _order(vocabulary, expression))}
     if uncertainty.n_votes < 2:
         agreement["va"] = agreement["aus"] = SINGLE_VOTE_AGREEMENT
@@ -639,9 +740,14 @@ def _low_confidence_detail(grain: str, uncertainty: Uncertainty) -> str:
         return f"only {n} valid sample"
     if grain == "expression":
         votes = uncertainty.expression.votes
-        if len(votes) > 1:
-            return _split_phrase(votes)
-        return f"all {n} samples chose {next(iter(votes))}, too few to be sure"
+        mass = uncertainty.expression.mass
+        soft = mass != {e: float(c) for e, c in votes.items()}
+        detail = (
+            _split_phrase(votes)
+            if len(votes) > 1
+            else f"all {n} samples chose {next(iter(votes))}, too few to be sure"
+        )
+        return f"{detail} ({_mass_phrase(mass)})" if soft else detail
     if grain == "va":
         va = uncertainty.va
         return (
@@ -734,6 +840,7 @@ def _sample_json(sample: Sample) -> dict[str, Any]:
         "error": sample.error,
         "verdict": dict(sample.verdict) if sample.verdict is not None else None,
         "usage": asdict(sample.usage),
+        "expression_probs": sample.expression_probs,
     }
 
 
