@@ -51,7 +51,8 @@ def accuracy(items: Sequence[EvalItem], results: Sequence[UAMCResult]) -> float:
 
 
 def correction(item: EvalItem, result: UAMCResult) -> Correction:
-    votes = result.uncertainty.expression.votes
+    stats = result.uncertainty.expression
+    votes = stats.mass or {e: float(n) for e, n in stats.votes.items()}
     return Correction(
         image_ref=item.name,
         machine_expression=result.answer.expression if result.answer else None,

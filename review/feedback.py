@@ -27,7 +27,7 @@ from seke_app.engine.types import AnnotationRequest
 from seke_app.engine.uamc import UAMCParams, UAMCResult, run_uamc
 from seke_app.engine.vllm_client import image_data_url
 from seke_app.engine.vocab import DEFAULT_VOCABULARY, Vocabulary
-from seke_app.models import FaceImage, GenerationRun, PromptVersion
+from seke_app.models import Annotation, FaceImage, GenerationRun, PromptVersion
 from seke_app.queue import get_queue
 from seke_app.services.backends import backend_for
 
@@ -65,7 +65,7 @@ def correction_of(decision: ReviewDecision) -> Correction:
         machine_expression=annotation.expression,
         human_expression=decision.expression,
         expression_confidence=annotation.expression_confidence,
-        votes={k: int(v) for k, v in annotation.expression_votes.items()},
+        votes=_votes(annotation),
         machine_va=machine_va,
         human_va=human_va,
         machine_aus=annotation.aus_dict(),
@@ -74,6 +74,12 @@ def correction_of(decision: ReviewDecision) -> Correction:
         else None,
         note=decision.note,
     )
+
+
+def _votes(annotation: Annotation) -> dict[str, float]:
+    """The masses SV-UAMC summed (soft votes), or the whole votes of older annotations."""
+    mass = annotation.expression_uncertainty.get("mass") or annotation.expression_votes
+    return {k: float(v) for k, v in mass.items()}
 
 
 def corrections_for(runs: Sequence[GenerationRun]) -> list[Correction]:

@@ -50,7 +50,9 @@ class Correction:
     machine_expression: str | None
     human_expression: str | None
     expression_confidence: float
-    votes: Mapping[str, int] = field(default_factory=dict)
+    # The samples' votes per expression: summed probabilities where the samples
+    # carried them (SV-UAMC's masses), else whole votes.
+    votes: Mapping[str, float] = field(default_factory=dict)
     machine_va: tuple[float, float] | None = None
     human_va: tuple[float, float] | None = None
     machine_aus: Mapping[int, bool] = field(default_factory=dict)
@@ -209,7 +211,7 @@ def _va_note(corrections: Sequence[Correction]) -> str:
     return f"Experts set {' and '.join(parts)} on average ({len(pairs)} corrections)."
 
 
-def _shares(votes: Mapping[str, int], expressions: Sequence[str]) -> list[float]:
+def _shares(votes: Mapping[str, float], expressions: Sequence[str]) -> list[float]:
     total = sum(votes.get(e, 0) for e in expressions)
     # Add-half smoothing: a class no sample voted for is unlikely, not impossible.
     return [(votes.get(e, 0) + 0.5) / (total + 0.5 * len(expressions)) for e in expressions]
