@@ -71,6 +71,13 @@ class RunForm(forms.Form):
         label="Self-verification",
         help_text="One more call in which the model confirms or revises each grain.",
     )
+    futility = forms.BooleanField(
+        required=False,
+        initial=_DEFAULTS.futility,
+        label="Stop early when the next round cannot settle it",
+        help_text="A split that one more round would not resolve goes to review after the"
+        " first samples instead of drawing up to Kmax.",
+    )
     review_threshold = forms.FloatField(
         min_value=0.0,
         max_value=1.0,
@@ -121,6 +128,7 @@ class RunForm(forms.Form):
             temperature=data["temperature"],
             review_threshold=data["review_threshold"],
             verify=data["verify"],
+            futility=data["futility"],
         )
 
     def clean(self) -> dict[str, Any]:

@@ -131,7 +131,7 @@ def test_it_stops_at_k0_when_unanimous() -> None:
 
 def test_it_draws_by_step_while_split_and_never_exceeds_kmax() -> None:
     backend = ScriptedBackend(alternating("fear", "surprise", 20))
-    result = run(backend)
+    result = run(backend, futility=False)
     assert backend.calls == [3, 2, 2, 2, 1]
     assert result.n_samples == 11
     assert result.rounds == [3, 2, 2, 2, 1]
@@ -140,9 +140,40 @@ def test_it_draws_by_step_while_split_and_never_exceeds_kmax() -> None:
 def test_it_stops_once_the_split_resolves() -> None:
     script = [answer("fear"), answer("surprise")] + [answer("fear")] * 10
     backend = ScriptedBackend(script)
-    run(backend)
+    run(backend, futility=False)
     # 2/1 is unsure, 4/1 after one more round is settled.
     assert backend.calls == [3, 2]
+
+
+def test_futility_stops_a_split_the_next_round_would_not_settle() -> None:
+    # 2/1 projects to 3.3/1.7 after two more votes: posterior 0.60, under 0.7.
+    backend = ScriptedBackend([answer("fear"), answer("surprise")] + [answer("fear")] * 10)
+    result = run(backend)
+    assert backend.calls == [3]
+    assert result.flagged
+    assert any("split 2/1 between fear and surprise" in r for r in result.flag_reasons)
+
+
+def test_futility_keeps_drawing_when_the_next_round_may_settle() -> None:
+    # 3/1 projects to 4.5/1.5 after two more votes: posterior above 0.7, so draw.
+    script = [answer("fear")] * 3 + [answer("surprise")] + [answer("fear")] * 10
+    backend = ScriptedBackend(script)
+    result = run(backend, k0=4)
+    assert backend.calls == [4, 2]
+    assert result.uncertainty.expression.votes == {"fear": 5, "surprise": 1}
+
+
+def test_futility_stops_for_va_only_when_kmax_could_not_narrow_it() -> None:
+    wide = [answer("neutral", valence=v) for v in (-0.9, 0.0, 0.9, *[0.0] * 7)]
+    backend = ScriptedBackend(wide)
+    run(backend)
+    # sd 0.9: even ten votes leave a standard error of 0.28 > 0.15.
+    assert backend.calls == [3]
+    narrow = [answer("neutral", valence=v) for v in (-0.3, 0.0, 0.3, *[0.0] * 7)]
+    backend = ScriptedBackend(narrow)
+    run(backend)
+    # sd 0.3: the standard error is 0.17 now and would be 0.09 at ten votes.
+    assert backend.calls[0] == 3 and len(backend.calls) > 1
 
 
 def test_it_respects_a_small_kmax_with_a_large_step() -> None:
@@ -155,7 +186,7 @@ def test_it_respects_a_small_kmax_with_a_large_step() -> None:
 def test_it_keeps_drawing_while_va_is_spread() -> None:
     script = [answer("neutral", valence=v) for v in (-0.6, 0.0, 0.6, *[0.0] * 7)]
     backend = ScriptedBackend(script)
-    result = run(backend)
+    result = run(backend, futility=False)
     assert backend.calls[0] == 3 and len(backend.calls) > 1
     assert result.uncertainty.va.valence.sem is not None
 
@@ -169,7 +200,7 @@ def test_it_tolerates_one_disputed_au_but_not_two() -> None:
     assert not result.uncertainty.aus.unsure
     two = [answer("happiness", aus=(6, 12, 25, 26) if i % 2 else (6, 12)) for i in range(10)]
     backend = ScriptedBackend(two)
-    result = run(backend, k0=4)
+    result = run(backend, k0=4, futility=False)
     assert backend.calls == [4, 2, 2, 2]
     assert result.uncertainty.aus.unsure_aus == (25, 26)
 
@@ -356,7 +387,7 @@ def test_it_runs_single_shot_without_verification() -> None:
 
 
 def test_it_stores_the_result_as_plain_json() -> None:
-    result = run(ScriptedBackend(alternating("fear", "surprise", 10)))
+    result = run(ScriptedBackend(alternating("fear", "surprise", 10)), futility=False)
     data = json.loads(json.dumps(result.to_json()))
     assert data["n_samples"] == 11
     assert data["samples"][-1]["kind"] == "verification"
@@ -408,12 +439,16 @@ def test_soft_votes_make_confidence_follow_the_backends_certainty() -> None:
     sure = ScriptedBackend([(answer("happiness"), {"happiness": 0.97, "neutral": 0.03})] * 10)
     unsure = ScriptedBackend([(answer("happiness"), {"happiness": 0.5, "neutral": 0.5})] * 10)
     plain = ScriptedBackend([answer("happiness")] * 10)
-    confident, hesitant, hard = run(sure), run(unsure), run(plain)
+    confident, hesitant, hard = run(sure), run(unsure, futility=False), run(plain)
     assert confident.confidence.expression > hesitant.confidence.expression
     # A hard vote is a soft vote of probability one.
     assert hard.confidence.expression >= confident.confidence.expression
-    # The hesitant views never settle the plurality, so sampling goes on to kmax.
+    # The hesitant views never settle the plurality: without the futility stop
+    # sampling goes on to kmax, with it sampling ends after the first round.
     assert sure.calls == [3] and sum(unsure.calls) == 10
+    again = ScriptedBackend([(answer("happiness"), {"happiness": 0.5, "neutral": 0.5})] * 10)
+    run(again)
+    assert again.calls == [3]
 
 
 def test_probabilities_outside_the_vocabulary_are_dropped_and_renormalised() -> None:

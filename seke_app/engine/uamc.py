@@ -62,6 +62,20 @@ Stopping rule
     been drawn (valid or not), or when the backend returns no samples at all.
     Without votes every grain is unsure, so failures are retried up to ``kmax``.
 
+    With ``futility`` (the default) it also stops when the next round is not
+    expected to settle any unsure grain, judged by projecting the votes so far
+    (a one-step lookahead): the expression when the plurality posterior of the
+    masses scaled up by ``step`` more votes (the next round splitting as the
+    votes so far) stays under ``plurality_threshold``; VA when the spread so far
+    would still give a standard error above ``va_sem_threshold`` at ``kmax``;
+    AUs always, since a projection leaves every rate where it is. This is the
+    futility stop of sequential testing: a split that more samples would only
+    measure more precisely goes to review now instead of after ``kmax`` samples,
+    and samples are spent where the next round can change the answer. On the
+    held-out training images (``bench/uamc_vs_fixed.py --tune``), looking ahead
+    one round drew 4.37 samples per image, four rounds 4.63 and all the way to
+    ``kmax`` 5.14, at equal accuracy and AUROC; ``futility=False`` drew 10.37.
+
 Aggregation
     Plurality expression (by mass, see "Soft votes"). Ties are broken by
     knowledge: the tied class with the highest ``expression_log_likelihoods`` of
@@ -186,6 +200,7 @@ class UAMCParams:
     au_max_unsure: int = 1
     review_threshold: float = 0.7
     verify: bool = True
+    futility: bool = True
 
     def __post_init__(self) -> None:
         problems = self._problems()
@@ -475,6 +490,40 @@ def _measure_samples(
 # --- Sampling ----------------------------------------------------------------------
 
 
+def projected_posterior(
+    uncertainty: Uncertainty, params: UAMCParams, vocabulary: Vocabulary
+) -> float:
+    """The plurality posterior expected after the next round if its votes split as
+    the votes so far: the masses scaled up by ``step`` more votes (at most ``kmax``)."""
+    stats = uncertainty.expression
+    n = uncertainty.n_votes
+    if n == 0:
+        return 0.0
+    scale = max(min(n + params.step, params.kmax), n) / n
+    masses = [stats.mass.get(e, 0.0) * scale for e in vocabulary.expressions]
+    return plurality_posterior(masses, masses.index(max(masses)))
+
+
+def _worth_sampling(uncertainty: Uncertainty, params: UAMCParams, vocabulary: Vocabulary) -> bool:
+    """Whether another round may settle an unsure grain (see "Stopping rule")."""
+    if not uncertainty.unsure:
+        return False
+    if not params.futility or uncertainty.n_votes == 0:
+        return True
+    expression = (
+        uncertainty.expression.unsure
+        and projected_posterior(uncertainty, params, vocabulary) >= params.plurality_threshold
+    )
+    sds = [uncertainty.va.valence.sd, uncertainty.va.arousal.sd]
+    va = uncertainty.va.unsure and (
+        any(sd is None for sd in sds)
+        or max(sd or 0.0 for sd in sds) / math.sqrt(params.kmax) <= params.va_sem_threshold
+    )
+    # An AU is unsure because its rate is near 0.5, and a projection leaves the rates
+    # where they are: more whole answers would measure the split, not end it.
+    return expression or va
+
+
 def _draw_samples(
     backend: Backend, request: AnnotationRequest, params: UAMCParams
 ) -> tuple[list[Sample], list[int], Uncertainty]:
@@ -485,7 +534,7 @@ def _draw_samples(
     uncertainty = _measure_samples(samples, params, request.vocabulary)
     while (
         params.strategy == "uamc"
-        and uncertainty.unsure
+        and _worth_sampling(uncertainty, params, request.vocabulary)
         and rounds[-1] > 0
         and len(samples) < params.kmax
     ):

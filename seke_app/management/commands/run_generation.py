@@ -29,6 +29,11 @@ class Command(BaseCommand):
         parser.add_argument("--step", type=int, default=defaults.step)
         parser.add_argument("--temperature", type=float, default=defaults.temperature)
         parser.add_argument("--review-threshold", type=float, default=defaults.review_threshold)
+        parser.add_argument(
+            "--no-futility",
+            action="store_true",
+            help="keep sampling up to kmax even when the next round cannot settle a split",
+        )
         parser.add_argument("--no-verify", action="store_true", help="skip self-verification")
         parser.add_argument("--concurrency", type=int, default=4)
         parser.add_argument(
@@ -59,6 +64,7 @@ class Command(BaseCommand):
                 temperature=options["temperature"],
                 review_threshold=options["review_threshold"],
                 verify=not options["no_verify"],
+                futility=not options["no_futility"],
             )
             budget = Decimal(options["budget"]) if options["budget"] else None
             run = run_create(

@@ -47,6 +47,11 @@ class Command(BaseCommand):
         parser.add_argument("--step", type=int, default=defaults.step)
         parser.add_argument("--temperature", type=float, default=defaults.temperature)
         parser.add_argument("--review-threshold", type=float, default=defaults.review_threshold)
+        parser.add_argument(
+            "--no-futility",
+            action="store_true",
+            help="keep sampling up to kmax even when the next round cannot settle a split",
+        )
         parser.add_argument("--no-verify", action="store_true")
         parser.add_argument("--au-vocabulary", choices=sorted(AU_VOCABULARIES), default="feid17")
         parser.add_argument("--limit", type=int, default=0, help="only the first N images")
@@ -68,6 +73,7 @@ class Command(BaseCommand):
                 temperature=options["temperature"],
                 review_threshold=options["review_threshold"],
                 verify=not options["no_verify"],
+                futility=not options["no_futility"],
             )
             items = read_manifest(options["manifest"], options["images"])
         except (ValueError, OSError) as exc:
