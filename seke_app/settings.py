@@ -183,6 +183,8 @@ OPENAI_API_KEY = env_str("OPENAI_API_KEY", "")
 OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", schemes=("http", "https"))
 SEKE_MODEL = env_str("SEKE_MODEL", "gpt-4o")
 OPENAI_TIMEOUT = env_float("SEKE_OPENAI_TIMEOUT", 60.0, minimum=1.0)
+# Faces are sent downscaled so that their longer side is at most this many pixels.
+IMAGE_MAX_SIDE = env_int("SEKE_IMAGE_MAX_SIDE", 512, minimum=32)
 OPENAI_MAX_RETRIES = env_int("SEKE_OPENAI_MAX_RETRIES", 4, minimum=0)
 # Shared by every worker through Redis; 0 disables a limit.
 OPENAI_RPM = env_int("SEKE_OPENAI_RPM", 500, minimum=0)

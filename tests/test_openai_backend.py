@@ -192,6 +192,23 @@ def test_it_downscales_the_image_to_the_max_side(
     assert Image.open(io.BytesIO(data)).size == (64, 32)
 
 
+def test_runs_send_images_at_the_configured_max_side(
+    fake_openai: FakeOpenAI, settings: Any
+) -> None:
+    from seke_app.models import PromptVersion
+    from seke_app.services.backends import backend_for
+
+    settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL = KEY, fake_openai.base_url
+    settings.OPENAI_RPM = settings.OPENAI_TPM = 0
+    settings.IMAGE_MAX_SIDE = 80
+    backend = backend_for("openai", "gpt-4o", PromptVersion(knowledge_text="k"))
+    backend.sample(_request(image_bytes=_face_png(400, 200)), 1, 1.0)
+
+    parts = fake_openai.requests[0].body["messages"][1]["content"]
+    url = next(p["image_url"]["url"] for p in parts if p["type"] == "image_url")
+    assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size == (80, 40)
+
+
 def test_it_sends_plain_instructions_without_structured_outputs(
     fake_openai: FakeOpenAI, client: VLLMClient
 ) -> None:

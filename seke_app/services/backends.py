@@ -80,7 +80,9 @@ def backend_for(
             max_retries=settings.OPENAI_MAX_RETRIES,
             max_concurrency=concurrency,
         )
-        openai_backend: Backend = OpenAIBackend(VLLMClient(config), model=model_name)
+        openai_backend: Backend = OpenAIBackend(
+            VLLMClient(config), model=model_name, max_side=settings.IMAGE_MAX_SIDE
+        )
         limits = Limits(settings.OPENAI_RPM, settings.OPENAI_TPM)
         if check_only or not limits.active:
             return openai_backend
