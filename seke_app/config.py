@@ -21,8 +21,12 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 
 def env_str(name: str, default: str, env: Mapping[str, str] | None = None) -> str:
+    """The variable's value; an empty or blank value counts as unset (``NAME=`` in a
+    shell or an ``.env`` file), so that it never turns into the current directory
+    or an empty model name."""
     source = os.environ if env is None else env
-    return source.get(name, default)
+    value = source.get(name, "")
+    return value if value.strip() else default
 
 
 def env_bool(name: str, default: bool, env: Mapping[str, str] | None = None) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from seke_app.config import ConfigError, env_bool, env_float, env_int, env_list, env_url
+from seke_app.config import ConfigError, env_bool, env_float, env_int, env_list, env_str, env_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,6 +83,30 @@ def test_it_parses_values_with_the_helpers() -> None:
     assert env_url("missing", env, schemes=("redis",)) is None
     with pytest.raises(ConfigError, match="I must be at least 10"):
         env_int("I", 0, env, minimum=10)
+
+
+def test_a_blank_value_counts_as_unset() -> None:
+    assert env_str("SEKE_DATA_DIR", "default", {"SEKE_DATA_DIR": ""}) == "default"
+    assert env_str("SEKE_MODEL", "gpt-4o", {"SEKE_MODEL": "  "}) == "gpt-4o"
+    assert env_str("SEKE_MODEL", "gpt-4o", {"SEKE_MODEL": "gpt-4.1"}) == "gpt-4.1"
+
+
+def test_an_empty_data_dir_is_not_the_current_directory(tmp_path: Path) -> None:
+    # SEKE_DATA_DIR= once put the SQLite file and the secret key in the checkout.
+    script = "from django.conf import settings; print(settings.DATA_DIR)"
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    env.update({"SEKE_DATA_DIR": "", "DJANGO_SETTINGS_MODULE": "seke_app.settings"})
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()) == ROOT / ".seke-data"
+    assert not (tmp_path / "secret_key").exists()
 
 
 def test_it_accepts_a_sqlite_database_url(tmp_path: Path) -> None:
