@@ -12,8 +12,12 @@ path runs on it:
 * valence and arousal come from the network's VA head on the same view, plus a
   little Gaussian noise (``VA_NOISE_SD``) standing for the head's own error,
   clipped to [-1, 1];
-* the network sees no action units, so they are drawn from the knowledge prior
-  given the sampled expression (``knowledge.sample_aus``), and the evidence says so.
+* the network sees no action units, so each sample names the AUs that the
+  knowledge makes more likely than not for its sampled expression (CK+ rates of
+  at least 0.5), and the evidence says so. Drawing them at random from those
+  rates (as a first version did) made the samples disagree about AUs for no
+  reason in the face, which flagged nearly every image on AU confidence alone;
+  now AU disagreement only follows expression disagreement.
 
 Randomness is reproducible: every call draws from a numpy generator seeded with
 the SHA-256 of the image bytes and the number of earlier calls for the same image
@@ -45,7 +49,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
-from seke_app.engine.knowledge import AU_RATES, sample_aus
+from seke_app.engine.knowledge import AU_RATES
 from seke_app.engine.offline.model import OfflineModel, OfflinePrediction
 from seke_app.engine.types import AnnotationRequest, Answer, Sample, VerificationRequest
 from seke_app.engine.vocab import EXPRESSIONS, Vocabulary
@@ -160,7 +164,7 @@ class OfflineBackend:
         index = int(rng.choice(len(probs), p=probs))
         expression = vocabulary.expressions[index]
         noisy = np.clip(np.asarray(va, dtype=np.float64) + rng.normal(0, VA_NOISE_SD, 2), -1, 1)
-        aus = sample_aus(expression, rng, vocabulary)
+        aus = _likely_aus(expression, vocabulary)
         answer = Answer(
             expression=expression,
             valence=round(float(noisy[0]), 4),
@@ -170,7 +174,8 @@ class OfflineBackend:
                 "expression": f"{BASELINE}: drawn from the softmax of test-time view "
                 f"{view + 1} (p={probs[index]:.2f})",
                 "va": f"{BASELINE}: the network's VA head on the same view",
-                "aus": f"{BASELINE}: not observed; drawn from the CK+ AU rates for {expression}",
+                "aus": f"{BASELINE}: not observed; the AUs the CK+ rates make likely for "
+                f"{expression}",
             },
         )
         named = _named(probs, vocabulary)
