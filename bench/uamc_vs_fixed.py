@@ -54,7 +54,6 @@ REPO = Path(__file__).resolve().parents[1]
 # repository root is put on the import path before importing SEKE.
 sys.path.insert(0, str(REPO))
 
-from seke_app.engine import uamc as sv_uamc  # noqa: E402
 from seke_app.engine.evaluate import EvalItem, EvalReport, evaluate, read_manifest  # noqa: E402
 from seke_app.engine.knowledge import PROTOTYPES, VA_PRIORS  # noqa: E402
 from seke_app.engine.offline.model import OfflineModel, OfflinePrediction  # noqa: E402
@@ -63,6 +62,7 @@ from seke_app.engine.openai_backend import OpenAIBackend  # noqa: E402
 from seke_app.engine.schema import answer_to_schema_json  # noqa: E402
 from seke_app.engine.types import Answer, Backend  # noqa: E402
 from seke_app.engine.uamc import STRATEGIES, UAMCParams  # noqa: E402
+from seke_app.engine.uamc import confidence as sv_uamc  # noqa: E402
 from seke_app.engine.vllm_client import ClientConfig, VLLMClient, image_data_url  # noqa: E402
 from seke_app.engine.vocab import EXPRESSIONS, Vocabulary  # noqa: E402
 
@@ -252,7 +252,7 @@ def _tuning_row(label: str, uamc: EvalReport, fixed: EvalReport) -> None:
 
 
 def _set_weights(weights: tuple[float, float, float]) -> None:
-    # The confidence weights are module constants, read at call time.
+    # The confidence weights are constants of the confidence module, read at call time.
     sv_uamc.AGREEMENT_WEIGHT, sv_uamc.VERIFICATION_WEIGHT, sv_uamc.KNOWLEDGE_WEIGHT = weights
 
 
