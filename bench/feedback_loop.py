@@ -51,14 +51,14 @@ def accuracy(items: Sequence[EvalItem], results: Sequence[UAMCResult]) -> float:
 
 
 def correction(item: EvalItem, result: UAMCResult) -> Correction:
-    stats = result.uncertainty.expression
-    votes = stats.mass or {e: float(n) for e, n in stats.votes.items()}
     return Correction(
         image_ref=item.name,
         machine_expression=result.answer.expression if result.answer else None,
         human_expression=item.expression,
         expression_confidence=result.confidence.expression,
-        votes=dict(votes),
+        # SV-UAMC's masses: the summed probabilities, or whole votes where the
+        # samples carried none.
+        votes=dict(result.uncertainty.expression.mass),
     )
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
+from django.utils import timezone
 
-from review.models import ReviewTask
+from review.models import ReviewDecision, ReviewTask
 from review.services import task_create_for
 from seke_app.models import Annotation, Dataset, FaceImage, GenerationRun
 from seke_app.services.imports import dataset_import
@@ -24,21 +27,8 @@ def make_flagged_annotations(
 
     The image files exist only with ``write_files`` (pages that show the face need them).
     """
-    dataset = Dataset.objects.create(name=dataset_name)
-    images = FaceImage.objects.bulk_create(
-        [
-            FaceImage(
-                dataset=dataset,
-                sha256=hashlib.sha256(f"{dataset_name}-{i}".encode()).hexdigest(),
-                file=f"faces/none/{i}.png",
-                image_format="PNG",
-                width=48,
-                height=48,
-                original_name=f"{i}.png",
-            )
-            for i in range(n)
-        ]
-    )
+    images = scripted_images(n, dataset_name)
+    dataset = images[0].dataset
     if write_files:
         for i, image in enumerate(images):
             path = Path(settings.MEDIA_ROOT) / image.file.name
@@ -96,3 +86,56 @@ def make_dataset(tmp_path: Path, n: int = 6, name: str = "drawn") -> Dataset:
     )
     dataset_import(path=src, dataset_name=name)
     return Dataset.objects.get(name=name)
+
+
+def scripted_images(n: int, name: str = "scripted", **known: Any) -> list[FaceImage]:
+    """``n`` image rows of a new dataset, without files (pages that show faces need them)."""
+    dataset = Dataset.objects.create(name=name)
+    return FaceImage.objects.bulk_create(
+        [
+            FaceImage(
+                dataset=dataset,
+                sha256=hashlib.sha256(f"{name}-{i}".encode()).hexdigest(),
+                file=f"faces/none/{i}.png",
+                image_format="PNG",
+                width=48,
+                height=48,
+                original_name=f"{i}.png",
+                **known,
+            )
+            for i in range(n)
+        ]
+    )
+
+
+def record_decision(
+    annotation: Annotation,
+    reviewer: User,
+    action: str = "accept",
+    kind: str = "first",
+    undone: bool = False,
+    **values: Any,
+) -> ReviewDecision:
+    """A decision as the review app records it: accept copies the machine values."""
+    task, _ = ReviewTask.objects.get_or_create(
+        annotation=annotation,
+        kind=kind,
+        defaults={"priority": annotation.confidence, "status": ReviewTask.Status.DONE},
+    )
+    if action == "accept":
+        values = {
+            "expression": annotation.expression,
+            "valence": annotation.valence,
+            "arousal": annotation.arousal,
+            "aus": annotation.aus,
+        }
+    return ReviewDecision.objects.create(
+        task=task,
+        annotation=annotation,
+        image=annotation.image,
+        reviewer=reviewer,
+        action=action,
+        kind=kind,
+        undone_at=timezone.now() if undone else None,
+        **values,
+    )

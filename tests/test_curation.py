@@ -13,12 +13,13 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from review.models import ReviewDecision, ReviewTask
+from review.models import ReviewTask
 from seke_app.engine.formats.records import CuratedRecord
 from seke_app.models import Annotation, Dataset, FaceImage, GenerationRun
 from seke_app.services.curation import curated_labels, curated_records
 from seke_app.services.prompts import prompt_version_active
 from tests.conftest import draw_face
+from tests.factories import record_decision
 
 pytestmark = pytest.mark.django_db
 
@@ -95,25 +96,6 @@ def annotate(
     )
 
 
-def decide(annotation: Annotation, reviewer: User, action: str, **values: Any) -> ReviewDecision:
-    task, _ = ReviewTask.objects.get_or_create(annotation=annotation, defaults={"priority": 0.1})
-    if action == "accept":
-        values = {
-            "expression": annotation.expression,
-            "valence": annotation.valence,
-            "arousal": annotation.arousal,
-            "aus": annotation.aus,
-        }
-    return ReviewDecision.objects.create(
-        task=task,
-        annotation=annotation,
-        image=annotation.image,
-        reviewer=reviewer,
-        action=action,
-        **values,
-    )
-
-
 def by_name(dataset: Dataset) -> dict[str, CuratedRecord]:
     return {record.name: record for record in curated_labels(dataset=dataset)}
 
@@ -125,10 +107,12 @@ def test_it_prefers_a_reviewer_then_the_dataset_then_an_accepted_machine_label(
     run = make_run(dataset)
     for image in images:
         annotate(image, run)
-    decide(images[0].annotations.get(), annotator, "correct", expression="anger", aus={"12": True})
+    record_decision(
+        images[0].annotations.get(), annotator, "correct", expression="anger", aus={"12": True}
+    )
     flagged_run = make_run(dataset)
     annotate(images[2], flagged_run, expression="fear", flagged=True)
-    decide(images[3].annotations.get(run=run), annotator, "accept")
+    record_decision(images[3].annotations.get(run=run), annotator, "accept")
     records = by_name(dataset)
 
     corrected = records["0.png"]
@@ -167,10 +151,10 @@ def test_it_ignores_undone_decisions_and_drops_rejected_images(annotator: User) 
     dataset, images = make_images(3)
     run = make_run(dataset)
     annotations = [annotate(image, run, flagged=True) for image in images]
-    undone = decide(annotations[0], annotator, "correct", expression="anger")
+    undone = record_decision(annotations[0], annotator, "correct", expression="anger")
     undone.undone_at = timezone.now()
     undone.save()
-    decide(annotations[1], annotator, "reject_image", reject_reason="not a face")
+    record_decision(annotations[1], annotator, "reject_image", reject_reason="not a face")
     FaceImage.objects.filter(id=images[2].id).update(rejected=True)
     records = by_name(dataset)
     assert set(records) == {"0.png"}
@@ -184,7 +168,9 @@ def test_it_records_where_each_label_came_from(annotator: User) -> None:
     )
     run = make_run(dataset)
     annotate(images[0], run, confidence=0.8)
-    decision = decide(annotate(images[1], make_run(dataset), flagged=True), annotator, "accept")
+    decision = record_decision(
+        annotate(images[1], make_run(dataset), flagged=True), annotator, "accept"
+    )
     records = by_name(dataset)
     machine = records["0.png"].provenance["expression"].to_json()
     assert machine == {
@@ -221,7 +207,7 @@ def test_it_reads_in_chunks_with_three_queries_each(
     dataset, images = make_images(n, known_expression="neutral")
     run = make_run(dataset)
     for image in images:
-        decide(annotate(image, run, flagged=True), annotator, "accept")
+        record_decision(annotate(image, run, flagged=True), annotator, "accept")
         annotate(image, make_run(dataset))
     chunks = math.ceil(n / 5)
     # Images, decisions and annotations per chunk, and one read that finds no more images.
@@ -236,7 +222,6 @@ def test_it_reads_in_chunks_with_three_queries_each(
 def test_it_never_curates_from_gold_answers_and_prefers_adjudication(
     db: None, annotator: User, teammate: User, admin_user: User, settings: Any
 ) -> None:
-    from review.models import ReviewTask
     from review.quality import gold_question_set
     from review.services import Decision, decision_record, task_claim_next, task_create_for
     from seke_app.models import GenerationRun

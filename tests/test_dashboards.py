@@ -7,7 +7,6 @@ query count that does not grow with the run, and in Chromium.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from datetime import timedelta
 from decimal import Decimal
@@ -21,9 +20,9 @@ from django.urls import reverse
 from django.utils import timezone
 from sklearn.metrics import cohen_kappa_score
 
-from review.models import GoldQuestion, ReviewDecision, ReviewTask
+from review.models import GoldQuestion
 from seke_app.engine.knowledge import AU_RATES
-from seke_app.models import Annotation, Dataset, FaceImage, GenerationRun, PromptVersion
+from seke_app.models import Annotation, FaceImage, GenerationRun, PromptVersion
 from seke_app.services import dashboards
 from seke_app.services.comparisons import Side, compare
 from seke_app.services.dashboards import (
@@ -37,30 +36,12 @@ from seke_app.services.prompts import prompt_version_active
 from seke_app.services.references import human_references
 from tests.browser import BrowserPage
 from tests.conftest import PASSWORD, client_for
+from tests.factories import record_decision, scripted_images
 
 TOL = 1e-9
 
 
 # --- Scripted data ----------------------------------------------------------------
-
-
-def make_images(n: int, name: str = "scripted", **known: Any) -> list[FaceImage]:
-    dataset = Dataset.objects.create(name=name)
-    return FaceImage.objects.bulk_create(
-        [
-            FaceImage(
-                dataset=dataset,
-                sha256=hashlib.sha256(f"{name}-{i}".encode()).hexdigest(),
-                file=f"faces/none/{i}.png",
-                image_format="PNG",
-                width=48,
-                height=48,
-                original_name=f"{i}.png",
-                **known,
-            )
-            for i in range(n)
-        ]
-    )
 
 
 def annotation_row(image: FaceImage, **values: Any) -> dict[str, Any]:
@@ -113,39 +94,6 @@ def make_run(
     return run
 
 
-def decide(
-    annotation: Annotation,
-    reviewer: User,
-    action: str = "accept",
-    kind: str = "first",
-    undone: bool = False,
-    **values: Any,
-) -> ReviewDecision:
-    """A decision as the review app records it: accept copies the machine values."""
-    task, _ = ReviewTask.objects.get_or_create(
-        annotation=annotation,
-        kind=kind,
-        defaults={"priority": annotation.confidence, "status": ReviewTask.Status.DONE},
-    )
-    if action == "accept":
-        values = {
-            "expression": annotation.expression,
-            "valence": annotation.valence,
-            "arousal": annotation.arousal,
-            "aus": annotation.aus,
-        }
-    return ReviewDecision.objects.create(
-        task=task,
-        annotation=annotation,
-        image=annotation.image,
-        reviewer=reviewer,
-        action=action,
-        kind=kind,
-        undone_at=timezone.now() if undone else None,
-        **values,
-    )
-
-
 def annotations_of(run: GenerationRun) -> list[Annotation]:
     return list(Annotation.objects.filter(run=run).select_related("image").order_by("image_id"))
 
@@ -158,7 +106,7 @@ EXPRESSION_RIGHT = [True, True, True, False, True, False, False, False]
 
 @pytest.fixture
 def reviewed_run(db: None, annotator: User, teammate: User) -> GenerationRun:
-    images = make_images(9)
+    images = scripted_images(9)
     rows = [
         annotation_row(
             image,
@@ -173,17 +121,17 @@ def reviewed_run(db: None, annotator: User, teammate: User) -> GenerationRun:
     annotations = annotations_of(run)
     for annotation, right in zip(annotations, EXPRESSION_RIGHT, strict=False):
         if right:
-            decide(annotation, annotator)
+            record_decision(annotation, annotator)
         else:
             # Only the expression corrected: the other grains are kept as they were.
-            decide(annotation, annotator, action="correct", expression="sadness")
+            record_decision(annotation, annotator, action="correct", expression="sadness")
     # Neither an undone decision nor an answer to a gold question counts.
-    decide(
+    record_decision(
         annotations[0], teammate, action="correct", expression="anger", kind="second", undone=True
     )
-    decide(annotations[1], teammate, action="correct", expression="fear", kind="gold")
+    record_decision(annotations[1], teammate, action="correct", expression="fear", kind="gold")
     # A rejected image is not scored at all.
-    decide(annotations[8], annotator, action="reject_image", reject_reason="not a face")
+    record_decision(annotations[8], annotator, action="reject_image", reject_reason="not a face")
     return run
 
 
@@ -191,7 +139,7 @@ def reviewed_run(db: None, annotator: User, teammate: User) -> GenerationRun:
 
 
 def test_it_counts_the_figures_of_a_scripted_run(db: None) -> None:
-    images = make_images(6)
+    images = scripted_images(6)
     rows = [
         annotation_row(images[0], confidence=0.0),
         annotation_row(images[1], confidence=0.52),
@@ -226,7 +174,7 @@ def test_it_counts_the_figures_of_a_scripted_run(db: None) -> None:
 
 
 def test_it_buckets_throughput_per_minute(db: None) -> None:
-    images = make_images(5)
+    images = scripted_images(5)
     run = make_run([annotation_row(image) for image in images])
     start = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=3)
     # Two annotations in the first minute, none in the second, three in the third.
@@ -243,7 +191,7 @@ def test_it_buckets_throughput_per_minute(db: None) -> None:
 
 def test_it_samples_the_va_scatter_down_to_the_cap(db: None, monkeypatch: Any) -> None:
     monkeypatch.setattr(dashboards, "VA_SAMPLE_CAP", 10)
-    images = make_images(30)
+    images = scripted_images(30)
     run = make_run([annotation_row(img, valence=i / 30) for i, img in enumerate(images)])
     board = run_dashboard(run=run)
     assert board.n_va == 30 and len(board.va_points) == 10
@@ -296,7 +244,7 @@ def test_it_sets_the_threshold_for_a_target_or_a_budget(reviewed_run: Generation
 
 
 def test_it_refuses_a_threshold_without_human_references(db: None) -> None:
-    run = make_run([annotation_row(image) for image in make_images(3)])
+    run = make_run([annotation_row(image) for image in scripted_images(3)])
     with pytest.raises(ThresholdRefused, match="review some first"):
         run_set_threshold_from_curve(run=run, target_error=0.1)
     run.refresh_from_db()
@@ -306,12 +254,14 @@ def test_it_refuses_a_threshold_without_human_references(db: None) -> None:
 def test_it_prefers_gold_then_adjudication_then_agreeing_reviews(
     db: None, annotator: User, teammate: User, admin_user: User
 ) -> None:
-    images = make_images(4, known_expression="neutral")
+    images = scripted_images(4, known_expression="neutral")
     run = make_run([annotation_row(image) for image in images])
     first, second, third, fourth = annotations_of(run)
     # Two reviews disagree on the expression and agree on VA: the expression awaits adjudication.
-    decide(first, annotator, action="correct", expression="anger", valence=0.1, arousal=0.1)
-    decide(
+    record_decision(
+        first, annotator, action="correct", expression="anger", valence=0.1, arousal=0.1
+    )
+    record_decision(
         first,
         teammate,
         action="correct",
@@ -321,11 +271,11 @@ def test_it_prefers_gold_then_adjudication_then_agreeing_reviews(
         kind="second",
     )
     # The same disagreement, settled by an admin.
-    decide(second, annotator, action="correct", expression="anger")
-    decide(second, teammate, action="correct", expression="fear", kind="second")
-    decide(second, admin_user, action="correct", expression="disgust", kind="adjudication")
+    record_decision(second, annotator, action="correct", expression="anger")
+    record_decision(second, teammate, action="correct", expression="fear", kind="second")
+    record_decision(second, admin_user, action="correct", expression="disgust", kind="adjudication")
     # A gold question outranks the review.
-    decide(third, annotator)
+    record_decision(third, annotator)
     GoldQuestion.objects.create(image=third.image, expression="contempt")
     references = human_references(Annotation.objects.filter(run=run).values("image_id"))
     disputed = references[first.image_id]
@@ -344,14 +294,16 @@ def test_it_prefers_gold_then_adjudication_then_agreeing_reviews(
 def test_it_measures_agreement_between_independent_reviews(
     db: None, annotator: User, teammate: User
 ) -> None:
-    images = make_images(5)
+    images = scripted_images(5)
     run = make_run([annotation_row(image) for image in images])
     annotations = annotations_of(run)
     firsts = ["happiness", "happiness", "sadness", "sadness"]
     seconds = ["happiness", "sadness", "sadness", "sadness"]
     for annotation, a, b in zip(annotations, firsts, seconds, strict=False):
-        decide(annotation, annotator, action="correct", expression=a, valence=0.0, arousal=0.0)
-        decide(
+        record_decision(
+            annotation, annotator, action="correct", expression=a, valence=0.0, arousal=0.0
+        )
+        record_decision(
             annotation,
             teammate,
             action="correct",
@@ -361,8 +313,8 @@ def test_it_measures_agreement_between_independent_reviews(
             aus={"6": True, "12": False},
             kind="second",
         )
-    decide(annotations[4], annotator, action="reject_image", reject_reason="blurred")
-    decide(annotations[4], teammate, kind="second")
+    record_decision(annotations[4], annotator, action="reject_image", reject_reason="blurred")
+    record_decision(annotations[4], teammate, kind="second")
     agreement = run_dashboard(run=run).agreement
     assert agreement.n_pairs == 4 and agreement.n_rejected == 1
     assert agreement.expression_kappa == pytest.approx(cohen_kappa_score(firsts, seconds), abs=TOL)
@@ -381,7 +333,7 @@ def test_it_measures_agreement_between_independent_reviews(
 def test_it_compares_two_runs_on_the_images_both_annotated(
     db: None, annotator: User, admin_user: User
 ) -> None:
-    images = make_images(6)
+    images = scripted_images(6)
     a_expressions = ["happiness", "happiness", "sadness", "sadness", "anger", "fear"]
     b_expressions = ["happiness", "sadness", "sadness", "sadness", "anger"]
     run_a = make_run(
@@ -395,9 +347,9 @@ def test_it_compares_two_runs_on_the_images_both_annotated(
     )
     # Humans decided three images, all on run A: A right on two, wrong on one.
     a_annotations = annotations_of(run_a)
-    decide(a_annotations[0], annotator)
-    decide(a_annotations[1], annotator, action="correct", expression="sadness")
-    decide(a_annotations[2], annotator)
+    record_decision(a_annotations[0], annotator)
+    record_decision(a_annotations[1], annotator, action="correct", expression="sadness")
+    record_decision(a_annotations[2], annotator)
     # Gold questions on two more: both sides right on image 4, both wrong on image 3.
     GoldQuestion.objects.create(image=images[4], expression="anger")
     GoldQuestion.objects.create(image=images[3], expression="fear")
@@ -431,7 +383,7 @@ def test_it_compares_two_runs_on_the_images_both_annotated(
 
 
 def test_it_compares_two_prompt_versions_through_their_runs(db: None) -> None:
-    images = make_images(4)
+    images = scripted_images(4)
     v1 = prompt_version_active()
     v2 = PromptVersion.objects.create(
         number=2, name="revised", knowledge_text="k", fingerprint="f", parent=v1
@@ -464,7 +416,7 @@ def test_it_lets_only_admins_see_and_use_the_dashboards(
         role
     ]
     client = client_for(user)
-    other = make_run([annotation_row(image) for image in make_images(2, name="other")])
+    other = make_run([annotation_row(image) for image in scripted_images(2, name="other")])
     pages = [
         ("get", reverse("run_dashboard", args=[reviewed_run.code]), {}),
         ("get", reverse("compare"), {}),
@@ -534,11 +486,11 @@ def test_it_explains_a_bad_comparison(admin_user: User, reviewed_run: Generation
 
 
 def _dashboard_queries(admin_user: User, n: int) -> int:
-    images = make_images(n, name=f"size-{n}")
+    images = scripted_images(n, name=f"size-{n}")
     run = make_run([annotation_row(img, confidence=(i % 10) / 10) for i, img in enumerate(images)])
     reviewer = User.objects.create_user(f"reviewer-{n}")
     for annotation in annotations_of(run)[: n // 2]:
-        decide(annotation, reviewer)
+        record_decision(annotation, reviewer)
     client = client_for(admin_user)
     url = reverse("run_dashboard", args=[run.code])
     client.get(url)
@@ -559,7 +511,7 @@ def test_it_does_not_query_more_for_a_bigger_run(admin_user: User) -> None:
 def test_it_draws_every_chart_in_the_browser(
     browser_page: BrowserPage, live_server: Any, annotator: User, teammate: User, admin_user: User
 ) -> None:
-    images = make_images(40)
+    images = scripted_images(40)
     rows = [
         annotation_row(
             image,
@@ -574,11 +526,11 @@ def test_it_draws_every_chart_in_the_browser(
     other = make_run([annotation_row(image, confidence=0.8) for image in images[:30]])
     for i, annotation in enumerate(annotations_of(run)[:24]):
         if i % 3:
-            decide(annotation, annotator)
+            record_decision(annotation, annotator)
         else:
-            decide(annotation, annotator, action="correct", expression="fear")
+            record_decision(annotation, annotator, action="correct", expression="fear")
         if i < 6:
-            decide(annotation, teammate, kind="second")
+            record_decision(annotation, teammate, kind="second")
     page = browser_page.page
     page.route("**/favicon.ico", lambda route: route.fulfill(status=204))
     page.goto(f"{live_server.url}/login/")

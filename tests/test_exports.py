@@ -35,7 +35,8 @@ from seke_app.services.exports import (
 )
 from tests.browser import BrowserPage
 from tests.conftest import PASSWORD, client_for
-from tests.test_curation import annotate, decide, make_images, make_run
+from tests.factories import record_decision
+from tests.test_curation import annotate, make_images, make_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -68,7 +69,9 @@ def labelled(annotator: User) -> Dataset:
     for i, image in enumerate(images):
         annotate(image, run, expression=EXPRESSIONS[i % 6], confidence=0.52 + i * 0.04)
     flagged = annotate(images[1], make_run(dataset), expression="contempt", flagged=True)
-    decide(flagged, annotator, "correct", expression="contempt", aus={"12": True, "14": True})
+    record_decision(
+        flagged, annotator, "correct", expression="contempt", aus={"12": True, "14": True}
+    )
     return dataset
 
 

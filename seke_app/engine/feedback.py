@@ -40,10 +40,12 @@ from seke_app.engine.vocab import Vocabulary
 
 VA_BIAS_NOTE = 0.15
 # The recalibration's fit: ridge penalty on the class offsets (per case), the
-# temperatures it may choose from, and gradient steps.
+# temperatures it may choose from, and the most gradient steps.
 OFFSET_RIDGE = 0.01
 TEMPERATURE_RANGE = (0.2, 5.0)
 FIT_STEPS = 2000
+# The fit stops early once no parameter moves by more than this in a step.
+FIT_TOLERANCE = 1e-7
 
 
 @dataclass(frozen=True)
@@ -255,10 +257,15 @@ def recalibrate(corrections: Sequence[Correction], vocabulary: Vocabulary) -> di
         probs = np.exp(logits)
         probs /= probs.sum(axis=1, keepdims=True)
         residual = truth - probs
-        offsets += 0.5 * (residual.mean(axis=0) - 2.0 * OFFSET_RIDGE * offsets)
-        inverse_t = min(
+        offsets_step = 0.5 * (residual.mean(axis=0) - 2.0 * OFFSET_RIDGE * offsets)
+        moved_t = min(
             high, max(low, inverse_t + 0.05 * float((residual * log_shares).sum(1).mean()))
         )
+        offsets += offsets_step
+        converged = max(abs(offsets_step).max(), abs(moved_t - inverse_t)) < FIT_TOLERANCE
+        inverse_t = moved_t
+        if converged:
+            break
     return {
         "class_log_prior": {
             e: round(float(o), 4) for e, o in zip(expressions, offsets, strict=True)

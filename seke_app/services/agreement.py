@@ -20,21 +20,14 @@ from django.db.models import Exists, OuterRef
 
 from seke_app.engine import quality
 from seke_app.models import Annotation
-from seke_app.services.references import Labels, decision_labels, related_model
-
-_FIELDS = (
-    "annotation_id",
-    "kind",
-    "action",
-    "expression",
-    "valence",
-    "arousal",
-    "aus",
-    "annotation__expression",
-    "annotation__valence",
-    "annotation__arousal",
-    "annotation__aus",
+from seke_app.services.references import (
+    DECISION_VALUE_FIELDS,
+    Labels,
+    decision_labels,
+    related_model,
 )
+
+_FIELDS = ("annotation_id", *DECISION_VALUE_FIELDS)
 
 
 @dataclass

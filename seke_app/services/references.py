@@ -36,8 +36,8 @@ SOURCES = ("gold", "review", "dataset")
 VA = tuple[float, float]
 AUs = dict[int, bool]
 
-_DECISION_FIELDS = (
-    "image_id",
+# A decision's labels and the machine labels it judged, as ``values()`` reads them.
+DECISION_VALUE_FIELDS = (
     "kind",
     "action",
     "expression",
@@ -49,6 +49,7 @@ _DECISION_FIELDS = (
     "annotation__arousal",
     "annotation__aus",
 )
+_DECISION_FIELDS = ("image_id", *DECISION_VALUE_FIELDS)
 _GOLD_FIELDS = ("id", "gold__expression", "gold__valence", "gold__arousal", "gold__aus")
 
 

@@ -82,7 +82,7 @@ def _plurality(
     aus: dict[int, bool],
     vocabulary: Vocabulary,
 ) -> str:
-    mass = uncertainty.expression.mass or dict(uncertainty.expression.votes)
+    mass = uncertainty.expression.mass
     best = max(mass.values())
     tied = [e for e, m in mass.items() if m >= best - 1e-9]
     if len(tied) == 1:
@@ -161,7 +161,7 @@ def disagreement_text(uncertainty: Uncertainty, n_drawn: int) -> str:
         parts.append(_split_phrase(votes))
     elif votes:
         parts.append(f"all {n} valid samples chose {next(iter(votes))}")
-    if votes and uncertainty.expression.mass != {e: float(c) for e, c in votes.items()}:
+    if votes and uncertainty.expression.soft:
         parts.append(_mass_phrase(uncertainty.expression.mass))
     va = uncertainty.va
     if va.valence.sd is not None and va.arousal.sd is not None:

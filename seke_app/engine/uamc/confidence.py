@@ -67,8 +67,7 @@ def _weighted_geometric_mean(parts: Mapping[str, float], weights: Mapping[str, f
 def _agreements(
     uncertainty: Uncertainty, expression: str, vocabulary: Vocabulary
 ) -> dict[str, float]:
-    stats = uncertainty.expression
-    mass = stats.mass or {e: float(c) for e, c in stats.votes.items()}
+    mass = uncertainty.expression.mass
     counts = [mass.get(e, 0.0) for e in vocabulary.expressions]
     agreement = {"expression": plurality_posterior(counts, _order(vocabulary, expression))}
     if uncertainty.n_votes < 2:
@@ -121,13 +120,12 @@ def _low_confidence_detail(grain: str, uncertainty: Uncertainty) -> str:
     if grain == "expression":
         votes = uncertainty.expression.votes
         mass = uncertainty.expression.mass
-        soft = mass != {e: float(c) for e, c in votes.items()}
         detail = (
             _split_phrase(votes)
             if len(votes) > 1
             else f"all {n} samples chose {next(iter(votes))}, too few to be sure"
         )
-        return f"{detail} ({_mass_phrase(mass)})" if soft else detail
+        return f"{detail} ({_mass_phrase(mass)})" if uncertainty.expression.soft else detail
     if grain == "va":
         va = uncertainty.va
         return (

@@ -33,6 +33,11 @@ class ExpressionStats:
     unsure: bool
     mass: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def soft(self) -> bool:
+        """Whether some sample's probabilities made the masses differ from the votes."""
+        return self.mass != {e: float(n) for e, n in self.votes.items()}
+
 
 @dataclass(frozen=True)
 class SeriesStats:
