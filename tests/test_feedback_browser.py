@@ -1,0 +1,50 @@
+"""Learning a prompt version from reviews, in the browser: proposal, edit, save, diff."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+
+from seke_app.models import PromptVersion
+from tests.browser import BrowserPage
+from tests.conftest import PASSWORD
+from tests.test_feedback import review_all
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
+
+
+def test_an_admin_learns_a_version_from_reviews_and_sees_its_diff(
+    live_server: Any, browser_page: BrowserPage, admin_user: User, annotator: User
+) -> None:
+    run = review_all(annotator, expression="fear")
+    page, expect = browser_page.page, browser_page.expect
+    page.goto(f"{live_server.url}/login/")
+    page.get_by_label("User name").fill(admin_user.get_username())
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+
+    page.goto(f"{live_server.url}/review/versions/new/")
+    page.get_by_label("Runs whose review decisions to learn from").select_option(str(run.code))
+    page.get_by_role("button", name="Compute the proposal").click()
+    expect(page.get_by_text("Computed from 8 review decisions")).to_be_visible()
+    # The rule notes are computed from the corrections, and the admin edits them.
+    notes = page.locator("#rule-notes")
+    expect(notes).to_have_value(re.compile("fear"))
+    notes.fill(notes.input_value() + "\nLook at the brows first.")
+    page.get_by_label("Name").fill("learnt from the fear corrections")
+    page.get_by_role("button", name="Save as a new version").click()
+
+    expect(page).to_have_url(re.compile(r"/review/versions/[0-9a-f-]{36}/$"))
+    version = PromptVersion.objects.get(name="learnt from the fear corrections")
+    assert page.url.endswith(f"/review/versions/{version.code}/")
+    assert version.parent == PromptVersion.objects.get(is_active=True)
+    assert version.exemplars and version.calibration
+    expect(page.get_by_role("heading", name=re.compile("Changes against v"))).to_be_visible()
+    expect(page.locator("pre.diff")).to_contain_text("+Look at the brows first.")
+    expect(page.locator("ol.exemplars li").first).to_contain_text("fear")
+    expect(page.get_by_role("button", name="Promote to active")).to_be_visible()
+    assert browser_page.console_errors == []
