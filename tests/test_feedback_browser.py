@@ -1,8 +1,10 @@
-"""Learning a prompt version from reviews, in the browser: proposal, edit, save, diff."""
+"""A prompt version learnt from reviews, in the browser: proposal, edit, save, diff,
+gold-set check by a worker process, promotion, re-annotation."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,12 +14,17 @@ from seke_app.models import PromptVersion
 from tests.browser import BrowserPage
 from tests.conftest import PASSWORD
 from tests.test_feedback import review_all
+from tests.workers import WorkerProcess, wait_for_worker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
 
-def test_an_admin_learns_a_version_from_reviews_and_sees_its_diff(
-    live_server: Any, browser_page: BrowserPage, admin_user: User, annotator: User
+def test_an_admin_learns_checks_and_promotes_a_version_from_reviews(
+    live_server: Any,
+    browser_page: BrowserPage,
+    admin_user: User,
+    annotator: User,
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     run = review_all(annotator, expression="fear")
     page, expect = browser_page.page, browser_page.expect
@@ -46,5 +53,26 @@ def test_an_admin_learns_a_version_from_reviews_and_sees_its_diff(
     expect(page.get_by_role("heading", name=re.compile("Changes against v"))).to_be_visible()
     expect(page.locator("pre.diff")).to_contain_text("+Look at the brows first.")
     expect(page.locator("ol.exemplars li").first).to_contain_text("fear")
-    expect(page.get_by_role("button", name="Promote to active")).to_be_visible()
+
+    # The gold-set check runs this version and its parent in a worker.
+    page.get_by_role("button", name=re.compile("Run the check")).click()
+    expect(page.locator(".gold-check").first).to_contain_text("Queued")
+    wait_for_worker(start_worker(("default",), burst=True), timeout=120)
+    page.reload()
+    check = page.locator(".gold-check").first
+    expect(check).to_contain_text("Done")
+    expect(check.get_by_role("cell", name="expression accuracy")).to_be_visible()
+    expect(check.locator(".good, .error").last).to_be_visible()
+
+    # Promotion, with an override reason in case the check found the version worse.
+    page.get_by_label(re.compile("Override reason")).fill("tried in the browser test")
+    page.get_by_role("button", name="Promote to active").click()
+    expect(page.get_by_text(f"v{version.number} is now the active prompt version.")).to_be_visible()
+    version.refresh_from_db()
+    assert version.is_active
+
+    # Re-annotation opens the run form for what is still unreviewed and unsure.
+    page.get_by_role("link", name=re.compile("Re-annotate")).click()
+    expect(page).to_have_url(re.compile(r"/runs/new/"))
+    expect(page.get_by_label("Only images without a confident label")).to_be_checked()
     assert browser_page.console_errors == []
