@@ -53,6 +53,7 @@ from seke_app.engine.offline.model import (
     WEIGHTS_FORMAT,
     OfflineModel,
     preprocess_image,
+    square_gray,
 )
 from seke_app.engine.vocab import EXPRESSIONS
 
@@ -95,9 +96,20 @@ def _read_manifest(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _load_image(path: Path, face_size: int = INPUT_SIZE) -> npt.NDArray[np.uint8]:
-    """A face as the network sees it, shrunk to ``face_size`` inside an edge-padded frame."""
+def _load_image(
+    path: Path, face_size: int = INPUT_SIZE, crop: float = 1.0
+) -> npt.NDArray[np.uint8]:
+    """A face as the network sees it.
+
+    ``crop`` below 1 keeps only that central fraction of the image's side first;
+    ``face_size`` below 48 shrinks the face inside an edge-padded 48-pixel frame.
+    """
     with Image.open(path) as image:
+        if crop < 1.0:
+            square = square_gray(image)
+            side = square.size[0]
+            margin = side * (1.0 - crop) / 2.0
+            image = square.crop((margin, margin, side - margin, side - margin))
         pixels = preprocess_image(image, face_size)
     before = (INPUT_SIZE - face_size) // 2
     after = INPUT_SIZE - face_size - before
@@ -119,7 +131,7 @@ def load_ferplus(folder: Path) -> Split:
     )
 
 
-def load_affectnet(folder: Path, face_size: int = INPUT_SIZE) -> Split:
+def load_affectnet(folder: Path, face_size: int = INPUT_SIZE, crop: float = 1.0) -> Split:
     """AffectNet faces with smoothed one-hot targets and VA.
 
     AffectNet's crops are tighter than FER2013's (the face fills the frame).
@@ -133,7 +145,7 @@ def load_affectnet(folder: Path, face_size: int = INPUT_SIZE) -> Split:
     targets = np.full((len(rows), len(EXPRESSIONS)), AFFECTNET_SMOOTHING / len(EXPRESSIONS))
     targets[np.arange(len(rows)), labels] += 1.0 - AFFECTNET_SMOOTHING
     va = np.array([[float(row["valence"]), float(row["arousal"])] for row in rows], np.float32)
-    images = np.stack([_load_image(folder / row["file"], face_size) for row in rows])
+    images = np.stack([_load_image(folder / row["file"], face_size, crop) for row in rows])
     n = len(rows)
     return Split(images, targets.astype(np.float32), labels, va, np.ones(n, bool), np.ones(n, bool))
 
@@ -267,7 +279,8 @@ def train_step(
     x = norm.apply(augment(norm.tensor(batch.images), generator, zoom))
     logits, va = net(x)
     targets = torch.from_numpy(batch.targets)
-    expression_loss = -(targets * F.log_softmax(logits + log_prior, dim=1)).sum(dim=1).mean()
+    prior = log_prior[torch.from_numpy(batch.is_affectnet.astype(np.int64))]
+    expression_loss = -(targets * F.log_softmax(logits + prior, dim=1)).sum(dim=1).mean()
     mask = torch.from_numpy(batch.has_va)
     va_loss = torch.zeros(())
     if mask.any():
@@ -364,6 +377,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--affectnet-boost", type=float, default=4.0)
     parser.add_argument("--ema", type=float, default=0.0, help="weight EMA decay; 0 disables")
     parser.add_argument("--affectnet-face-size", type=int, default=INPUT_SIZE)
+    parser.add_argument("--affectnet-crop", type=float, default=1.0)
+    parser.add_argument(
+        "--per-source-prior",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="logit adjustment with each source's own class distribution",
+    )
     parser.add_argument(
         "--zoom", type=float, nargs=2, default=(0.88, 1.12), metavar=("LOW", "HIGH")
     )
@@ -375,7 +395,11 @@ def load_data(args: argparse.Namespace, rng: np.random.Generator) -> tuple[Split
     parts_train, parts_held = [], []
     for loader, folder, fraction in (
         (load_ferplus, args.ferplus_train, 0.10),
-        (partial(load_affectnet, face_size=args.affectnet_face_size), args.affectnet_train, 0.15),
+        (
+            partial(load_affectnet, face_size=args.affectnet_face_size, crop=args.affectnet_crop),
+            args.affectnet_train,
+            0.15,
+        ),
     ):
         data = loader(folder)
         train_index, held_index = stratified_split(data.labels, fraction, rng)
@@ -384,10 +408,21 @@ def load_data(args: argparse.Namespace, rng: np.random.Generator) -> tuple[Split
     return Split.concat(parts_train), Split.concat(parts_held)
 
 
-def class_log_prior(train: Split, weights: npt.NDArray[np.float64]) -> torch.Tensor:
-    """Log of the soft-target class distribution the sampler actually produces."""
-    prior = (weights[:, None] * train.targets).sum(axis=0)
-    return torch.from_numpy(np.log(prior / prior.sum()).astype(np.float32))
+def class_log_prior(
+    train: Split, weights: npt.NDArray[np.float64], per_source: bool
+) -> torch.Tensor:
+    """Log of the soft-target class distribution the sampler produces, one row per source.
+
+    Row 0 is for FER+ faces, row 1 for AffectNet faces. With ``per_source`` each
+    row is that source's own distribution; otherwise both rows are the pooled one.
+    """
+    rows = []
+    for members in (~train.is_affectnet, train.is_affectnet) if per_source else (None, None):
+        chosen = slice(None) if members is None else members
+        prior = (weights[chosen, None] * train.targets[chosen]).sum(axis=0)
+        # A class a source never shows would get log(0); a floor keeps the loss finite.
+        rows.append(np.log(np.maximum(prior / prior.sum(), 1e-6)))
+    return torch.from_numpy(np.stack(rows).astype(np.float32))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -400,7 +435,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pixels = train.images.astype(np.float32) / 255.0
     norm = Normalizer(float(pixels.mean()), float(pixels.std()))
     weights = sampling_weights(train, args.class_power, args.affectnet_boost)
-    log_prior = class_log_prior(train, weights)
+    log_prior = class_log_prior(train, weights, args.per_source_prior)
     print(
         f"loaded {len(train)} training / {len(held)} held-out faces "
         f"in {time.monotonic() - started:.0f}s",
@@ -553,6 +588,8 @@ def build_metadata(args: argparse.Namespace, result: dict[str, Any]) -> dict[str
         "affectnet_boost": args.affectnet_boost,
         "ema": args.ema,
         "affectnet_face_size": args.affectnet_face_size,
+        "affectnet_crop": args.affectnet_crop,
+        "per_source_prior": args.per_source_prior,
         "zoom": list(args.zoom),
         "train_seconds": round(result["seconds"]),
         "torch_version": torch.__version__,
