@@ -153,3 +153,27 @@ def test_the_affectnet_crop_keeps_the_centre_of_the_image(tmp_path: Path) -> Non
 
     assert 0.2 < (whole > 128).mean() < 0.3
     assert (centre > 128).mean() > 0.95
+
+
+def test_sampling_gives_classes_mass_by_size_and_soft_sampling_follows_the_votes(
+    data: dict[str, Path],
+) -> None:
+    args = _args(data, Path("unused.npz"))
+    split, _ = train.load_data(args, np.random.default_rng(0))
+    hard = train.sampling_weights(split, power=0.5, affectnet_boost=4.0)
+    counts = np.bincount(split.labels, minlength=len(EXPRESSIONS))
+    class_mass = np.bincount(split.labels, weights=hard, minlength=len(EXPRESSIONS))
+    assert np.allclose(class_mass, np.sqrt(counts) / np.sqrt(counts).sum())
+    first = EXPRESSIONS.index("neutral")
+    members = np.flatnonzero(split.labels == first)
+    ratio = (
+        hard[members][split.is_affectnet[members]][0]
+        / hard[members][~split.is_affectnet[members]][0]
+    )
+    assert ratio == pytest.approx(4.0)
+
+    soft = train.sampling_weights(split, power=0.5, affectnet_boost=4.0, soft=True)
+    assert soft.sum() == pytest.approx(1.0)
+    soft_mass = (soft[:, None] * split.targets).sum(axis=0)
+    sizes = split.targets.sum(axis=0)
+    assert np.allclose(soft_mass, np.sqrt(sizes) / np.sqrt(sizes).sum(), atol=0.02)

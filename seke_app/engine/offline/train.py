@@ -237,12 +237,23 @@ def _erase(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x.masked_fill((inside & chosen).unsqueeze(1), 0.5)
 
 
-def sampling_weights(train: Split, power: float, affectnet_boost: float) -> npt.NDArray[np.float64]:
-    """Per-item draw weights: class mass ~ count**power, AffectNet items boosted within a class."""
-    weights = np.where(train.is_affectnet, affectnet_boost, 1.0)
-    for label in range(len(EXPRESSIONS)):
-        members = train.labels == label
-        weights[members] *= members.sum() ** power / weights[members].sum()
+def sampling_weights(
+    train: Split, power: float, affectnet_boost: float, soft: bool = False
+) -> npt.NDArray[np.float64]:
+    """Per-item draw weights: class mass ~ count**power, AffectNet items boosted within a class.
+
+    By default an item belongs to its plurality class. With ``soft`` it belongs to
+    every class in proportion to its target, so a FER+ face with three fear votes
+    out of ten is drawn partly at fear's rate; class sizes are then target masses.
+    """
+    boost = np.where(train.is_affectnet, affectnet_boost, 1.0)
+    membership = (
+        train.targets.astype(np.float64) if soft else np.eye(len(EXPRESSIONS))[train.labels]
+    ) * boost[:, None]
+    sizes = (train.targets if soft else np.eye(len(EXPRESSIONS))[train.labels]).sum(axis=0)
+    boosted = membership.sum(axis=0)
+    per_class = np.divide(sizes**power, boosted, out=np.zeros(len(EXPRESSIONS)), where=boosted > 0)
+    weights = membership @ per_class
     normalised: npt.NDArray[np.float64] = weights / weights.sum()
     return normalised
 
@@ -379,6 +390,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--affectnet-face-size", type=int, default=INPUT_SIZE)
     parser.add_argument("--affectnet-crop", type=float, default=1.0)
     parser.add_argument(
+        "--soft-sampling",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="draw classes by vote mass rather than by plurality label",
+    )
+    parser.add_argument(
         "--per-source-prior",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -434,7 +451,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     train, held = load_data(args, rng)
     pixels = train.images.astype(np.float32) / 255.0
     norm = Normalizer(float(pixels.mean()), float(pixels.std()))
-    weights = sampling_weights(train, args.class_power, args.affectnet_boost)
+    weights = sampling_weights(train, args.class_power, args.affectnet_boost, args.soft_sampling)
     log_prior = class_log_prior(train, weights, args.per_source_prior)
     print(
         f"loaded {len(train)} training / {len(held)} held-out faces "
@@ -590,6 +607,7 @@ def build_metadata(args: argparse.Namespace, result: dict[str, Any]) -> dict[str
         "affectnet_face_size": args.affectnet_face_size,
         "affectnet_crop": args.affectnet_crop,
         "per_source_prior": args.per_source_prior,
+        "soft_sampling": args.soft_sampling,
         "zoom": list(args.zoom),
         "train_seconds": round(result["seconds"]),
         "torch_version": torch.__version__,
