@@ -228,10 +228,14 @@ def _tempered(pool: OfflinePrediction, rows: np.ndarray, temperature: float) -> 
 
 
 TUNING_GRID: list[dict[str, Any]] = [
-    {"temperature": t, "plurality_threshold": p} for t in (0.2, 0.35, 0.5, 1.0) for p in (0.6, 0.7)
+    {"temperature": t, "plurality_threshold": p}
+    for t in (0.5, 1.0, 1.5, 2.0)
+    for p in (0.6, 0.7, 0.8)
 ]
 # (agreement, verification, knowledge) weights of the confidence, tried at the defaults.
 WEIGHT_GRID: list[tuple[float, float, float]] = [
+    (1.0, 0.0, 0.0),
+    (0.9, 0.05, 0.05),
     (0.8, 0.1, 0.1),
     (0.7, 0.15, 0.15),
     (0.6, 0.2, 0.2),
