@@ -267,12 +267,9 @@ def sampling_weights(
     every class in proportion to its target, so a FER+ face with three fear votes
     out of ten is drawn partly at fear's rate; class sizes are then target masses.
     """
-    boost = np.where(train.is_affectnet, affectnet_boost, 1.0)
-    membership = (
-        train.targets.astype(np.float64) if soft else np.eye(len(EXPRESSIONS))[train.labels]
-    ) * boost[:, None]
-    sizes = (train.targets if soft else np.eye(len(EXPRESSIONS))[train.labels]).sum(axis=0)
-    boosted = membership.sum(axis=0)
+    shares = train.targets.astype(np.float64) if soft else np.eye(len(EXPRESSIONS))[train.labels]
+    membership = shares * np.where(train.is_affectnet, affectnet_boost, 1.0)[:, None]
+    sizes, boosted = shares.sum(axis=0), membership.sum(axis=0)
     per_class = np.divide(sizes**power, boosted, out=np.zeros(len(EXPRESSIONS)), where=boosted > 0)
     weights = membership @ per_class
     normalised: npt.NDArray[np.float64] = weights / weights.sum()
@@ -454,10 +451,11 @@ def class_log_prior(
     Row 0 is for FER+ faces, row 1 for AffectNet faces. With ``per_source`` each
     row is that source's own distribution; otherwise both rows are the pooled one.
     """
+    everyone = np.ones(len(train), bool)
+    groups = (~train.is_affectnet, train.is_affectnet) if per_source else (everyone, everyone)
     rows = []
-    for members in (~train.is_affectnet, train.is_affectnet) if per_source else (None, None):
-        chosen = slice(None) if members is None else members
-        prior = (weights[chosen, None] * train.targets[chosen]).sum(axis=0)
+    for members in groups:
+        prior = (weights[members, None] * train.targets[members]).sum(axis=0)
         # A class a source never shows would get log(0); a floor keeps the loss finite.
         rows.append(np.log(np.maximum(prior / prior.sum(), 1e-6)))
     return torch.from_numpy(np.stack(rows).astype(np.float32))
