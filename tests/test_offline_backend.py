@@ -138,6 +138,12 @@ def test_it_confirms_an_aggregate_that_matches_the_plain_prediction(face_bytes: 
     assert reply.kind == "verification"
     assert reply.verdict == {"expression": "confirm", "va": "confirm", "aus": "confirm"}
     assert reply.answer is not None and reply.answer.aus == aggregate.aus
+    # The reply carries the plain prediction's softmax, for a graded verification.
+    probs = model.predict([Image.open(io.BytesIO(image))]).probs[0]
+    assert reply.expression_probs is not None
+    assert set(reply.expression_probs) == set(EXPRESSIONS)
+    assert reply.expression_probs[expression] == pytest.approx(float(probs.max()), abs=1e-4)
+    assert json.loads(reply.raw)["probs"] == reply.expression_probs
 
 
 def test_it_revises_a_disagreeing_aggregate(face_bytes: FaceBytes) -> None:

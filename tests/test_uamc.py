@@ -25,6 +25,7 @@ from seke_app.engine.uamc import (
     plurality_posterior,
     run_uamc,
 )
+from seke_app.engine.uamc import confidence as confidence_module
 from seke_app.engine.vocab import DEFAULT_VOCABULARY
 
 VOCAB = DEFAULT_VOCABULARY
@@ -63,12 +64,14 @@ class ScriptedBackend:
         verdict: dict[str, str] | None = None,
         revision: Answer | None = None,
         verification_error: str | None = None,
+        verifier_probs: dict[str, float] | None = None,
     ) -> None:
         self.script = list(script)
         self.calls: list[int] = []
         self.verdict = verdict
         self.revision = revision
         self.verification_error = verification_error
+        self.verifier_probs = verifier_probs
         self.verifications: list[VerificationRequest] = []
 
     def sample(self, request: AnnotationRequest, k: int, temperature: float) -> list[Sample]:
@@ -101,7 +104,14 @@ class ScriptedBackend:
             return Sample(kind="verification", raw="?", error=self.verification_error)
         verdict = self.verdict or {"expression": "confirm", "va": "confirm", "aus": "confirm"}
         reply = self.revision or verification.aggregate
-        return Sample(kind="verification", raw="{}", answer=reply, verdict=verdict, usage=USAGE)
+        return Sample(
+            kind="verification",
+            raw="{}",
+            answer=reply,
+            verdict=verdict,
+            usage=USAGE,
+            expression_probs=self.verifier_probs,
+        )
 
 
 def request(known: KnownLabels | None = None) -> AnnotationRequest:
@@ -161,6 +171,20 @@ def test_futility_keeps_drawing_when_the_next_round_may_settle() -> None:
     result = run(backend, k0=4)
     assert backend.calls == [4, 2]
     assert result.uncertainty.expression.votes == {"fear": 5, "surprise": 1}
+
+
+def test_futility_stops_a_split_too_even_for_the_entropy_threshold() -> None:
+    # 4/1/1: the posterior projects above 0.7 (0.84), but the entropy (0.42) stays
+    # above 0.35 for any number of votes split the same way.
+    script = [answer("fear")] * 4 + [answer("surprise"), answer("anger")] + [answer("fear")] * 10
+    backend = ScriptedBackend(script)
+    result = run(backend, k0=6)
+    assert backend.calls == [6]
+    assert result.uncertainty.expression.entropy > 0.35
+    # Without the futility stop the same votes draw on until the split settles.
+    backend = ScriptedBackend(list(script))
+    run(backend, k0=6, futility=False)
+    assert backend.calls == [6, 2, 2]
 
 
 def test_futility_stops_for_va_only_when_kmax_could_not_narrow_it() -> None:
@@ -253,6 +277,42 @@ def test_it_gives_more_confidence_to_more_agreement() -> None:
             result.confidence.expression, result.confidence.va, result.confidence.aus
         )
     assert confidences[0] > confidences[1] > confidences[2]
+
+
+def test_a_verifiers_probability_grades_the_expression_confidence() -> None:
+    votes = [(answer("fear"), {"fear": 0.8, "surprise": 0.2})] * 3
+    fixed = {"strategy": "fixed", "kmax": 3}
+    sure = run(ScriptedBackend(votes, verifier_probs={"fear": 0.9, "surprise": 0.1}), **fixed)
+    hesitant = run(ScriptedBackend(votes, verifier_probs={"fear": 0.45, "surprise": 0.4}), **fixed)
+    bare = run(ScriptedBackend(votes), **fixed)
+    for result in (sure, hesitant, bare):
+        assert result.verification is not None
+        assert result.verification.verdict["expression"] == "confirm"
+    assert sure.confidence.components["expression"]["verification"] == pytest.approx(0.9)
+    # Renormalised over the vocabulary: 0.45 of 0.85.
+    assert hesitant.confidence.components["expression"]["verification"] == pytest.approx(
+        0.45 / 0.85
+    )
+    assert bare.confidence.components["expression"]["verification"] == 1.0
+    assert sure.confidence.expression > hesitant.confidence.expression
+    # The graded weights apply to the expression only; the other grains keep theirs.
+    assert sure.confidence.va == pytest.approx(bare.confidence.va)
+    components = hesitant.confidence.components["expression"]
+    expected = math.exp(
+        sum(
+            confidence_module.GRADED_WEIGHTS[name] * math.log(value)
+            for name, value in components.items()
+        )
+    )
+    assert hesitant.confidence.expression == pytest.approx(expected)
+
+
+def test_a_bare_confirmation_does_not_carry_a_split() -> None:
+    # A 2/1 split confirmed without probabilities keeps the verdict's small weight.
+    script = [answer("fear"), answer("surprise"), answer("fear")]
+    result = run(ScriptedBackend(script), strategy="fixed", kmax=3)
+    assert result.confidence.expression < 0.7
+    assert result.flagged
 
 
 def test_it_computes_the_plurality_posterior_exactly_for_two_classes() -> None:

@@ -26,8 +26,10 @@ on this backend, so a fresh backend repeats the same samples for the same image.
 Verification is the deterministic prediction on the un-augmented image. Its
 verdict per grain is "confirm" when it agrees with the aggregate and "revise"
 otherwise: the expression agrees when the most probable class (within the
-vocabulary) is the aggregate's; VA agrees when both values lie within
-``VA_AGREEMENT`` of the aggregate's. AUs are never observed, only derived from the
+vocabulary) is the aggregate's, and the reply carries the whole softmax
+(``Sample.expression_probs``), so that SV-UAMC's verification component can use
+the verifier's probability of the final expression; VA agrees when both values
+lie within ``VA_AGREEMENT`` of the aggregate's. AUs are never observed, only derived from the
 expression, so the AU verdict follows the expression verdict, and a revision
 proposes the AUs the knowledge makes more likely than not for the new expression.
 
@@ -216,12 +218,15 @@ class OfflineBackend:
                 "aus": f"{BASELINE}: follows the expression; AUs are not observed",
             },
         )
-        raw = {
-            "answer": answer.to_json(),
-            "verdict": verdict,
-            "probs": _named(probs, request.vocabulary),
-        }
-        return Sample(kind="verification", raw=json.dumps(raw), answer=answer, verdict=verdict)
+        named = _named(probs, request.vocabulary)
+        raw = {"answer": answer.to_json(), "verdict": verdict, "probs": named}
+        return Sample(
+            kind="verification",
+            raw=json.dumps(raw),
+            answer=answer,
+            verdict=verdict,
+            expression_probs=named,
+        )
 
 
 def _named(probs: npt.NDArray[np.float64], vocabulary: Vocabulary) -> dict[str, float]:

@@ -98,7 +98,9 @@ class Sample:
     usage: Usage = field(default_factory=Usage)
     # The backend's own probability of each expression for this sample, when it has
     # one (the offline CNN's softmax on the sample's view); SV-UAMC then counts the
-    # sample's vote as these probabilities instead of one whole vote.
+    # sample's vote as these probabilities instead of one whole vote. On a
+    # verification reply, the verifier's probabilities: SV-UAMC's verification
+    # component of the expression is then its probability of the final expression.
     expression_probs: dict[str, float] | None = None
 
     @property

@@ -71,9 +71,12 @@ Stopping rule
     expected to settle any unsure grain, judged by projecting the votes so far
     (a one-step lookahead): the expression when the plurality posterior of the
     masses scaled up by ``step`` more votes (the next round splitting as the
-    votes so far) stays under ``plurality_threshold``; VA when the spread so far
-    would still give a standard error above ``va_sem_threshold`` at ``kmax``;
-    AUs always, since a projection leaves every rate where it is. This is the
+    votes so far) stays under ``plurality_threshold``, or when the vote entropy
+    exceeds ``entropy_threshold`` (a projection keeps the shares, hence the
+    entropy: an even split stays even however often it is measured); VA when
+    the spread so far would still give a standard error above
+    ``va_sem_threshold`` at ``kmax``; AUs always, since a projection leaves
+    every rate where it is. This is the
     futility stop of sequential testing: a split that more samples would only
     measure more precisely goes to review now instead of after ``kmax`` samples,
     and samples are spent where the next round can change the answer. On the
@@ -116,6 +119,19 @@ Confidence per grain
       its combined score for the expression, its VA score for VA, its AU score
       for AUs.
 
+    Graded verification: when the verification reply carries the verifier's
+    probabilities (``Sample.expression_probs``; the offline annotator's
+    un-augmented softmax), the expression's verification component is the
+    verifier's probability of the final expression, and the expression's
+    weights become agreement 0.45, verification 0.45, knowledge 0.1. A bare
+    verdict from the model that drew the samples says little (a model tends to
+    confirm its own aggregate), which is why it weighs 0.15; a probability
+    grades a hesitant confirmation below a sure one, and a 2/1 split confirmed
+    without one still stays under the default review threshold. The graded
+    weights were chosen with ``bench/uamc_vs_fixed.py --tune`` on the held-out
+    training images (AUROC 0.741 -> 0.757, Spearman with the vote share
+    0.501 -> 0.533 against the bare weights; figures in ``bench/README.md``).
+
     A geometric mean lets any one weak component pull the grain down (an answer
     that contradicts the knowledge is doubtful however unanimous), while the
     weights keep sample agreement the main signal.
@@ -142,12 +158,14 @@ Defaults
     threshold 0.7 (3/3 of eight classes passes at 0.73, 2/1 and 3/2 do not),
     review threshold 0.7. ``bench/uamc_vs_fixed.py --tune`` scores alternatives on
     images the offline annotator never trained on; lower temperatures there cut
-    samples but also the confidence's power to separate right from wrong. With
-    the current offline weights, more weight on agreement and a plurality
-    threshold of 0.8 score better there, but both are kept: less knowledge weight
-    lets a unanimous answer that contradicts the knowledge keep a high
-    confidence, and at 0.8 three unanimous whole votes (a VLLM's) no longer stop
-    at K0 (figures in ``bench/README.md``).
+    samples but also the confidence's power to separate right from wrong. A
+    plurality threshold of 0.8 scores better there but is not used: three
+    unanimous whole votes (a VLLM's) would no longer stop at K0. The bare
+    verdict's weights stay 0.7/0.15/0.15 although less knowledge weight scores
+    better on the offline annotator, whose AUs follow its expression, so that
+    the knowledge says little about it: with a VLLM's own AUs, a unanimous
+    answer that contradicts the knowledge must not keep a high confidence
+    (figures in ``bench/README.md``).
 """
 
 from __future__ import annotations

@@ -37,8 +37,11 @@ def _worth_sampling(uncertainty: Uncertainty, params: UAMCParams, vocabulary: Vo
         return False
     if not params.futility or uncertainty.n_votes == 0:
         return True
+    # The projection keeps the votes' shares, so it keeps their entropy too: a split
+    # too even for ``entropy_threshold`` is measured, not settled, by more votes.
     expression = (
         uncertainty.expression.unsure
+        and uncertainty.expression.entropy <= params.entropy_threshold
         and projected_posterior(uncertainty, params, vocabulary) >= params.plurality_threshold
     )
     sds = [uncertainty.va.valence.sd, uncertainty.va.arousal.sd]

@@ -27,14 +27,20 @@ from seke_app.engine.uamc.params import (
     VA_CONTRADICTION,
     VA_SPREAD_SCALE,
 )
-from seke_app.engine.uamc.uncertainty import Uncertainty, _order, plurality_posterior
+from seke_app.engine.uamc.uncertainty import (
+    Uncertainty,
+    _order,
+    plurality_posterior,
+    vocabulary_probs,
+)
 from seke_app.engine.vocab import Vocabulary
 
 # Weights of the confidence components (see the package docstring); read at call
 # time, so that ``bench/uamc_vs_fixed.py --tune`` can try others.
-AGREEMENT_WEIGHT = 0.7
-VERIFICATION_WEIGHT = 0.15
-KNOWLEDGE_WEIGHT = 0.15
+WEIGHTS: dict[str, float] = {"agreement": 0.7, "verification": 0.15, "knowledge": 0.15}
+# The expression's weights when the verifier gave its probabilities (a graded
+# verification, see ``_verification_parts``) instead of a bare verdict.
+GRADED_WEIGHTS: dict[str, float] = {"agreement": 0.45, "verification": 0.45, "knowledge": 0.1}
 
 
 # --- Confidence --------------------------------------------------------------------
@@ -80,6 +86,32 @@ def _agreements(
     return agreement
 
 
+def _verification_parts(
+    verification: Verification | None, expression: str, vocabulary: Vocabulary
+) -> tuple[dict[str, float], bool]:
+    """The verification component of each grain it gave a verdict on, and whether
+    the expression's is graded.
+
+    1 for "confirm", ``REVISED_FACTOR`` for "revise"; for the expression, the
+    verifier's probability of the final expression instead when its reply carries
+    probabilities (renormalised over the vocabulary), which grades a hesitant
+    confirmation below a sure one.
+    """
+    if verification is None:
+        return {}, False
+    parts = {
+        grain: 1.0 if verdict == "confirm" else REVISED_FACTOR
+        for grain, verdict in verification.verdict.items()
+        if verdict in ("confirm", "revise")
+    }
+    sample = verification.sample
+    probs = vocabulary_probs(sample.expression_probs if sample else None, vocabulary)
+    if "expression" not in parts or probs is None:
+        return parts, False
+    parts["expression"] = probs[expression]
+    return parts, True
+
+
 def grain_confidence(
     uncertainty: Uncertainty,
     answer: Answer,
@@ -88,25 +120,21 @@ def grain_confidence(
     vocabulary: Vocabulary,
 ) -> GrainConfidence:
     """Each grain's weighted geometric mean of agreement, verification and knowledge."""
-    weights = {
-        "agreement": AGREEMENT_WEIGHT,
-        "verification": VERIFICATION_WEIGHT,
-        "knowledge": KNOWLEDGE_WEIGHT,
-    }
     agreement = _agreements(uncertainty, answer.expression, vocabulary)
     knowledge_parts = {
         "expression": knowledge.score,
         "va": knowledge.va_score,
         "aus": knowledge.au_score,
     }
-    verdict = verification.verdict if verification is not None else {}
+    verified, graded = _verification_parts(verification, answer.expression, vocabulary)
     components: dict[str, dict[str, float]] = {}
     for grain in GRAINS:
         parts = {"agreement": agreement[grain], "knowledge": knowledge_parts[grain]}
-        if verdict.get(grain) in ("confirm", "revise"):
-            parts["verification"] = 1.0 if verdict[grain] == "confirm" else REVISED_FACTOR
+        if grain in verified:
+            parts["verification"] = verified[grain]
         components[grain] = parts
-    values = {g: _weighted_geometric_mean(components[g], weights) for g in GRAINS}
+    weights = {g: GRADED_WEIGHTS if graded and g == "expression" else WEIGHTS for g in GRAINS}
+    values = {g: _weighted_geometric_mean(components[g], weights[g]) for g in GRAINS}
     return GrainConfidence(values["expression"], values["va"], values["aus"], components)
 
 

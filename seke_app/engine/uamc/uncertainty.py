@@ -249,14 +249,24 @@ def vote_weights(samples: Sequence[Sample], vocabulary: Vocabulary) -> list[dict
     weights = []
     for sample in _voting(samples, vocabulary):
         assert sample.answer is not None
-        probs = sample.expression_probs or {}
-        kept = {e: max(0.0, float(probs.get(e, 0.0))) for e in vocabulary.expressions}
-        total = sum(kept.values())
-        if total > 0:
-            weights.append({e: p / total for e, p in kept.items() if p > 0})
+        probs = vocabulary_probs(sample.expression_probs, vocabulary)
+        if probs is not None:
+            weights.append({e: p for e, p in probs.items() if p > 0})
         else:
             weights.append({sample.answer.expression: 1.0})
     return weights
+
+
+def vocabulary_probs(
+    probs: Mapping[str, float] | None, vocabulary: Vocabulary
+) -> dict[str, float] | None:
+    """A backend's probabilities over the vocabulary's expressions, renormalised.
+
+    None when there are none, or none of them is positive within the vocabulary.
+    """
+    kept = {e: max(0.0, float((probs or {}).get(e, 0.0))) for e in vocabulary.expressions}
+    total = sum(kept.values())
+    return {e: p / total for e, p in kept.items()} if total > 0 else None
 
 
 def _measure_samples(
