@@ -14,6 +14,10 @@ AUROC of the expression confidence for right versus wrong, the error rate among
 auto-accepted images when 30% go to review next to the overall error rate, and
 the Spearman correlation of the confidence with the FER+ plurality vote share.
 It prints figures and the project's targets beside them; it asserts nothing.
+Two reference rankings follow, to read the review-budget target by: the network's
+own maximum probability on its deterministic answers, and (where votes exist) the
+FER+ vote share ranking SV-UAMC's answers, which reads the labels and so is no
+confidence SEKE could compute, but a perfect estimate of human ambiguity.
 
 ``--tune`` scores a grid of SV-UAMC parameters on images the offline network
 never trained on: the part of ``ferplus_train`` and ``affectnet_train`` that the
@@ -54,6 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 # repository root is put on the import path before importing SEKE.
 sys.path.insert(0, str(REPO))
 
+from seke_app.engine import metrics  # noqa: E402
 from seke_app.engine.evaluate import EvalItem, EvalReport, evaluate, read_manifest  # noqa: E402
 from seke_app.engine.knowledge import PROTOTYPES, VA_PRIORS  # noqa: E402
 from seke_app.engine.offline.model import OfflineModel, OfflinePrediction  # noqa: E402
@@ -135,6 +140,47 @@ def print_targets(reports: dict[str, EvalReport]) -> None:
     )
 
 
+def _ranking(correct: Sequence[bool], confidence: Sequence[float]) -> str:
+    overall = 1.0 - sum(correct) / len(correct)
+    accepted = metrics.accepted_error_rate(correct, confidence, 0.3)
+    return (
+        f"accuracy {1 - overall:.3f}, AUROC {metrics.auroc(correct, confidence):.3f}, "
+        f"error auto-accepted at 30% review / overall {accepted / overall:.3f}"
+    )
+
+
+def print_references(model: OfflineModel, items: Sequence[EvalItem], uamc: EvalReport) -> None:
+    """Other rankings of right and wrong answers, for reading the review-budget target.
+
+    The network's maximum probability on the plain image ranks its own deterministic
+    answers. The FER+ vote share ranks SV-UAMC's answers by how much people agreed:
+    no confidence SEKE could compute (it reads the labels), but a perfect estimate
+    of human ambiguity.
+    """
+    labelled = [item for item in items if item.expression is not None]
+    if not labelled:
+        return
+    probs = np.concatenate(
+        [
+            model.predict(
+                [Image.open(io.BytesIO(i.image_bytes)) for i in labelled[s : s + 256]]
+            ).probs
+            for s in range(0, len(labelled), 256)
+        ]
+    )
+    correct = [
+        EXPRESSIONS[int(p.argmax())] == i.expression for p, i in zip(probs, labelled, strict=True)
+    ]
+    print(f"- reference, the network's maximum probability: {_ranking(correct, probs.max(1))}")
+    scored = [o for o in uamc.items if o.vote_share is not None and o.truth is not None]
+    if scored:
+        shares = [float(o.vote_share or 0.0) for o in scored]
+        print(
+            "- reference, SV-UAMC's answers ranked by the FER+ vote share: "
+            + _ranking([o.correct for o in scored], shares)
+        )
+
+
 def run_offline(args: argparse.Namespace, base: UAMCParams) -> None:
     model = OfflineModel.load(args.weights)
     print(f"# SV-UAMC vs fixed-N vs single-shot, offline annotator\n\nparams: {base.to_json()}")
@@ -153,6 +199,7 @@ def run_offline(args: argparse.Namespace, base: UAMCParams) -> None:
         }
         print_table(f"{dataset} ({len(items)} images)", reports)
         print_targets(reports)
+        print_references(model, items, reports["uamc"])
 
 
 # --- Tuning on the training sets' held-out part ------------------------------------
@@ -232,15 +279,17 @@ TUNING_GRID: list[dict[str, Any]] = [
     for t in (0.5, 1.0, 1.5, 2.0)
     for p in (0.6, 0.7, 0.8)
 ]
-# (agreement, verification, knowledge) weights of the confidence, tried at the defaults.
+# (agreement, verification, knowledge) weights of the expression confidence with a
+# graded verification (the offline annotator's), tried at the defaults.
 WEIGHT_GRID: list[tuple[float, float, float]] = [
-    (1.0, 0.0, 0.0),
-    (0.9, 0.05, 0.05),
-    (0.8, 0.1, 0.1),
     (0.7, 0.15, 0.15),
-    (0.6, 0.2, 0.2),
-    (0.5, 0.25, 0.25),
+    (0.6, 0.3, 0.1),
+    (0.5, 0.4, 0.1),
+    (0.45, 0.45, 0.1),
+    (0.4, 0.5, 0.1),
+    (0.5, 0.45, 0.05),
 ]
+COMPONENTS = ("agreement", "verification", "knowledge")
 
 
 def _tuning_row(label: str, uamc: EvalReport, fixed: EvalReport) -> None:
@@ -257,7 +306,7 @@ def _tuning_row(label: str, uamc: EvalReport, fixed: EvalReport) -> None:
 
 def _set_weights(weights: tuple[float, float, float]) -> None:
     # The confidence weights are constants of the confidence module, read at call time.
-    sv_uamc.AGREEMENT_WEIGHT, sv_uamc.VERIFICATION_WEIGHT, sv_uamc.KNOWLEDGE_WEIGHT = weights
+    sv_uamc.GRADED_WEIGHTS = dict(zip(COMPONENTS, weights, strict=True))
 
 
 def run_tune(args: argparse.Namespace, base: UAMCParams) -> None:
@@ -280,13 +329,13 @@ def run_tune(args: argparse.Namespace, base: UAMCParams) -> None:
             )
         report = evaluate(OfflineBackend(pool), items, params, VOCABULARY)
         _tuning_row(str(changes), report, fixed_by_temperature[params.temperature])
-    defaults = (sv_uamc.AGREEMENT_WEIGHT, sv_uamc.VERIFICATION_WEIGHT, sv_uamc.KNOWLEDGE_WEIGHT)
+    defaults = dict(sv_uamc.GRADED_WEIGHTS)
     fixed = evaluate(OfflineBackend(pool), items, replace(base, strategy="fixed"), VOCABULARY)
     for weights in WEIGHT_GRID:
         _set_weights(weights)
         report = evaluate(OfflineBackend(pool), items, base, VOCABULARY)
         _tuning_row(f"weights {weights}", report, fixed)
-    _set_weights(defaults)
+    sv_uamc.GRADED_WEIGHTS = defaults
 
 
 # --- Fake OpenAI mode --------------------------------------------------------------
