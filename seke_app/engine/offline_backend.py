@@ -1,5 +1,11 @@
 """The offline annotator as an SV-UAMC backend: a small CNN baseline, not a VLLM.
 
+It first frames the face (``offline/face.py``): in a photo where the face is small,
+the face OpenCV finds is cut out with the margin of the training faces; a face
+crop is read whole. The evidence of every sample says which, and the framed face
+of the last ``FACE_CACHE`` images is kept, since every round and the
+verification read the same image.
+
 It draws samples the way SV-UAMC expects from a vision LLM, so that the same code
 path runs on it:
 
@@ -44,6 +50,7 @@ import hashlib
 import io
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -52,6 +59,7 @@ import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
 from seke_app.engine.knowledge import AU_RATES
+from seke_app.engine.offline.face import Framing, face_square
 from seke_app.engine.offline.model import OfflineModel, OfflinePrediction
 from seke_app.engine.types import AnnotationRequest, Answer, Sample, VerificationRequest
 from seke_app.engine.vocab import EXPRESSIONS, Vocabulary
@@ -62,6 +70,8 @@ VA_NOISE_SD = 0.03
 # Largest difference in valence or arousal that still confirms the aggregate.
 VA_AGREEMENT = 0.2
 BASELINE = "offline CNN baseline (not a vision LLM)"
+# How many images' framed faces a backend keeps (see ``OfflineBackend._face``).
+FACE_CACHE = 32
 
 
 class ExpressionModel(Protocol):
@@ -114,14 +124,30 @@ class OfflineBackend:
         # offline annotator reads no prompt, so this is how feedback reaches it.
         self._calibration = dict(calibration or {})
         self._calls: dict[bytes, int] = {}
+        # The framed faces of the last few images: SV-UAMC asks for several rounds
+        # and a verification of the same image, and finding the face is the
+        # costliest step of preparing it.
+        self._faces: OrderedDict[bytes, tuple[Image.Image, Framing]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _rng(self, image_bytes: bytes) -> np.random.Generator:
-        digest = hashlib.sha256(image_bytes).digest()
+    def _rng(self, digest: bytes) -> np.random.Generator:
         with self._lock:
             counter = self._calls.get(digest, 0)
             self._calls[digest] = counter + 1
         return np.random.default_rng([int.from_bytes(digest[:16], "big"), counter])
+
+    def _face(self, image_bytes: bytes, digest: bytes) -> tuple[Image.Image, Framing]:
+        """The image's face square and how it was framed (``face.face_square``)."""
+        with self._lock:
+            if digest in self._faces:
+                self._faces.move_to_end(digest)
+                return self._faces[digest]
+        framed = face_square(_open(image_bytes))
+        with self._lock:
+            self._faces[digest] = framed
+            while len(self._faces) > FACE_CACHE:
+                self._faces.popitem(last=False)
+        return framed
 
     def _calibrated(
         self, probs: npt.NDArray[np.float64], vocabulary: Vocabulary
@@ -140,18 +166,19 @@ class OfflineBackend:
 
     def sample(self, request: AnnotationRequest, k: int, temperature: float) -> list[Sample]:
         """``k`` answers, one per random test-time view of the image."""
-        rng = self._rng(request.image_bytes)
+        digest = hashlib.sha256(request.image_bytes).digest()
+        rng = self._rng(digest)
         try:
-            image = _open(request.image_bytes)
+            face, framing = self._face(request.image_bytes, digest)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             error = f"the offline annotator could not read the image ({exc})"
             return [Sample(kind="sample", raw="", error=error) for _ in range(k)]
-        prediction = self._model.predict_augmented(image, k, rng, temperature=temperature)
+        prediction = self._model.predict_augmented(face, k, rng, temperature=temperature)
         probs = self._calibrated(
             _vocabulary_probs(prediction.probs, request.vocabulary), request.vocabulary
         )
         return [
-            self._view_sample(probs[i], prediction.va[i], rng, request.vocabulary, i)
+            self._view_sample(probs[i], prediction.va[i], rng, request.vocabulary, i, framing)
             for i in range(k)
         ]
 
@@ -162,6 +189,7 @@ class OfflineBackend:
         rng: np.random.Generator,
         vocabulary: Vocabulary,
         view: int,
+        framing: Framing,
     ) -> Sample:
         index = int(rng.choice(len(probs), p=probs))
         expression = vocabulary.expressions[index]
@@ -174,25 +202,32 @@ class OfflineBackend:
             aus=aus,
             evidence={
                 "expression": f"{BASELINE}: drawn from the softmax of test-time view "
-                f"{view + 1} (p={probs[index]:.2f})",
+                f"{view + 1} (p={probs[index]:.2f}); {framing.note}",
                 "va": f"{BASELINE}: the network's VA head on the same view",
                 "aus": f"{BASELINE}: not observed; the AUs the CK+ rates make likely for "
                 f"{expression}",
             },
         )
         named = _named(probs, vocabulary)
-        raw = {"answer": answer.to_json(), "view": view + 1, "probs": named}
+        raw = {
+            "answer": answer.to_json(),
+            "view": view + 1,
+            "probs": named,
+            "framing": framing.note,
+        }
         return Sample(kind="sample", raw=json.dumps(raw), answer=answer, expression_probs=named)
 
     def verify(self, verification: VerificationRequest) -> Sample:
         """The un-augmented prediction, confirming or revising each grain of the aggregate."""
         request, aggregate = verification.request, verification.aggregate
         try:
-            image = _open(request.image_bytes)
+            face, framing = self._face(
+                request.image_bytes, hashlib.sha256(request.image_bytes).digest()
+            )
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             error = f"the offline annotator could not read the image ({exc})"
             return Sample(kind="verification", raw="", error=error)
-        prediction = self._model.predict([image])
+        prediction = self._model.predict([face])
         probs = self._calibrated(
             _vocabulary_probs(prediction.probs, request.vocabulary), request.vocabulary
         )[0]
@@ -213,13 +248,18 @@ class OfflineBackend:
             au_intensity=dict(aggregate.au_intensity) if same else {},
             evidence={
                 "expression": f"{BASELINE}: most probable class of the un-augmented image "
-                f"(p={probs.max():.2f})",
+                f"(p={probs.max():.2f}); {framing.note}",
                 "va": f"{BASELINE}: the VA head on the un-augmented image",
                 "aus": f"{BASELINE}: follows the expression; AUs are not observed",
             },
         )
         named = _named(probs, request.vocabulary)
-        raw = {"answer": answer.to_json(), "verdict": verdict, "probs": named}
+        raw = {
+            "answer": answer.to_json(),
+            "verdict": verdict,
+            "probs": named,
+            "framing": framing.note,
+        }
         return Sample(
             kind="verification",
             raw=json.dumps(raw),

@@ -62,14 +62,15 @@ class OfflinePrediction:
 
 def square_gray(image: Image.Image) -> Image.Image:
     """Convert any Pillow image to 8-bit grayscale and cut its centre square."""
-    gray = _to_gray(image)
+    gray = to_gray(image)
     width, height = gray.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
     return gray.crop((left, top, left + side, top + side))
 
 
-def _to_gray(image: Image.Image) -> Image.Image:
+def to_gray(image: Image.Image) -> Image.Image:
+    """Any Pillow image as 8-bit grayscale."""
     # Pillow's own conversion clips 16-bit and float images to 0-255 instead of
     # rescaling them, which turns most of them white, so those are rescaled here.
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
