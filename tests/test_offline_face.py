@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,16 @@ def portrait(face_side: int = 80, at: tuple[int, int] = (130, 90)) -> Image.Imag
     return canvas.convert("RGB")
 
 
+def sizes_into(log: list[tuple[int, int]], func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func``, noting the size of the image it is called with first."""
+
+    def recorded(image: Image.Image, *args: Any, **kwargs: Any) -> Any:
+        log.append(image.size)
+        return func(image, *args, **kwargs)
+
+    return recorded
+
+
 def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -74,14 +85,6 @@ def test_a_face_at_the_edge_is_cut_inside_the_image() -> None:
     assert framing.box is not None and framing.box[0] + framing.box[2] <= 400
 
 
-def test_a_face_crop_is_read_as_the_centre_square() -> None:
-    crop = drawn_face(200).convert("RGB")
-    square, framing = face_square(crop)
-    assert not framing.cropped
-    assert framing.note == "the face fills the image: centre square"
-    assert square.size == (200, 200)
-
-
 def test_a_small_image_is_taken_as_a_face_crop_without_looking(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -94,34 +97,33 @@ def test_a_small_image_is_taken_as_a_face_crop_without_looking(
     assert square.size == (48, 48)
 
 
-def test_a_photo_without_a_face_gets_the_centre_square_and_says_so() -> None:
-    blank = Image.new("RGB", (300, 200), (120, 130, 140))
-    square, framing = face_square(blank)
+@pytest.mark.parametrize(
+    ("image", "note", "side"),
+    [
+        (drawn_face(200).convert("RGB"), "the face fills the image: centre square", 200),
+        (Image.new("RGB", (300, 200), (120, 130, 140)), "no face found: centre square", 200),
+    ],
+    ids=["face crop", "no face"],
+)
+def test_without_a_small_face_it_reads_the_centre_square_and_says_why(
+    image: Image.Image, note: str, side: int
+) -> None:
+    square, framing = face_square(image)
     assert not framing.cropped
-    assert framing.note == "no face found: centre square"
-    assert square.size == (200, 200)
+    assert framing.note == note
+    assert square.size == (side, side)
 
 
 def test_the_backend_reads_the_framed_face_and_says_how_in_the_evidence(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    calls = []
-    real = face_module.face_square
-
-    def counting(image: Image.Image) -> Any:
-        calls.append(image.size)
-        return real(image)
-
-    monkeypatch.setattr("seke_app.engine.offline_backend.face_square", counting)
-    model = TinyModel()
+    calls: list[tuple[int, int]] = []
     seen: list[tuple[int, int]] = []
-    predict_augmented = model.predict_augmented
-
-    def recording(image: Image.Image, *args: Any, **kwargs: Any) -> Any:
-        seen.append(image.size)
-        return predict_augmented(image, *args, **kwargs)
-
-    model.predict_augmented = recording  # type: ignore[method-assign]
+    monkeypatch.setattr(
+        "seke_app.engine.offline_backend.face_square", sizes_into(calls, face_module.face_square)
+    )
+    model = TinyModel()
+    model.predict_augmented = sizes_into(seen, model.predict_augmented)  # type: ignore[method-assign]
     backend = OfflineBackend(model)
     image = png(portrait())
     request = AnnotationRequest(image_bytes=image, vocabulary=Vocabulary())

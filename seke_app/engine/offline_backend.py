@@ -35,9 +35,10 @@ otherwise: the expression agrees when the most probable class (within the
 vocabulary) is the aggregate's, and the reply carries the whole softmax
 (``Sample.expression_probs``), so that SV-UAMC's verification component can use
 the verifier's probability of the final expression; VA agrees when both values
-lie within ``VA_AGREEMENT`` of the aggregate's. AUs are never observed, only derived from the
-expression, so the AU verdict follows the expression verdict, and a revision
-proposes the AUs the knowledge makes more likely than not for the new expression.
+lie within ``VA_AGREEMENT`` of the aggregate's. AUs are never observed, only
+derived from the expression, so the AU verdict follows the expression verdict,
+and a revision proposes the AUs the knowledge makes more likely than not for
+the new expression.
 
 Human labels given with the request do not change the answer: the baseline gives
 its own, and SV-UAMC flags any contradiction. Calls cost nothing and are counted
