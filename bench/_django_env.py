@@ -341,8 +341,8 @@ def draw_face(seed: int, size: int) -> bytes:
 
 def import_drawn_dataset(bench: BenchEnv, name: str, n: int, size: int) -> int:
     """Draw ``n`` faces into a folder and import them with the import service; return its id."""
+    from seke_app.datasets.services import dataset_import
     from seke_app.models import Dataset
-    from seke_app.services.imports import dataset_import
 
     folder = bench.data_dir / f"src-{name}"
     folder.mkdir()

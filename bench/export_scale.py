@@ -40,10 +40,10 @@ from django.core.management import call_command  # noqa: E402
 from django.db import transaction  # noqa: E402
 
 from review.models import ReviewDecision, ReviewTask  # noqa: E402
-from seke_app.export_models import Export  # noqa: E402
+from seke_app.exports.services import ExportOptions, export_create, export_run  # noqa: E402
 from seke_app.models import Annotation, Dataset, FaceImage, GenerationRun  # noqa: E402
-from seke_app.services.exports import ExportOptions, export_create, export_run  # noqa: E402
-from seke_app.services.prompts import prompt_version_active  # noqa: E402
+from seke_app.models.exports import Export  # noqa: E402
+from seke_app.runs.prompts import prompt_version_active  # noqa: E402
 
 BATCH = 5000
 EXPRESSIONS = ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger")

@@ -24,8 +24,8 @@ sys.path.insert(0, str(REPO))
 
 from seke_app.engine.evaluate import EvalItem, read_manifest  # noqa: E402
 from seke_app.engine.feedback import Correction, recalibrate  # noqa: E402
+from seke_app.engine.offline.backend import OfflineBackend  # noqa: E402
 from seke_app.engine.offline.model import OfflineModel  # noqa: E402
-from seke_app.engine.offline_backend import OfflineBackend  # noqa: E402
 from seke_app.engine.types import AnnotationRequest  # noqa: E402
 from seke_app.engine.uamc import UAMCParams, UAMCResult, run_uamc  # noqa: E402
 from seke_app.engine.vocab import DEFAULT_VOCABULARY  # noqa: E402

@@ -45,17 +45,9 @@ from typing import Any
 
 import _django_env as env
 
+from seke_app.engine.vocab import EXPRESSIONS
+
 BATCH = 5000
-EXPRESSIONS = (
-    "neutral",
-    "happiness",
-    "sadness",
-    "surprise",
-    "fear",
-    "disgust",
-    "anger",
-    "contempt",
-)
 
 
 @dataclass
@@ -81,11 +73,11 @@ class Timings:
 
 def template_fields() -> dict[str, Any]:
     """The Annotation columns of one real SV-UAMC result (offline annotator, drawn face)."""
-    from seke_app.engine.offline_backend import OfflineBackend
+    from seke_app.engine.offline.backend import OfflineBackend
     from seke_app.engine.types import AnnotationRequest, KnownLabels
     from seke_app.engine.uamc import UAMCParams, run_uamc
     from seke_app.engine.vocab import Vocabulary
-    from seke_app.services.runs import annotation_fields
+    from seke_app.runs.services import annotation_fields
 
     request = AnnotationRequest(
         image_bytes=env.draw_face(0, 160),
@@ -108,7 +100,7 @@ class Seeded:
 
 def seed_start() -> Seeded:
     from seke_app.models import Dataset, GenerationRun
-    from seke_app.services.prompts import prompt_version_active
+    from seke_app.runs.prompts import prompt_version_active
 
     dataset = Dataset.objects.create(name="review-scale")
     version = prompt_version_active()
@@ -219,7 +211,7 @@ def timed(timings: Timings, call: Callable[[], Any], expect: int) -> Any:
 
 def measure(client: Any, user: Any, iterations: int, queue_iterations: int) -> dict[str, Timings]:
     from review.models import ReviewTask
-    from review.services import task_held_by, task_skip
+    from review.tasks.services import task_held_by, task_skip
 
     results = {name: Timings() for name in ("claim", "page", "decide", "queue")}
     for _ in range(queue_iterations):
@@ -245,7 +237,7 @@ def explain_claim(user: Any) -> str:
     """PostgreSQL's plan for the claim's candidate query (the queue head, skip locked)."""
     from django.db import connection, transaction
 
-    from review.services import QueueFilter, queue_tasks
+    from review.tasks.services import QueueFilter, queue_tasks
 
     # The claim asks with the reviewer, who may not take what they already reviewed or hold.
     query = queue_tasks(QueueFilter(), user).select_for_update(skip_locked=True, of=("self",))

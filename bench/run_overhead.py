@@ -44,12 +44,12 @@ def _children_cpu() -> float:
 
 def engine_alone(dataset_id: int) -> tuple[float, float, int, float]:
     """Wall and CPU seconds of ``run_uamc`` over the dataset's images, images, weights load s."""
+    from seke_app.engine.offline.backend import OfflineBackend
     from seke_app.engine.offline.model import OfflineModel
-    from seke_app.engine.offline_backend import OfflineBackend
     from seke_app.engine.types import AnnotationRequest, KnownLabels
     from seke_app.engine.uamc import UAMCParams, run_uamc
     from seke_app.models import Dataset
-    from seke_app.services.prompts import prompt_version_active
+    from seke_app.runs.prompts import prompt_version_active
 
     dataset = Dataset.objects.get(id=dataset_id)
     version = prompt_version_active()
@@ -99,7 +99,7 @@ def whole_run(
     from seke_app.engine.uamc import UAMCParams
     from seke_app.models import Annotation, Dataset
     from seke_app.queue import get_queue
-    from seke_app.services.runs import run_create
+    from seke_app.runs.services import run_create
 
     get_queue("generation").empty()  # type: ignore[no-untyped-call]
     options = ["--worker-class", args.worker_class] if args.worker_class else []
@@ -141,7 +141,7 @@ def main() -> None:
             os.environ[variable] = str(args.blas_threads)
     bench = env.setup("overhead")
     try:
-        from seke_app.services.runs import CHUNK_SIZE
+        from seke_app.runs.services import CHUNK_SIZE
 
         print(f"storage: {bench.describe()}")
         print(f"machine: {env.machine_load()}")

@@ -76,7 +76,7 @@ def measure(
     from seke_app.engine.uamc import UAMCParams
     from seke_app.models import Annotation, Dataset
     from seke_app.queue import get_queue
-    from seke_app.services.runs import run_create
+    from seke_app.runs.services import run_create
     from tests.fake_openai import FakeOpenAI
 
     get_queue("generation").empty()  # type: ignore[no-untyped-call]
@@ -119,7 +119,7 @@ def measure(
 
 def report(m: Measured, args: argparse.Namespace) -> float:
     """Print one measurement; return its fraction of the ideal throughput."""
-    from seke_app.services.runs import chunk_size
+    from seke_app.runs.services import chunk_size
 
     size = chunk_size(args.concurrency)
     ideal = m.workers * args.concurrency / args.latency / m.calls_per_image
@@ -158,7 +158,7 @@ def report(m: Measured, args: argparse.Namespace) -> float:
     return fraction
 
 
-# Steps of ``seke_app.services.runs`` timed by ``--breakdown`` (those that exist are wrapped).
+# Steps of ``seke_app.runs.services`` timed by ``--breakdown`` (those that exist are wrapped).
 BREAKDOWN_STEPS = (
     "_run_is_running",  # read at most twice a second per chunk
     "_claim",
@@ -185,7 +185,7 @@ def breakdown(dataset_id: int, args: argparse.Namespace) -> None:
     from seke_app.engine.uamc import UAMCParams
     from seke_app.models import Dataset, RunItem
     from seke_app.queue import get_queue
-    from seke_app.services import runs
+    from seke_app.runs import services as runs
     from tests.fake_openai import FakeOpenAI
 
     spent: dict[str, list[float]] = defaultdict(list)

@@ -61,14 +61,13 @@ sys.path.insert(0, str(REPO))
 from seke_app.engine import metrics  # noqa: E402
 from seke_app.engine.evaluate import EvalItem, EvalReport, evaluate, read_manifest  # noqa: E402
 from seke_app.engine.knowledge import PROTOTYPES, VA_PRIORS  # noqa: E402
+from seke_app.engine.llm.backend import OpenAIBackend  # noqa: E402
+from seke_app.engine.llm.client import ClientConfig, VLLMClient, image_data_url  # noqa: E402
+from seke_app.engine.offline.backend import OfflineBackend  # noqa: E402
 from seke_app.engine.offline.model import OfflineModel, OfflinePrediction  # noqa: E402
-from seke_app.engine.offline_backend import OfflineBackend  # noqa: E402
-from seke_app.engine.openai_backend import OpenAIBackend  # noqa: E402
 from seke_app.engine.schema import answer_to_schema_json  # noqa: E402
-from seke_app.engine.types import Answer, Backend  # noqa: E402
-from seke_app.engine.uamc import STRATEGIES, UAMCParams  # noqa: E402
-from seke_app.engine.uamc import confidence as sv_uamc  # noqa: E402
-from seke_app.engine.vllm_client import ClientConfig, VLLMClient, image_data_url  # noqa: E402
+from seke_app.engine.types import Answer  # noqa: E402
+from seke_app.engine.uamc import STRATEGIES, ConfidenceWeights, UAMCParams  # noqa: E402
 from seke_app.engine.vocab import EXPRESSIONS, Vocabulary  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -289,7 +288,6 @@ WEIGHT_GRID: list[tuple[float, float, float]] = [
     (0.4, 0.5, 0.1),
     (0.5, 0.45, 0.05),
 ]
-COMPONENTS = ("agreement", "verification", "knowledge")
 
 
 def _tuning_row(label: str, uamc: EvalReport, fixed: EvalReport) -> None:
@@ -302,11 +300,6 @@ def _tuning_row(label: str, uamc: EvalReport, fixed: EvalReport) -> None:
         f"| {_fmt(c['spearman_vote_share'])} |",
         flush=True,
     )
-
-
-def _set_weights(weights: tuple[float, float, float]) -> None:
-    # The confidence weights are constants of the confidence module, read at call time.
-    sv_uamc.GRADED_WEIGHTS = dict(zip(COMPONENTS, weights, strict=True))
 
 
 def run_tune(args: argparse.Namespace, base: UAMCParams) -> None:
@@ -329,13 +322,11 @@ def run_tune(args: argparse.Namespace, base: UAMCParams) -> None:
             )
         report = evaluate(OfflineBackend(pool), items, params, VOCABULARY)
         _tuning_row(str(changes), report, fixed_by_temperature[params.temperature])
-    defaults = dict(sv_uamc.GRADED_WEIGHTS)
     fixed = evaluate(OfflineBackend(pool), items, replace(base, strategy="fixed"), VOCABULARY)
     for weights in WEIGHT_GRID:
-        _set_weights(weights)
-        report = evaluate(OfflineBackend(pool), items, base, VOCABULARY)
+        params = replace(base, graded_weights=ConfidenceWeights(*weights))
+        report = evaluate(OfflineBackend(pool), items, params, VOCABULARY)
         _tuning_row(f"weights {weights}", report, fixed)
-    sv_uamc.GRADED_WEIGHTS = defaults
 
 
 # --- Fake OpenAI mode --------------------------------------------------------------
@@ -446,7 +437,7 @@ def _noisy(truth: str, p_right: float, rng: random.Random) -> Answer:
     return Answer(expression, round(valence, 2), round(arousal, 2), aus, {}, evidence)
 
 
-def _fake_backend(server_url: str) -> Backend:
+def _fake_backend(server_url: str) -> OpenAIBackend:
     client = VLLMClient(ClientConfig(base_url=server_url, api_key="bench", model="gpt-4o"))
     return OpenAIBackend(client, model="gpt-4o")
 
@@ -480,8 +471,11 @@ def run_openai_fake(args: argparse.Namespace, base: UAMCParams) -> None:
         "single": replace(base, strategy="single"),
     }
     for label, params in variants.items():
-        with FakeOpenAI(responder=NoisyResponder(truths)) as server:
-            report = evaluate(_fake_backend(server.base_url), items, params, VOCABULARY)
+        with (
+            FakeOpenAI(responder=NoisyResponder(truths)) as server,
+            _fake_backend(server.base_url) as backend,
+        ):
+            report = evaluate(backend, items, params, VOCABULARY)
         cost = report.cost
         print(
             f"| {label} | {cost['samples_per_image']:.2f} | {cost['requests_per_image']:.2f} "

@@ -1,7 +1,9 @@
 """Human review: tasks for flagged annotations and the decisions experts make.
 
 A decision never modifies the machine annotation; it is a new row that points at
-it and records the values before and after, per grain.
+it and records the values before and after, per grain. The decision kinds and
+actions are ``seke_app``'s (``seke_app.insights.references``), which reads the
+decisions only through the store this app registers (``review.tasks.store``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from seke_app.models import EXPRESSION_CHOICES, Annotation, FaceImage
+from seke_app.insights.references import DecisionAction, DecisionKind
+from seke_app.models import EXPRESSION_CHOICES, Annotation, FaceImage, TrackedJob
 
 
 class GoldQuestion(models.Model):
@@ -43,11 +46,7 @@ class ReviewTask(models.Model):
         CLAIMED = "claimed", "Claimed"
         DONE = "done", "Done"
 
-    class Kind(models.TextChoices):
-        FIRST = "first", "First review"
-        SECOND = "second", "Second, independent review"
-        ADJUDICATION = "adjudication", "Adjudication (admins)"
-        GOLD = "gold", "Gold question"
+    Kind = DecisionKind
 
     code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     annotation = models.ForeignKey(
@@ -117,7 +116,7 @@ class ReviewTask(models.Model):
             # One task of each review round per annotation; gold tasks are per reviewer.
             models.UniqueConstraint(
                 fields=["annotation", "kind"],
-                condition=~Q(kind="gold"),
+                condition=~Q(kind=DecisionKind.GOLD),
                 name="one_task_per_round",
             ),
         ]
@@ -127,10 +126,7 @@ class ReviewTask(models.Model):
 
 
 class ReviewDecision(models.Model):
-    class Action(models.TextChoices):
-        ACCEPT = "accept", "Accepted as is"
-        CORRECT = "correct", "Corrected"
-        REJECT_IMAGE = "reject_image", "Image rejected"
+    Action = DecisionAction
 
     code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     task = models.ForeignKey(ReviewTask, on_delete=models.CASCADE, related_name="decisions")
@@ -141,7 +137,7 @@ class ReviewDecision(models.Model):
     )
     action = models.CharField(max_length=20, choices=Action.choices)
     # The round of the task it decides: first, second (double review), adjudication, gold.
-    kind = models.CharField(max_length=12, choices=ReviewTask.Kind.choices, default="first")
+    kind = models.CharField(max_length=12, choices=DecisionKind.choices, default=DecisionKind.FIRST)
     # The decided values per grain (after); null where the grain was not decided.
     expression = models.CharField(max_length=20, choices=EXPRESSION_CHOICES, null=True)
     valence = models.FloatField(null=True)
@@ -177,8 +173,12 @@ class ReviewDecision(models.Model):
         return f"{self.get_action_display()} by {self.reviewer} at {self.created_at:%Y-%m-%d %H:%M}"
 
 
-class GoldCheck(models.Model):
-    """A prompt version and its parent run side by side on a gold set, before promotion."""
+class GoldCheck(TrackedJob):
+    """A prompt version and its parent run side by side on a gold set, before promotion.
+
+    Its work is one SV-UAMC annotation per gold image and version, so ``n_total``
+    is twice the number of gold images.
+    """
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -186,7 +186,6 @@ class GoldCheck(models.Model):
         DONE = "done", "Done"
         FAILED = "failed", "Failed"
 
-    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     version = models.ForeignKey(
         "seke_app.PromptVersion", on_delete=models.CASCADE, related_name="gold_checks"
     )
@@ -197,15 +196,7 @@ class GoldCheck(models.Model):
     model_name = models.CharField(max_length=100)
     include_imported = models.BooleanField(default=False)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
-    n_images = models.PositiveIntegerField(default=0)
-    n_done = models.PositiveIntegerField(default=0)
     report = models.JSONField(default=dict)
-    error = models.TextField(blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
     # Set when this check was the basis of a promotion; an override is recorded with why.
     promoted_at = models.DateTimeField(null=True, blank=True)
     promoted_by = models.ForeignKey(
@@ -213,8 +204,15 @@ class GoldCheck(models.Model):
     )
     override_reason = models.TextField(blank=True)
 
+    FINISHED = frozenset({Status.DONE, Status.FAILED})
+
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"gold check of v{self.version.number} ({self.status})"
+
+    @property
+    def n_images(self) -> int:
+        """The gold images compared (each annotated once per version)."""
+        return self.n_total // 2

@@ -1,6 +1,8 @@
 from django.urls import path
 
-from review import feedback_views, quality_views, views
+from review.feedback import views as feedback_views
+from review.quality import views as quality_views
+from review.tasks import views
 
 app_name = "review"
 

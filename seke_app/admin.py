@@ -1,6 +1,5 @@
 from django.contrib import admin
 
-from seke_app.export_models import Export
 from seke_app.models import (
     Annotation,
     AnnotationSample,
@@ -10,6 +9,7 @@ from seke_app.models import (
     PromptVersion,
     RunItem,
 )
+from seke_app.models.exports import Export
 
 
 @admin.register(Dataset)

@@ -152,15 +152,22 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-# collectstatic's target, only needed behind a separate web server; WhiteNoise
-# serves straight from the apps' static folders otherwise.
-STATIC_ROOT = env_str("SEKE_STATIC_ROOT", "") or None
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    # plotly.js, from the installed plotly package (never copied, never a CDN).
+    "seke_app.insights.static_plotly.PlotlyFinder",
+]
+# collectstatic's target (``demo`` collects on start): WhiteNoise serves what is
+# collected compressed and under hashed names; anything not collected yet it
+# serves from the source folders through the finders.
+STATIC_ROOT = Path(env_str("SEKE_STATIC_ROOT", "") or DATA_DIR / "static")
 WHITENOISE_USE_FINDERS = True
 MEDIA_URL = "media/"
 MEDIA_ROOT = DATA_DIR / "media"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "staticfiles": {"BACKEND": "seke_app.insights.static_plotly.CollectedStaticStorage"},
 }
 # Uploads of whole zip files are streamed to disk rather than held in memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024

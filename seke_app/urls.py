@@ -2,17 +2,20 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from seke_app import dashboard_views, export_views, run_views, views
+from seke_app.datasets import views as dataset_views
+from seke_app.exports import views as export_views
+from seke_app.insights import views as insight_views
+from seke_app.runs import views as run_views
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", dataset_views.home, name="home"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("datasets/", views.dataset_list, name="dataset_list"),
-    path("datasets/upload/", views.dataset_upload, name="dataset_upload"),
-    path("datasets/<uuid:code>/", views.dataset_detail, name="dataset_detail"),
-    path("images/<uuid:code>/", views.image_detail, name="image_detail"),
-    path("images/<uuid:code>/file", views.image_file, name="image_file"),
+    path("datasets/", dataset_views.dataset_list, name="dataset_list"),
+    path("datasets/upload/", dataset_views.dataset_upload, name="dataset_upload"),
+    path("datasets/<uuid:code>/", dataset_views.dataset_detail, name="dataset_detail"),
+    path("images/<uuid:code>/", dataset_views.image_detail, name="image_detail"),
+    path("images/<uuid:code>/file", dataset_views.image_file, name="image_file"),
     path("runs/", run_views.run_list, name="run_list"),
     path("runs/new/", run_views.run_new, name="run_new"),
     path("runs/<uuid:code>/", run_views.run_detail, name="run_detail"),
@@ -20,7 +23,6 @@ urlpatterns = [
     path("runs/<uuid:code>/cancel", run_views.run_cancel_view, name="run_cancel"),
     path("runs/<uuid:code>/resume", run_views.run_resume_view, name="run_resume"),
     path("runs/<uuid:code>/retry", run_views.run_retry_view, name="run_retry"),
-    path("vendor/plotly.min.js", views.plotly_js, name="plotly_js"),
     path("review/", include("review.urls")),
     path("admin/django-rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),
@@ -41,7 +43,7 @@ urlpatterns += [
 # Dashboards and comparisons.
 
 urlpatterns += [
-    path("runs/<uuid:code>/dashboard", dashboard_views.run_dashboard_view, name="run_dashboard"),
-    path("runs/<uuid:code>/threshold", dashboard_views.run_threshold_view, name="run_threshold"),
-    path("compare", dashboard_views.compare_view, name="compare"),
+    path("runs/<uuid:code>/dashboard", insight_views.run_dashboard_view, name="run_dashboard"),
+    path("runs/<uuid:code>/threshold", insight_views.run_threshold_view, name="run_threshold"),
+    path("compare", insight_views.compare_view, name="compare"),
 ]

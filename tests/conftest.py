@@ -36,6 +36,9 @@ def _stop_the_embedded_redis_at_the_end() -> Iterator[None]:
 def _isolated_media(settings: Any, tmp_path: Path) -> None:
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.DATA_DIR = tmp_path
+    # Never the static files a developer's demo collected: tests use plain names.
+    settings.STATIC_ROOT = tmp_path / "static"
+    settings.STATIC_ROOT.mkdir()
 
 
 def _user(username: str, group: str | None) -> User:

@@ -11,10 +11,10 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from review.models import ReviewDecision, ReviewTask
-from review.services import task_create_for
+from review.tasks.services import task_create_for
+from seke_app.datasets.services import dataset_import
 from seke_app.models import Annotation, Dataset, FaceImage, GenerationRun
-from seke_app.services.imports import dataset_import
-from seke_app.services.prompts import prompt_version_active
+from seke_app.runs.prompts import prompt_version_active
 from tests.conftest import draw_face
 
 EXPRESSIONS = ("fear", "surprise", "happiness", "sadness", "anger")

@@ -15,9 +15,9 @@ from django.utils import timezone
 
 from review.models import ReviewTask
 from seke_app.engine.formats.records import CuratedRecord
+from seke_app.exports.curation import curated_labels, curated_records
 from seke_app.models import Annotation, Dataset, FaceImage, GenerationRun
-from seke_app.services.curation import curated_labels, curated_records
-from seke_app.services.prompts import prompt_version_active
+from seke_app.runs.prompts import prompt_version_active
 from tests.conftest import draw_face
 from tests.factories import record_decision
 
@@ -222,10 +222,10 @@ def test_it_reads_in_chunks_with_three_queries_each(
 def test_it_never_curates_from_gold_answers_and_prefers_adjudication(
     db: None, annotator: User, teammate: User, admin_user: User, settings: Any
 ) -> None:
-    from review.quality import gold_question_set
-    from review.services import Decision, decision_record, task_claim_next, task_create_for
+    from review.quality.services import gold_question_set
+    from review.tasks.services import Decision, decision_record, task_claim_next, task_create_for
     from seke_app.models import GenerationRun
-    from seke_app.services.accounts import user_create
+    from seke_app.roles import user_create
     from tests.factories import make_flagged_annotations
 
     settings.GOLD_RATE = 0.0

@@ -22,18 +22,18 @@ from sklearn.metrics import cohen_kappa_score
 
 from review.models import GoldQuestion
 from seke_app.engine.knowledge import AU_RATES
-from seke_app.models import Annotation, FaceImage, GenerationRun, PromptVersion
-from seke_app.services import dashboards
-from seke_app.services.comparisons import Side, compare
-from seke_app.services.dashboards import (
+from seke_app.insights import dashboards
+from seke_app.insights.comparisons import Side, compare
+from seke_app.insights.dashboards import (
     ThresholdRefused,
     run_calibration,
     run_dashboard,
     run_set_threshold,
     run_set_threshold_from_curve,
 )
-from seke_app.services.prompts import prompt_version_active
-from seke_app.services.references import human_references
+from seke_app.insights.references import human_references
+from seke_app.models import Annotation, FaceImage, GenerationRun, PromptVersion
+from seke_app.runs.prompts import prompt_version_active
 from tests.browser import BrowserPage
 from tests.conftest import PASSWORD, client_for
 from tests.factories import record_decision, scripted_images
@@ -444,7 +444,7 @@ def test_it_shows_the_dashboard_with_its_figures(
 ) -> None:
     client = client_for(admin_user)
     page = client.get(reverse("run_dashboard", args=[reviewed_run.code])).content.decode()
-    assert reverse("plotly_js") in page and "/static/js/dashboard.js" in page
+    assert "/static/plotly/plotly.min.js" in page and "/static/js/dashboard.js" in page
     assert 'id="dashboard-data"' in page
     for chart in ("progress", "conf-expression", "expressions", "va", "aus", "timeline", "risk"):
         assert f'id="chart-{chart}"' in page

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from django.core.management import CommandError, call_command
 
 from seke_app.engine.evaluate import EvalReport, evaluate, read_manifest
+from seke_app.engine.llm.client import VLLMClient
 from seke_app.engine.types import (
     AnnotationRequest,
     Answer,
@@ -21,6 +25,8 @@ from seke_app.engine.types import (
 )
 from seke_app.engine.uamc import UAMCParams
 from seke_app.engine.vocab import Vocabulary
+from seke_app.runs import backends
+from tests.fake_openai import FakeOpenAI
 
 VOCAB = Vocabulary()
 USAGE = Usage(requests=1, prompt_tokens=300, completion_tokens=80, cost_usd=0.001)
@@ -193,3 +199,60 @@ def test_it_exports_json_and_markdown(dataset: tuple[Path, dict[bytes, Answer | 
     text = report.to_markdown()
     assert "| expression accuracy | 0.500 |" in text
     assert "| AU12 | 1.000 |" in text
+
+
+# --- The seke_evaluate command ------------------------------------------------------
+
+
+def _evaluate_command(root: Path, *args: str) -> None:
+    manifest = str(root / "manifest.csv")
+    call_command(
+        "seke_evaluate", "--images", str(root), "--manifest", manifest, *args, stdout=io.StringIO()
+    )
+
+
+def test_it_names_the_offline_annotator_offline(tmp_path: Path) -> None:
+    from seke_app.management.commands.seke_evaluate import Command
+
+    parser = Command().create_parser("manage.py", "seke_evaluate")
+    options = parser.parse_args(["--images", str(tmp_path), "--manifest", "manifest.csv"])
+    assert options.backend == "offline"
+    with pytest.raises(CommandError, match="invalid choice: 'local'"):
+        _evaluate_command(tmp_path, "--backend", "local")
+
+
+def test_the_command_refuses_bad_sampling_options_in_words(tmp_path: Path) -> None:
+    words = r"invalid SV-UAMC parameters: kmax \(most samples\) must be at least k0"
+    with pytest.raises(CommandError, match=words):
+        _evaluate_command(tmp_path, "--k0", "5", "--kmax", "2")
+
+
+def test_the_command_closes_the_vllm_client_when_it_ends(
+    dataset: tuple[Path, dict[bytes, Answer | None]],
+    fake_openai: FakeOpenAI,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    built: list[VLLMClient] = []
+
+    class RecordedClient(VLLMClient):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(backends, "VLLMClient", RecordedClient)
+    settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL = "sk-test", fake_openai.base_url
+    settings.OPENAI_RPM = settings.OPENAI_TPM = 0
+    root, _ = dataset
+    out = tmp_path / "report"
+
+    _evaluate_command(
+        root, "--backend", "openai", "--model", "gpt-4o", "--no-verify", "--out", str(out)
+    )
+
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert (report["backend"], report["n_items"]) == ("openai", 4)
+    assert report["params"]["verify"] is False
+    assert fake_openai.request_count > 0
+    assert len(built) == 1 and built[0].closed

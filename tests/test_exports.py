@@ -22,17 +22,17 @@ from playwright.sync_api import expect
 from rq import SimpleWorker
 
 import seke_app
-from seke_app.export_models import Export, exports_dir
-from seke_app.models import Dataset, FaceImage
-from seke_app.queue import get_queue
-from seke_app.services import export_writers
-from seke_app.services.exports import (
+from seke_app.exports import writers as export_writers
+from seke_app.exports.services import (
     ExportOptions,
     ExportRefused,
     export_cancel,
     export_create,
     export_run,
 )
+from seke_app.models import Dataset, FaceImage
+from seke_app.models.exports import Export, exports_dir
+from seke_app.queue import get_queue
 from tests.browser import BrowserPage
 from tests.conftest import PASSWORD, client_for
 from tests.factories import record_decision

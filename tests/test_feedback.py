@@ -8,7 +8,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
 
-from review.feedback import (
+from review.feedback.services import (
     FeedbackRefused,
     prompt_version_create,
     prompt_version_promote,
@@ -16,7 +16,7 @@ from review.feedback import (
     worse_grains,
 )
 from review.models import GoldCheck
-from review.services import Decision, decision_record, task_claim_next
+from review.tasks.services import Decision, decision_record, task_claim_next
 from seke_app.engine.feedback import (
     Correction,
     FeedbackOptions,
@@ -26,7 +26,7 @@ from seke_app.engine.feedback import (
 )
 from seke_app.engine.vocab import DEFAULT_VOCABULARY
 from seke_app.models import Annotation, GenerationRun, PromptVersion
-from seke_app.services.prompts import prompt_version_active
+from seke_app.runs.prompts import prompt_version_active
 from tests.conftest import client_for
 from tests.factories import make_flagged_annotations
 

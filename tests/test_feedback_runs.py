@@ -11,14 +11,14 @@ import pytest
 from django.contrib.auth.models import User
 from rq import SimpleWorker
 
-from review.feedback import gold_check_create, prompt_version_create
+from review.feedback.services import gold_check_create, prompt_version_create
 from review.models import GoldCheck
-from review.services import Decision, decision_record, task_claim_next
+from review.tasks.services import Decision, decision_record, task_claim_next
 from seke_app.engine.uamc import UAMCParams
 from seke_app.models import Annotation, FaceImage
 from seke_app.queue import get_queue
-from seke_app.services.prompts import prompt_version_active
-from seke_app.services.runs import ImageFilter, run_create
+from seke_app.runs.prompts import prompt_version_active
+from seke_app.runs.services import ImageFilter, run_create
 from tests.factories import make_dataset
 from tests.fake_openai import FakeOpenAI
 

@@ -14,8 +14,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from PIL import Image
 
+from seke_app.datasets.services import ImportRefused, dataset_import
 from seke_app.models import Dataset, FaceImage
-from seke_app.services.imports import ImportRefused, dataset_import
 from tests.conftest import draw_face
 
 pytestmark = pytest.mark.django_db

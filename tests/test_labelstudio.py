@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
-from seke_app.export_models import Export
+from seke_app.datasets.labelstudio import LabelStudioRefused, labelstudio_import
+from seke_app.exports.curation import curated_labels
+from seke_app.exports.services import ExportOptions, export_create, export_run
 from seke_app.models import Dataset, FaceImage
-from seke_app.services.curation import curated_labels
-from seke_app.services.exports import ExportOptions, export_create, export_run
-from seke_app.services.labelstudio import LabelStudioRefused, labelstudio_import
+from seke_app.models.exports import Export
 from tests.test_curation import annotate, make_images, make_run
 
 pytestmark = pytest.mark.django_db

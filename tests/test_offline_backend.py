@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from seke_app.engine.offline.backend import OfflineBackend
 from seke_app.engine.offline.model import OfflineModel, OfflinePrediction
-from seke_app.engine.offline_backend import OfflineBackend
 from seke_app.engine.types import AnnotationRequest, Answer, VerificationRequest
 from seke_app.engine.uamc import UAMCParams, run_uamc
 from seke_app.engine.vocab import EXPRESSIONS, Vocabulary

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from seke_app.engine.offline import face as face_module
+from seke_app.engine.offline.backend import OfflineBackend
 from seke_app.engine.offline.face import FRAME_SCALE, face_square, find_face
-from seke_app.engine.offline_backend import OfflineBackend
 from seke_app.engine.types import AnnotationRequest, Answer, VerificationRequest
 from seke_app.engine.vocab import Vocabulary
 from tests.test_offline_backend import TinyModel
@@ -120,7 +120,7 @@ def test_the_backend_reads_the_framed_face_and_says_how_in_the_evidence(
     calls: list[tuple[int, int]] = []
     seen: list[tuple[int, int]] = []
     monkeypatch.setattr(
-        "seke_app.engine.offline_backend.face_square", sizes_into(calls, face_module.face_square)
+        "seke_app.engine.offline.backend.face_square", sizes_into(calls, face_module.face_square)
     )
     model = TinyModel()
     model.predict_augmented = sizes_into(seen, model.predict_augmented)  # type: ignore[method-assign]

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw
 
-from seke_app.engine.openai_backend import OpenAIBackend, split_usage
+from seke_app.engine.llm.backend import OpenAIBackend, split_usage
+from seke_app.engine.llm.client import ClientConfig, VLLMClient, VLLMError
 from seke_app.engine.schema import answer_to_schema_json
 from seke_app.engine.types import (
     AnnotationRequest,
@@ -23,7 +24,6 @@ from seke_app.engine.types import (
     Usage,
     VerificationRequest,
 )
-from seke_app.engine.vllm_client import ClientConfig, VLLMClient, VLLMError
 from seke_app.engine.vocab import FEID_AUS, Vocabulary
 from tests.fake_openai import FakeOpenAI, Fault, prompt_tokens_for
 
@@ -196,7 +196,7 @@ def test_runs_send_images_at_the_configured_max_side(
     fake_openai: FakeOpenAI, settings: Any
 ) -> None:
     from seke_app.models import PromptVersion
-    from seke_app.services.backends import backend_for
+    from seke_app.runs.backends import backend_for
 
     settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL = KEY, fake_openai.base_url
     settings.OPENAI_RPM = settings.OPENAI_TPM = 0
@@ -207,6 +207,44 @@ def test_runs_send_images_at_the_configured_max_side(
     parts = fake_openai.requests[0].body["messages"][1]["content"]
     url = next(p["image_url"]["url"] for p in parts if p["type"] == "image_url")
     assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size == (80, 40)
+
+
+def test_it_closes_its_client_when_closed(fake_openai: FakeOpenAI) -> None:
+    config = ClientConfig(base_url=fake_openai.base_url, api_key="sk-any", model="gpt-4o")
+
+    with OpenAIBackend(VLLMClient(config), model="gpt-4o") as backend:
+        assert len(backend.sample(_request(), 2, 1.0)) == 2
+        assert not backend.client.closed
+
+    assert backend.client.closed
+
+
+def test_runs_build_a_backend_whose_close_closes_the_client(
+    fake_openai: FakeOpenAI, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from seke_app.models import PromptVersion
+    from seke_app.runs import backends
+
+    built: list[VLLMClient] = []
+
+    class RecordedClient(VLLMClient):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(backends, "VLLMClient", RecordedClient)
+    settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL = KEY, fake_openai.base_url
+    # With limits the client sits behind the rate limiter, whose close passes it on.
+    settings.OPENAI_RPM, settings.OPENAI_TPM = 1000, 0
+    for check_only in (False, True):
+        with backends.backend_for(
+            "openai", "gpt-4o", PromptVersion(knowledge_text="k"), check_only=check_only
+        ) as backend:
+            expected = OpenAIBackend if check_only else backends.RateLimitedBackend
+            assert type(backend) is expected
+            assert not built[-1].closed
+        assert built[-1].closed
+    assert len(built) == 2
 
 
 def test_it_sends_plain_instructions_without_structured_outputs(

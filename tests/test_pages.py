@@ -8,8 +8,8 @@ import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
 
+from seke_app.datasets.services import dataset_import
 from seke_app.models import FaceImage
-from seke_app.services.imports import dataset_import
 from tests.conftest import client_for, draw_face
 
 pytestmark = pytest.mark.django_db

@@ -21,12 +21,12 @@ from django.utils import timezone
 from rq import SimpleWorker
 
 from review.models import ReviewDecision, ReviewTask
+from seke_app.datasets.services import dataset_import
 from seke_app.engine.uamc import UAMCParams
 from seke_app.models import Annotation, FaceImage, GenerationRun
 from seke_app.queue import get_queue
-from seke_app.services.accounts import user_create
-from seke_app.services.imports import dataset_import
-from seke_app.services.runs import run_create
+from seke_app.roles import user_create
+from seke_app.runs.services import run_create
 from tests.browser import BrowserPage
 from tests.conftest import draw_face
 

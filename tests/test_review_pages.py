@@ -16,11 +16,11 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from review.models import ReviewDecision, ReviewTask
-from review.services import task_claim_next, task_create_for
+from review.tasks.services import task_claim_next, task_create_for
+from seke_app.datasets.services import dataset_import
 from seke_app.engine.uamc import UAMCParams
 from seke_app.models import Annotation, Dataset, FaceImage, RunItem
-from seke_app.services.imports import dataset_import
-from seke_app.services.runs import run_create, run_process_chunk
+from seke_app.runs.services import run_create, run_process_chunk
 from tests.conftest import client_for, draw_face
 
 pytestmark = pytest.mark.django_db

@@ -9,8 +9,8 @@ from django.contrib.auth.models import User
 from django.urls import reverse
 
 from review.models import GoldQuestion, ReviewDecision, ReviewTask
-from review.quality import gold_question_set, gold_scores
-from review.services import (
+from review.quality.services import gold_question_set, gold_scores
+from review.tasks.services import (
     Decision,
     ReviewRefused,
     decision_record,
@@ -19,7 +19,7 @@ from review.services import (
     task_claim_next,
 )
 from seke_app.models import Annotation, GenerationRun
-from seke_app.services.accounts import user_create
+from seke_app.roles import user_create
 from tests.conftest import client_for
 from tests.factories import make_flagged_annotations
 
@@ -36,7 +36,7 @@ def double_reviewed_run(n: int = 4) -> list[Annotation]:
     run = annotations[0].run
     GenerationRun.objects.filter(id=run.id).update(double_review_share=1.0)
     ReviewTask.objects.all().delete()
-    from review.services import task_create_for
+    from review.tasks.services import task_create_for
 
     for annotation in Annotation.objects.filter(run=run):
         task_create_for(annotation)

@@ -14,7 +14,7 @@ from django.db import connection
 from django.utils import timezone
 
 from review.models import ReviewDecision, ReviewTask
-from review.services import (
+from review.tasks.services import (
     Decision,
     QueueFilter,
     ReviewRefused,
@@ -25,7 +25,7 @@ from review.services import (
     task_skip,
 )
 from seke_app.models import Annotation, FaceImage
-from seke_app.services.accounts import user_create
+from seke_app.roles import user_create
 from tests.factories import make_flagged_annotations
 
 

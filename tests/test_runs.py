@@ -13,11 +13,13 @@ from django.urls import reverse
 from rq import SimpleWorker
 
 from review.models import ReviewTask
+from seke_app.engine.llm.client import VLLMClient
 from seke_app.engine.uamc import UAMCParams
 from seke_app.models import Annotation, AnnotationSample, GenerationRun, RunItem
 from seke_app.queue import get_queue
-from seke_app.services import runs
-from seke_app.services.runs import ImageFilter, RunRefused, run_create
+from seke_app.runs import backends
+from seke_app.runs import services as runs
+from seke_app.runs.services import ImageFilter, RunRefused, run_create
 from tests.conftest import client_for
 from tests.factories import make_dataset
 from tests.fake_openai import FakeOpenAI
@@ -214,6 +216,37 @@ def test_it_finishes_a_run_with_api_faults_losing_nothing(tmp_path: Path, settin
     run.refresh_from_db()
     assert run.n_done == 5 and run.n_failed == 0
     assert_consistent(run)
+
+
+def test_it_closes_the_vllm_clients_once_a_chunk_ends(
+    tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[VLLMClient] = []
+
+    class RecordedClient(VLLMClient):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(backends, "VLLMClient", RecordedClient)
+    dataset = make_dataset(tmp_path, n=3)
+    with FakeOpenAI() as server:
+        flaky_openai(settings, server)
+        # Rate limits put the chunk's client behind the limiter, which must pass the close on.
+        settings.OPENAI_RPM = 10_000
+        run = run_create(
+            dataset=dataset,
+            backend="openai",
+            model_name="gpt-4o",
+            params=UAMCParams(strategy="single"),
+            concurrency=2,
+        )
+        work()
+    run.refresh_from_db()
+    assert run.status == "completed" and run.n_done == 3
+    # One client checked the configuration when the run was created, one served the chunk.
+    assert len(built) == 2
+    assert all(client.closed for client in built)
 
 
 def test_it_stops_cleanly_at_the_cost_cap(tmp_path: Path, settings: Any) -> None:

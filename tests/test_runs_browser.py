@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from seke_app.datasets.services import dataset_import
 from seke_app.models import Dataset, GenerationRun
-from seke_app.services.accounts import user_create
-from seke_app.services.imports import dataset_import
+from seke_app.roles import user_create
 from tests.browser import BrowserPage
 from tests.conftest import PASSWORD, draw_face
 from tests.workers import WorkerProcess, wait_for_worker

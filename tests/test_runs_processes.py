@@ -12,10 +12,10 @@ from django.db.models import Count
 from django.utils import timezone
 
 from review.models import ReviewTask
+from seke_app.datasets.services import dataset_import
 from seke_app.engine.uamc import UAMCParams
 from seke_app.models import Annotation, Dataset, GenerationRun, RunItem
-from seke_app.services.imports import dataset_import
-from seke_app.services.runs import run_create, run_resume
+from seke_app.runs.services import run_create, run_resume
 from tests.conftest import draw_face
 from tests.workers import WorkerProcess, kill_worker_process, wait_for_worker
 
@@ -23,8 +23,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 N_IMAGES = 30
 LEASE_SECONDS = 5
-# Twenty samples an image make the offline annotator take a good 100 ms per image,
-# long enough for a kill to land while the worker holds one.
+# Twenty samples an image (fixed-N, twice the default kmax) make each image slow
+# enough on the offline annotator for a kill to land while the worker holds one.
 SLOW = UAMCParams(strategy="fixed", k0=20, kmax=20)
 # The kill is sent this soon after the worker claims an image, well before it
 # can finish it.

@@ -20,12 +20,13 @@ from seke_app.engine.types import (
     VerificationRequest,
 )
 from seke_app.engine.uamc import (
+    ConfidenceWeights,
     UAMCParams,
     UAMCResult,
     plurality_posterior,
     run_uamc,
 )
-from seke_app.engine.uamc import confidence as confidence_module
+from seke_app.engine.uamc import params as confidence_module
 from seke_app.engine.vocab import DEFAULT_VOCABULARY
 
 VOCAB = DEFAULT_VOCABULARY
@@ -477,6 +478,136 @@ def test_it_round_trips_params_through_json() -> None:
     assert UAMCParams.from_json(params.to_json()) == params
     with pytest.raises(ValueError, match="unknown SV-UAMC parameters: colour"):
         UAMCParams.from_json({"colour": 1})
+
+
+def test_it_builds_params_from_options_passed_whole() -> None:
+    options = {
+        "dataset": "drawn",
+        "verbosity": 1,
+        "strategy": "fixed",
+        "k0": "4",
+        "kmax": 8.0,
+        "temperature": "0.5",
+        "review_threshold": None,
+        "verify": False,
+        "futility": "off",
+        "graded_weights": {"agreement": 0.5, "verification": 0.4, "knowledge": 0.1},
+    }
+    params = UAMCParams.from_options(options)
+    assert params == UAMCParams(
+        strategy="fixed",
+        k0=4,
+        kmax=8,
+        temperature=0.5,
+        verify=False,
+        futility=False,
+        graded_weights=ConfidenceWeights(0.5, 0.4, 0.1),
+    )
+    assert UAMCParams.from_options({}) == UAMCParams()
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"k0": "three"}, "k0 must be a whole number, not 'three'"),
+        ({"k0": 2.5}, "k0 must be a whole number, not 2.5"),
+        ({"kmax": True}, "kmax must be a whole number, not True"),
+        ({"temperature": "hot"}, "temperature must be a finite number, not 'hot'"),
+        ({"review_threshold": math.nan}, "review_threshold must be a finite number, not nan"),
+        ({"verify": "maybe"}, "verify must be true or false, not 'maybe'"),
+        ({"k0": 5, "kmax": 2}, "kmax (most samples) must be at least k0"),
+        ({"strategy": "best"}, "strategy must be one of uamc, fixed, single"),
+        (
+            {"weights": {"agreement": 1.0}},
+            "weights must give exactly agreement, verification, knowledge, not agreement",
+        ),
+        ({"weights": "heavy"}, "weights must map agreement, verification, knowledge to numbers"),
+        ({"weights": (1, "x", 0)}, "weights.verification must be a finite number, not 'x'"),
+        (
+            {"graded_weights": (0.5, -0.1, 0.1)},
+            "graded_weights must all be finite and not negative",
+        ),
+        ({"weights": (0, 1, 0)}, "weights: agreement and knowledge must not both be 0"),
+    ],
+)
+def test_it_refuses_bad_options_with_a_message(options: dict[str, object], words: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        UAMCParams.from_options(options)
+    message = str(caught.value)
+    assert message.startswith("invalid SV-UAMC parameters: ")
+    assert words in message
+
+
+def test_it_reports_every_bad_option_at_once() -> None:
+    with pytest.raises(ValueError) as caught:
+        UAMCParams.from_options({"k0": "x", "step": "y", "verify": 3})
+    message = str(caught.value)
+    assert "k0 must be a whole number" in message
+    assert "step must be a whole number" in message
+    assert "verify must be true or false" in message
+
+
+def test_it_loads_params_stored_before_the_weights_were_parameters() -> None:
+    stored = {
+        "strategy": "uamc",
+        "k0": 3,
+        "kmax": 8,
+        "step": 2,
+        "temperature": 1.0,
+        "entropy_threshold": 0.35,
+        "plurality_threshold": 0.7,
+        "va_sem_threshold": 0.15,
+        "au_band": 0.15,
+        "au_max_unsure": 1,
+        "review_threshold": 0.7,
+        "verify": True,
+        "futility": True,
+    }
+    params = UAMCParams.from_json(stored)
+    assert params == UAMCParams(kmax=8)
+    assert params.weights == ConfidenceWeights(0.7, 0.15, 0.15)
+    assert params.graded_weights == ConfidenceWeights(0.45, 0.45, 0.1)
+
+
+def test_it_round_trips_the_weights_through_json() -> None:
+    params = UAMCParams(
+        weights=ConfidenceWeights(0.6, 0.2, 0.2), graded_weights=ConfidenceWeights(0.3, 0.6, 0.1)
+    )
+    stored = json.loads(json.dumps(params.to_json()))
+    assert stored["graded_weights"] == {"agreement": 0.3, "verification": 0.6, "knowledge": 0.1}
+    assert UAMCParams.from_json(stored) == params
+
+
+def _weighted(components: dict[str, float], weights: ConfidenceWeights) -> float:
+    total = sum(weights[name] for name in components)
+    return math.exp(sum(weights[name] * math.log(v) for name, v in components.items()) / total)
+
+
+def test_it_weighs_the_confidence_with_the_params_weights() -> None:
+    # Spread VA and a disputed AU, so that no grain's components are all 1.
+    fear = PROTOTYPES["fear"]
+    votes = [
+        (answer("fear", valence=v, aus=fear if i else (*fear, 25)), {"fear": 0.8, "surprise": 0.2})
+        for i, v in enumerate((-0.4, 0.0, 0.3))
+    ]
+    probs = {"fear": 0.45, "surprise": 0.4}
+    bare = ConfidenceWeights(agreement=0.3, verification=0.1, knowledge=0.6)
+    graded = ConfidenceWeights(agreement=0.2, verification=0.7, knowledge=0.1)
+    fixed: dict[str, object] = {"strategy": "fixed", "kmax": 3}
+    default = run(ScriptedBackend(votes, verifier_probs=probs), **fixed)
+    chosen = run(
+        ScriptedBackend(votes, verifier_probs=probs), weights=bare, graded_weights=graded, **fixed
+    )
+    # The components do not depend on the weights; only how they are combined does.
+    assert chosen.confidence.components == default.confidence.components
+    components = chosen.confidence.components
+    assert chosen.confidence.expression == pytest.approx(
+        _weighted(components["expression"], graded)
+    )
+    assert chosen.confidence.va == pytest.approx(_weighted(components["va"], bare))
+    assert chosen.confidence.aus == pytest.approx(_weighted(components["aus"], bare))
+    for grain in ("expression", "va", "aus"):
+        assert chosen.confidence.of(grain) != pytest.approx(default.confidence.of(grain))
 
 
 # --- Soft votes --------------------------------------------------------------------

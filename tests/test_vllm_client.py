@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from seke_app.engine.vllm_client import (
+from seke_app.engine.llm.client import (
     ChatResult,
     ClientConfig,
     VLLMClient,
@@ -390,6 +390,24 @@ def test_it_treats_a_refused_connection_as_retryable(sleeps: Sleeps) -> None:
     assert caught.value.retryable is True
     assert caught.value.status is None
     assert len(sleeps.waits) == 1
+
+
+def test_it_closes_its_connections_and_refuses_calls_afterwards(
+    fake_openai: FakeOpenAI, sleeps: Sleeps
+) -> None:
+    with _client(fake_openai, sleeps) as client:
+        client.chat(_messages())
+        assert not client.closed
+    assert client.closed
+    client.close()  # closing twice is harmless
+
+    with pytest.raises(VLLMError, match="the VLLM client has been closed") as caught:
+        client.chat(_messages())
+
+    # Refused at once: no request, no retry, no wait.
+    assert caught.value.retryable is False
+    assert fake_openai.request_count == 1
+    assert sleeps.waits == []
 
 
 # -- per-choice outcomes --------------------------------------------------------------------

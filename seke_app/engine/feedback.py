@@ -21,9 +21,9 @@ Definitions (this project's own):
   AU notes report AUs the machine missed or added most often; a VA note reports a
   mean bias larger than 0.15.
 * Recalibration (for the offline annotator, which reads no prompt): class log-prior
-  offsets and a temperature for its expression distribution, fitted on the
-  corrections by maximising the likelihood of the experts' labels under the
-  machine's Monte Carlo vote shares, smoothed, over a small grid.
+  offsets and a temperature for its expression distribution, fitted jointly on
+  the corrections by maximising the likelihood of the experts' labels under the
+  machine's smoothed Monte Carlo vote shares (``recalibrate``).
 """
 
 from __future__ import annotations
@@ -233,10 +233,11 @@ def recalibrate(corrections: Sequence[Correction], vocabulary: Vocabulary) -> di
     ridge penalty ``OFFSET_RIDGE * |offsets|^2`` per case that pulls each offset
     towards zero when few cases speak for it. The fit is concave in both, so plain
     gradient ascent from "no change" (offsets 0, T = 1) reaches the optimum; ``T``
-    is kept within ``TEMPERATURE_RANGE``. On ``bench/feedback_loop.py`` this
-    raised the accuracy of the not-reviewed ferplus images from 0.724 to 0.741,
-    where offsets from the ratio of human to machine counts with a grid of
-    temperatures gave 0.725.
+    is kept within ``TEMPERATURE_RANGE``. This joint fit replaced a first
+    version (offsets from the ratio of human to machine counts, then a grid of
+    temperatures); the two were compared with
+    ``python bench/feedback_loop.py --data ../shared/data``, figures in
+    ``bench/README.md``.
     """
     expressions = list(vocabulary.expressions)
     rows = [

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from seke_app.engine.knowledge import knowledge_text as default_knowledge_text
@@ -177,11 +177,23 @@ def _annotation_text(request: AnnotationRequest, structured: bool) -> str:
         "Annotate the face in the image below. Code the action units first, then the "
         "expression, then valence and arousal, and give short evidence for each grain."
     ]
+    return _with_anchors(parts, request, answer_instructions if not structured else None)
+
+
+def _with_anchors(
+    parts: list[str],
+    request: AnnotationRequest,
+    instructions: Callable[[Vocabulary], str] | None,
+) -> str:
+    """The text's parts, then the image's known labels, then the reply format in words.
+
+    The format is spelled out only where the endpoint cannot enforce the schema.
+    """
     anchors = anchors_text(request.known, request.vocabulary)
     if anchors:
         parts.append(anchors)
-    if not structured:
-        parts.append(answer_instructions(request.vocabulary))
+    if instructions is not None:
+        parts.append(instructions(request.vocabulary))
     return "\n\n".join(parts)
 
 
@@ -224,12 +236,7 @@ def _verification_text(verification: VerificationRequest, structured: bool) -> s
         "each grain, confirm it or revise it, then give the final answer with the revisions "
         "applied (identical to the aggregate where you confirm).",
     ]
-    anchors = anchors_text(request.known, request.vocabulary)
-    if anchors:
-        parts.append(anchors)
-    if not structured:
-        parts.append(verification_instructions(request.vocabulary))
-    return "\n\n".join(parts)
+    return _with_anchors(parts, request, verification_instructions if not structured else None)
 
 
 def build_verification_messages(

@@ -8,7 +8,7 @@ only ever sees those, so it treats every backend the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, Self
 
 from seke_app.engine.vocab import Vocabulary
 
@@ -142,3 +142,16 @@ class Backend(Protocol):
     def verify(self, verification: VerificationRequest) -> Sample:
         """Ask the model to confirm or revise each grain of the aggregate."""
         ...
+
+
+class ClosableBackend(Backend, Protocol):
+    """A backend that may hold connections: whoever builds it closes it when done,
+    with ``close()`` or as a context manager. Closing twice is harmless."""
+
+    def close(self) -> None:
+        """Release the backend's connections; it must not be used afterwards."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...

@@ -7,11 +7,13 @@ hair, clothes and background. So before the centre square is taken, the largest
 frontal face that OpenCV's Haar cascade (Viola & Jones; the cascade file ships
 in the ``opencv-python-headless`` wheel) finds is cut out with a margin:
 
-* on the training faces the cascade's box (found with the border described in
-  ``find_face``) is a median 0.98 of the image side for FER+ (upscaled 3x) and
-  0.96 for AffectNet (``python bench/face_framing.py --data ../shared/data``),
-  so the crop is a square of ``FRAME_SCALE`` (1.05) times the box side around
-  the box centre, moved inside the image where it would cross an edge;
+* the crop is a square of ``FRAME_SCALE`` times the box side around the box
+  centre, moved inside the image where it would cross an edge. ``FRAME_SCALE``
+  is 1 / the median share of the image side that the cascade's box (found with
+  the border described in ``find_face``) fills in the training faces, so that a
+  cut-out face fills the input as the training faces did; the shares are
+  measured by ``python bench/face_framing.py --data ../shared/data`` (figures in
+  ``bench/README.md``);
 * a face whose box already fills at least ``FRAMED_SHARE`` (half) of the image's
   shorter side is taken as framed: the centre square is used as before, so the
   training and evaluation crops are read exactly as the network learnt them;
@@ -21,7 +23,10 @@ in the ``opencv-python-headless`` wheel) finds is cut out with a margin:
   so.
 
 Detection runs on a grayscale copy at most ``DETECT_SIDE`` pixels on its shorter
-side, which keeps it to milliseconds; the box is scaled back to the original.
+side, because the cascade's cost grows with the pixels it scans, while the
+smallest face looked for (``MIN_FACE_SHARE`` of that side) still fills the
+cascade's 24-pixel window; the box is scaled back to the original. The time per
+image is measured by the same script.
 """
 
 from __future__ import annotations

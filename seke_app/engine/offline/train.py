@@ -28,9 +28,9 @@ by plurality), so those classes come mostly from AffectNet, a different domain
   evaluation wants. With ``--per-source-prior`` (default) each source has its
   own prior. With one pooled prior, "this looks like an AffectNet photo" is
   itself evidence for fear, disgust and contempt, and the network learnt exactly
-  that: on FER faces it named them almost never (recall 0.12, 0.03 and 0.01 on
-  ``ferplus``). With a prior per source, knowing the source tells the network
-  nothing more about the class.
+  that: on FER faces it almost never named them (the recalls per class, before
+  and after, are in ``bench/README.md``). With a prior per source, knowing the
+  source tells the network nothing more about the class.
 * ``--affectnet-crop 0.9`` (default) keeps the central part of each AffectNet
   image, which brings its faces nearer FER's scale.
 
@@ -40,11 +40,10 @@ A stratified part of both training sets (10% of FER+, 15% of AffectNet) is held
 out; after every epoch the network and an exponential moving average of its
 weights are scored there, and whichever scores the best balanced accuracy over
 all epochs is exported. The evaluation sets (ferplus, affectnet_val, ckplus_facs)
-are never read. With the defaults (48 epochs) a run takes about 30 minutes on two
-idle cores; the shipped weights were trained with ``--threads 1`` beside another
-run, in 53 minutes, and score 0.669 top-1 on ``ferplus`` (the same settings
-without ``--soft-sampling``: 0.657; the earlier pooled prior without the crop,
-soft sampling or averaging: 0.608 after 40 epochs).
+are never read. The defaults (48 epochs) are the settings of the shipped weights,
+whose ``metadata`` records every option used and the training time. Their
+accuracy (``python bench/offline_accuracy.py --data ../shared/data``) and how
+they were chosen among the settings tried are in ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -546,7 +545,8 @@ class Trainer:
         norm: Normalizer,
         generator: torch.Generator,
     ) -> Trainer:
-        # Channels-last convolutions are about a third faster on CPU here.
+        # Channels-last convolutions were faster on CPU when tried here (the figure
+        # noted then is in the history of bench/README.md).
         net = ExpressionNet().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.05)
         steps = args.epochs * (args.samples_per_epoch // args.batch_size)

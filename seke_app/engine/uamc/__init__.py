@@ -6,9 +6,9 @@ aggregation, verification), ``confidence`` (confidence and flags), and here the
 result and the procedure, ``run_uamc``.
 
 The method's name and outline come from Wang et al. (arXiv 2505.18168); its
-details are not published, so everything below is this project's own definition,
-built on the outline in DESIGN.md ("SV-UAMC as this project defines it"). One code
-path serves three strategies, so that accuracy per call can be compared fairly:
+details are not published, so everything below is this project's own definition
+(README.md, "The annotation engine", summarises it). One code path serves three
+strategies, so that accuracy per call can be compared fairly:
 
 * ``uamc``: draw ``k0`` samples, then ``step`` more while any grain is unsure and
   fewer than ``kmax`` exist, then verify;
@@ -79,13 +79,12 @@ Stopping rule
     every rate where it is. This is the
     futility stop of sequential testing: a split that more samples would only
     measure more precisely goes to review now instead of after ``kmax`` samples,
-    and samples are spent where the next round can change the answer. On the
-    held-out training images (``bench/uamc_vs_fixed.py --tune``), before the
-    entropy rule, looking ahead one round drew 4.37 samples per image, four
-    rounds 4.63 and all the way to ``kmax`` 5.14, at equal accuracy and AUROC;
-    ``futility=False`` drew 10.37. The entropy rule (with the current offline
-    weights) took ``ferplus`` from 4.54 to 4.38 samples per image at equal
-    accuracy.
+    and samples are spent where the next round can change the answer. The
+    lookahead is one round, not several or all the way to ``kmax``, because the
+    deeper projections drew more samples for the same accuracy and AUROC on the
+    held-out training images. The samples per image with and without the stop
+    and the entropy rule are in ``bench/README.md``, measured by
+    ``python bench/uamc_vs_fixed.py`` and its ``--tune`` mode.
 
 Aggregation
     Plurality expression (by mass, see "Soft votes"). Ties are broken by
@@ -108,7 +107,9 @@ Self-verification
     flags the item, because the run asked for a verified answer and has none.
 
 Confidence per grain
-    The weighted geometric mean of three components in [0, 1]:
+    The weighted geometric mean of three components in [0, 1]. The weights are
+    run parameters (``UAMCParams.weights``, and ``UAMCParams.graded_weights`` for
+    a graded verification, below); the values given here are their defaults.
 
     * agreement (weight 0.7): expression, the plurality posterior of the final
       expression over the masses; VA, ``1 - min(1, max(sd V, sd A) / 0.5)``, 0.5 meaning the
@@ -131,9 +132,10 @@ Confidence per grain
     confirm its own aggregate), which is why it weighs 0.15; a probability
     grades a hesitant confirmation below a sure one, and a 2/1 split confirmed
     without one still stays under the default review threshold. The graded
-    weights were chosen with ``bench/uamc_vs_fixed.py --tune`` on the held-out
-    training images (AUROC 0.741 -> 0.757, Spearman with the vote share
-    0.501 -> 0.533 against the bare weights; figures in ``bench/README.md``).
+    weights were chosen with ``python bench/uamc_vs_fixed.py --tune`` on the
+    held-out training images, where they rank right above wrong answers and
+    follow the FER+ vote share better than the bare verdict's weights (the grid
+    and its figures are in ``bench/README.md``).
 
     A geometric mean lets any one weak component pull the grain down (an answer
     that contradicts the knowledge is doubtful however unanimous), while the
@@ -199,7 +201,13 @@ from seke_app.engine.uamc.confidence import (
     grain_confidence,
     known_label_contradictions,
 )
-from seke_app.engine.uamc.params import GRAINS, STRATEGIES, Strategy, UAMCParams
+from seke_app.engine.uamc.params import (
+    GRAINS,
+    STRATEGIES,
+    ConfidenceWeights,
+    Strategy,
+    UAMCParams,
+)
 from seke_app.engine.uamc.uncertainty import (
     ExpressionStats,
     Uncertainty,
@@ -213,6 +221,7 @@ from seke_app.engine.uamc.uncertainty import (
 __all__ = [
     "GRAINS",
     "STRATEGIES",
+    "ConfidenceWeights",
     "ExpressionStats",
     "GrainConfidence",
     "Strategy",
@@ -376,7 +385,7 @@ def run_uamc(backend: Backend, request: AnnotationRequest, params: UAMCParams) -
     knowledge = consistency(
         answer.expression, answer.valence, answer.arousal, answer.aus, vocabulary
     )
-    confidence = grain_confidence(uncertainty, answer, verification, knowledge, vocabulary)
+    confidence = grain_confidence(uncertainty, answer, verification, knowledge, vocabulary, params)
     reasons = _confidence_reasons(confidence, uncertainty, knowledge, params.review_threshold)
     if verification is not None:
         reasons += _verification_reasons(verification, combined)

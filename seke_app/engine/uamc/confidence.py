@@ -26,6 +26,8 @@ from seke_app.engine.uamc.params import (
     SINGLE_VOTE_AGREEMENT,
     VA_CONTRADICTION,
     VA_SPREAD_SCALE,
+    ConfidenceWeights,
+    UAMCParams,
 )
 from seke_app.engine.uamc.uncertainty import (
     Uncertainty,
@@ -34,14 +36,6 @@ from seke_app.engine.uamc.uncertainty import (
     vocabulary_probs,
 )
 from seke_app.engine.vocab import Vocabulary
-
-# Weights of the confidence components (see the package docstring); read at call
-# time, so that ``bench/uamc_vs_fixed.py --tune`` can try others.
-WEIGHTS: dict[str, float] = {"agreement": 0.7, "verification": 0.15, "knowledge": 0.15}
-# The expression's weights when the verifier gave its probabilities (a graded
-# verification, see ``_verification_parts``) instead of a bare verdict.
-GRADED_WEIGHTS: dict[str, float] = {"agreement": 0.45, "verification": 0.45, "knowledge": 0.1}
-
 
 # --- Confidence --------------------------------------------------------------------
 
@@ -63,7 +57,7 @@ class GrainConfidence:
         return min(self.expression, self.va, self.aus)
 
 
-def _weighted_geometric_mean(parts: Mapping[str, float], weights: Mapping[str, float]) -> float:
+def _weighted_geometric_mean(parts: Mapping[str, float], weights: ConfidenceWeights) -> float:
     total = sum(weights[name] for name in parts)
     if any(value <= 0 for value in parts.values()):
         return 0.0
@@ -118,8 +112,10 @@ def grain_confidence(
     verification: Verification | None,
     knowledge: Consistency,
     vocabulary: Vocabulary,
+    params: UAMCParams,
 ) -> GrainConfidence:
-    """Each grain's weighted geometric mean of agreement, verification and knowledge."""
+    """Each grain's weighted geometric mean of agreement, verification and knowledge,
+    with ``params.weights``, or ``params.graded_weights`` for a graded expression."""
     agreement = _agreements(uncertainty, answer.expression, vocabulary)
     knowledge_parts = {
         "expression": knowledge.score,
@@ -133,7 +129,9 @@ def grain_confidence(
         if grain in verified:
             parts["verification"] = verified[grain]
         components[grain] = parts
-    weights = {g: GRADED_WEIGHTS if graded and g == "expression" else WEIGHTS for g in GRAINS}
+    weights = {
+        g: params.graded_weights if graded and g == "expression" else params.weights for g in GRAINS
+    }
     values = {g: _weighted_geometric_mean(components[g], weights[g]) for g in GRAINS}
     return GrainConfidence(values["expression"], values["va"], values["aus"], components)
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+import contextlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 Strategy = Literal["uamc", "fixed", "single"]
 STRATEGIES: tuple[Strategy, ...] = ("uamc", "fixed", "single")
 GRAINS: tuple[str, ...] = ("expression", "va", "aus")
 GRAIN_NAMES = {"expression": "expression", "va": "valence/arousal", "aus": "AU"}
+# The components of a grain's confidence (see the package docstring).
+COMPONENTS: tuple[str, ...] = ("agreement", "verification", "knowledge")
 
 # Verification component of a grain the verifier revised.
 REVISED_FACTOR = 0.5
@@ -22,8 +26,42 @@ VA_CONTRADICTION = 0.4
 
 
 @dataclass(frozen=True)
+class ConfidenceWeights:
+    """The weights of a grain confidence's components in its weighted geometric mean.
+
+    Only their ratios matter: when a grain has no verification component, the
+    agreement and knowledge weights are renormalised.
+    """
+
+    agreement: float
+    verification: float
+    knowledge: float
+
+    def __getitem__(self, component: str) -> float:
+        if component not in COMPONENTS:
+            raise KeyError(component)
+        return float(getattr(self, component))
+
+    def problems(self, name: str) -> list[str]:
+        """What makes these weights unusable, in words naming the parameter ``name``."""
+        values = [self[component] for component in COMPONENTS]
+        if not all(math.isfinite(v) and v >= 0 for v in values):
+            return [f"{name} must all be finite and not negative"]
+        if self.agreement + self.knowledge <= 0:
+            return [f"{name}: agreement and knowledge must not both be 0"]
+        return []
+
+
+# The defaults of ``UAMCParams.weights`` (every grain, and the expression after a
+# bare verdict) and ``UAMCParams.graded_weights`` (the expression when the
+# verifier gave its probabilities); the package docstring explains both.
+WEIGHTS = ConfidenceWeights(agreement=0.7, verification=0.15, knowledge=0.15)
+GRADED_WEIGHTS = ConfidenceWeights(agreement=0.45, verification=0.45, knowledge=0.1)
+
+
+@dataclass(frozen=True)
 class UAMCParams:
-    """One run's sampling strategy, thresholds and review threshold."""
+    """One run's sampling strategy, thresholds, confidence weights and review threshold."""
 
     strategy: Strategy = "uamc"
     k0: int = 3
@@ -38,6 +76,8 @@ class UAMCParams:
     review_threshold: float = 0.7
     verify: bool = True
     futility: bool = True
+    weights: ConfidenceWeights = WEIGHTS
+    graded_weights: ConfidenceWeights = GRADED_WEIGHTS
 
     def __post_init__(self) -> None:
         problems = self._problems()
@@ -58,7 +98,14 @@ class UAMCParams:
             (self.au_max_unsure >= 0, "au_max_unsure must not be negative"),
             (0 <= self.review_threshold <= 1, "review_threshold must lie in [0, 1]"),
         ]
-        return [message for ok, message in checks if not ok]
+        problems = [message for ok, message in checks if not ok]
+        for name in ("weights", "graded_weights"):
+            weights = getattr(self, name)
+            if isinstance(weights, ConfidenceWeights):
+                problems += weights.problems(name)
+            else:
+                problems.append(f"{name} must be ConfidenceWeights, not {weights!r}")
+        return problems
 
     @property
     def verifies(self) -> bool:
@@ -70,8 +117,105 @@ class UAMCParams:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> UAMCParams:
-        known = set(cls.__dataclass_fields__)
+        """The parameters ``to_json`` stored; a missing parameter takes its default,
+        so that parameters stored before it existed still load."""
+        known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown SV-UAMC parameters: {', '.join(unknown)}")
-        return cls(**data)
+        return cls.from_options(data)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> UAMCParams:
+        """Parameters from options named like the fields: a command's options, a
+        form's cleaned data, stored JSON.
+
+        Keys that name no parameter are ignored, so that the options can be passed
+        whole; a missing or None value takes the default. Numbers and booleans may
+        be given as text. Every bad value is reported in one ``ValueError``.
+        """
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for field in fields(cls):
+            value = options.get(field.name)
+            if value is None:
+                continue
+            convert = _CONVERTERS[str(field.type)]
+            try:
+                values[field.name] = convert(field.name, value)
+            except ValueError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ValueError("invalid SV-UAMC parameters: " + "; ".join(problems))
+        return cls(**values)
+
+
+def _unchanged(name: str, value: Any) -> Any:
+    return value
+
+
+def _as_int(name: str, value: Any) -> int:
+    number = _number(value)
+    if number is None or not number.is_integer():
+        raise ValueError(f"{name} must be a whole number, not {value!r}")
+    return int(number)
+
+
+def _as_float(name: str, value: Any) -> float:
+    number = _number(value)
+    if number is None or not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, not {value!r}")
+    return number
+
+
+def _number(value: Any) -> float | None:
+    """A number, or text holding one; None for anything else (booleans included)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value.strip())
+    return None
+
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str | int) else None
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(f"{name} must be true or false, not {value!r}")
+
+
+def _as_weights(name: str, value: Any) -> ConfidenceWeights:
+    """Weights from ConfidenceWeights, a mapping of the three components, or three numbers."""
+    if isinstance(value, ConfidenceWeights):
+        return value
+    if isinstance(value, Mapping):
+        if set(value) != set(COMPONENTS):
+            given = ", ".join(map(str, value))
+            raise ValueError(f"{name} must give exactly {', '.join(COMPONENTS)}, not {given}")
+        parts = [value[component] for component in COMPONENTS]
+    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3:
+        parts = list(value)
+    else:
+        raise ValueError(
+            f"{name} must map {', '.join(COMPONENTS)} to numbers or be three numbers, not {value!r}"
+        )
+    numbers = [_as_float(f"{name}.{c}", v) for c, v in zip(COMPONENTS, parts, strict=True)]
+    return ConfidenceWeights(*numbers)
+
+
+_CONVERTERS: dict[str, Callable[[str, Any], Any]] = {
+    "Strategy": _unchanged,
+    "int": _as_int,
+    "float": _as_float,
+    "bool": _as_bool,
+    "ConfidenceWeights": _as_weights,
+}

@@ -11,16 +11,16 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from seke_app.engine.formats.records import GRAINS, SOURCES
-from seke_app.export_models import Export
-from seke_app.models import Dataset
-from seke_app.queue import QueueUnavailable
-from seke_app.services.exports import (
+from seke_app.exports.services import (
     ExportOptions,
     ExportRefused,
     export_create,
     export_file,
     export_run,
 )
+from seke_app.models import Dataset
+from seke_app.models.exports import Export
+from seke_app.queue import QueueUnavailable
 
 # How long a queued export may wait before the command says that a worker is needed.
 WORKER_HINT_SECONDS = 10

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from seke_app.services.accounts import ROLES, user_create
+from seke_app.roles import ROLES, user_create
 
 
 class Command(BaseCommand):

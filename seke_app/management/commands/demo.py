@@ -22,12 +22,12 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from seke_app.datasets.services import dataset_import
 from seke_app.engine.uamc import UAMCParams
 from seke_app.models import Dataset
 from seke_app.queue import QueueUnavailable, ensure_redis
-from seke_app.services.accounts import user_create
-from seke_app.services.imports import dataset_import
-from seke_app.services.runs import run_create
+from seke_app.roles import user_create
+from seke_app.runs.services import run_create
 
 DEMO_FACES = Path(__file__).resolve().parent.parent.parent / "demo" / "faces"
 DEMO_DATASET = "demo"
@@ -47,6 +47,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         self.stdout.write(f"SEKE demo — data in {settings.DATA_DIR}")
         call_command("migrate", interactive=False, verbosity=0)
+        # Compressed static files with hashed names, which browsers may cache for good.
+        call_command("collectstatic", interactive=False, verbosity=0)
         self._admin_login()
         report = dataset_import(
             path=DEMO_FACES,

@@ -6,8 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from seke_app.exports.services import ExportOptions
 from seke_app.management.commands._export import add_common_arguments, common_options, run_export
-from seke_app.services.exports import ExportOptions
 
 
 class Command(BaseCommand):

@@ -8,8 +8,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
+from seke_app.datasets.services import ImportRefused, dataset_import
 from seke_app.engine.vocab import AU_VOCABULARIES
-from seke_app.services.imports import ImportRefused, dataset_import
 
 
 class Command(BaseCommand):

@@ -7,8 +7,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from seke_app.datasets.labelstudio import LabelStudioRefused, labelstudio_import
 from seke_app.models import Dataset
-from seke_app.services.labelstudio import LabelStudioRefused, labelstudio_import
 
 
 class Command(BaseCommand):

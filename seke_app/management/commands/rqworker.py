@@ -10,7 +10,7 @@ from django_rq.management.commands import rqworker
 from threadpoolctl import threadpool_limits
 
 from seke_app.queue import QueueUnavailable, ensure_redis
-from seke_app.services.backends import BackendUnavailable, preload_offline_model
+from seke_app.runs.backends import BackendUnavailable, preload_offline_model
 
 
 class Command(rqworker.Command):
@@ -23,8 +23,8 @@ class Command(rqworker.Command):
             raise CommandError(str(exc)) from None
         self.stderr.write(f"worker using {where}")
         # One BLAS thread per process: the offline CNN's small matrix products run
-        # many times slower when OpenBLAS spreads each one over every core, and
-        # a machine runs several workers anyway.
+        # many times slower when OpenBLAS spreads each one over every core (figures
+        # in bench/README.md), and a machine runs several workers anyway.
         threadpool_limits(1)
         # Loaded once here, so that every job's forked work horse inherits the weights.
         with contextlib.suppress(BackendUnavailable):

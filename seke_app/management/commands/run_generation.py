@@ -9,32 +9,21 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from seke_app.engine.uamc import STRATEGIES, UAMCParams
+from seke_app.engine.uamc import UAMCParams
+from seke_app.management.commands._uamc import add_uamc_arguments
 from seke_app.models import Dataset, GenerationRun
 from seke_app.queue import QueueUnavailable
-from seke_app.services.runs import ImageFilter, RunRefused, run_create
+from seke_app.runs.services import ImageFilter, RunRefused, run_create
 
 
 class Command(BaseCommand):
     help = "Start a generation run over a dataset (the same service the runs page uses)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        defaults = UAMCParams()
         parser.add_argument("--dataset", required=True)
         parser.add_argument("--backend", choices=GenerationRun.Backend.values, default="offline")
         parser.add_argument("--model", default="", help="default: SEKE_MODEL or the offline CNN")
-        parser.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy)
-        parser.add_argument("--k0", type=int, default=defaults.k0)
-        parser.add_argument("--kmax", type=int, default=defaults.kmax)
-        parser.add_argument("--step", type=int, default=defaults.step)
-        parser.add_argument("--temperature", type=float, default=defaults.temperature)
-        parser.add_argument("--review-threshold", type=float, default=defaults.review_threshold)
-        parser.add_argument(
-            "--no-futility",
-            action="store_true",
-            help="keep sampling up to kmax even when the next round cannot settle a split",
-        )
-        parser.add_argument("--no-verify", action="store_true", help="skip self-verification")
+        add_uamc_arguments(parser)
         parser.add_argument("--concurrency", type=int, default=4)
         parser.add_argument(
             "--double-review",
@@ -56,16 +45,7 @@ class Command(BaseCommand):
         if dataset is None:
             raise CommandError(f"no dataset called {options['dataset']!r}")
         try:
-            params = UAMCParams(
-                strategy=options["strategy"],
-                k0=options["k0"],
-                kmax=options["kmax"],
-                step=options["step"],
-                temperature=options["temperature"],
-                review_threshold=options["review_threshold"],
-                verify=not options["no_verify"],
-                futility=not options["no_futility"],
-            )
+            params = UAMCParams.from_options(options)
             budget = Decimal(options["budget"]) if options["budget"] else None
             run = run_create(
                 dataset=dataset,

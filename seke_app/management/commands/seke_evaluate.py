@@ -1,4 +1,4 @@
-"""``manage.py seke_evaluate --images PATH --manifest CSV --backend local|openai --strategy ...``.
+"""``manage.py seke_evaluate --images PATH --manifest CSV --backend offline|openai --strategy ...``.
 
 Runs the engine on a labelled folder without touching the review workflow or the
 database, and writes a JSON and a Markdown report.
@@ -16,12 +16,11 @@ from tqdm import tqdm
 
 from seke_app.engine.evaluate import evaluate, read_manifest
 from seke_app.engine.knowledge import knowledge_text
-from seke_app.engine.uamc import STRATEGIES, UAMCParams
+from seke_app.engine.uamc import UAMCParams
 from seke_app.engine.vocab import AU_VOCABULARIES, Vocabulary
-from seke_app.models import PromptVersion
-from seke_app.services.backends import BackendUnavailable, backend_for
-
-BACKENDS = {"local": "offline", "offline": "offline", "openai": "openai"}
+from seke_app.management.commands._uamc import add_uamc_arguments
+from seke_app.models import GenerationRun, PromptVersion
+from seke_app.runs.backends import BackendUnavailable, backend_for
 
 
 class Command(BaseCommand):
@@ -31,7 +30,6 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        defaults = UAMCParams()
         parser.add_argument(
             "--images",
             type=Path,
@@ -39,20 +37,13 @@ class Command(BaseCommand):
             help="folder the manifest's file paths are relative to",
         )
         parser.add_argument("--manifest", type=Path, required=True)
-        parser.add_argument("--backend", choices=sorted(BACKENDS), default="local")
-        parser.add_argument("--model", default="")
-        parser.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy)
-        parser.add_argument("--k0", type=int, default=defaults.k0)
-        parser.add_argument("--kmax", type=int, default=defaults.kmax)
-        parser.add_argument("--step", type=int, default=defaults.step)
-        parser.add_argument("--temperature", type=float, default=defaults.temperature)
-        parser.add_argument("--review-threshold", type=float, default=defaults.review_threshold)
         parser.add_argument(
-            "--no-futility",
-            action="store_true",
-            help="keep sampling up to kmax even when the next round cannot settle a split",
+            "--backend",
+            choices=GenerationRun.Backend.values,
+            default=GenerationRun.Backend.OFFLINE,
         )
-        parser.add_argument("--no-verify", action="store_true")
+        parser.add_argument("--model", default="")
+        add_uamc_arguments(parser)
         parser.add_argument("--au-vocabulary", choices=sorted(AU_VOCABULARIES), default="feid17")
         parser.add_argument("--limit", type=int, default=0, help="only the first N images")
         parser.add_argument("--concurrency", type=int, default=4)
@@ -65,22 +56,13 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            params = UAMCParams(
-                strategy=options["strategy"],
-                k0=options["k0"],
-                kmax=options["kmax"],
-                step=options["step"],
-                temperature=options["temperature"],
-                review_threshold=options["review_threshold"],
-                verify=not options["no_verify"],
-                futility=not options["no_futility"],
-            )
+            params = UAMCParams.from_options(options)
             items = read_manifest(options["manifest"], options["images"])
         except (ValueError, OSError) as exc:
             raise CommandError(str(exc)) from None
         if options["limit"]:
             items = items[: options["limit"]]
-        backend_name = BACKENDS[options["backend"]]
+        backend_name = options["backend"]
         version = PromptVersion(number=0, knowledge_text=knowledge_text(), exemplars=[])
         try:
             backend = backend_for(
@@ -92,7 +74,7 @@ class Command(BaseCommand):
         except BackendUnavailable as exc:
             raise CommandError(str(exc)) from None
         vocabulary = Vocabulary.named(options["au_vocabulary"])
-        with tqdm(total=len(items), unit="img", desc="evaluating", disable=None) as bar:
+        with backend, tqdm(total=len(items), unit="img", desc="evaluating", disable=None) as bar:
             report = evaluate(
                 backend,
                 items,

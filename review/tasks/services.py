@@ -1,0 +1,421 @@
+"""Review workflows: tasks for flagged annotations, claiming, decisions, undo.
+
+Claiming is a conditional UPDATE (status open, or claimed with an expired lease)
+whose row count says whether this annotator won; on PostgreSQL the candidate is
+first picked with ``SELECT ... FOR UPDATE SKIP LOCKED`` so that concurrent
+annotators do not all race for the same row. Both paths are correct on SQLite.
+A decision is a new row; the machine annotation is never modified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import connection, transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from review.models import GoldQuestion, ReviewDecision, ReviewTask
+from review.tasks.store import decision_of
+from seke_app.engine.vocab import Vocabulary
+from seke_app.insights.references import disputes
+from seke_app.models import Annotation, FaceImage
+from seke_app.roles import is_admin
+
+ORDERINGS = {
+    "overall": "priority",
+    "expression": "expression_confidence",
+    "va": "va_confidence",
+    "aus": "au_confidence",
+}
+INTENSITIES = {"A", "B", "C", "D", "E"}
+CLAIM_ATTEMPTS = 20
+
+
+class ReviewRefused(Exception):
+    """A review action that is not allowed now; the message says why. Nothing changed."""
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    run_code: str = ""
+    dataset_code: str = ""
+    flag_reason: str = ""
+    expression: str = ""
+    order: str = "overall"
+    exclude_ids: tuple[int, ...] = field(default=())
+
+    def apply(self, tasks: QuerySet[ReviewTask]) -> QuerySet[ReviewTask]:
+        if self.run_code:
+            tasks = tasks.filter(annotation__run__code=self.run_code)
+        if self.dataset_code:
+            tasks = tasks.filter(annotation__image__dataset__code=self.dataset_code)
+        if self.expression:
+            tasks = tasks.filter(annotation__expression=self.expression)
+        if self.flag_reason:
+            tasks = tasks.filter(annotation__flag_reasons__icontains=self.flag_reason)
+        if self.exclude_ids:
+            tasks = tasks.exclude(id__in=self.exclude_ids)
+        return tasks.order_by(ORDERINGS.get(self.order, "priority"), "id")
+
+
+def _task_values(annotation: Annotation) -> dict[str, float]:
+    return {
+        "priority": annotation.confidence,
+        "expression_confidence": annotation.expression_confidence,
+        "va_confidence": annotation.va_confidence,
+        "au_confidence": annotation.au_confidence,
+    }
+
+
+def double_reviewed(annotation: Annotation, share: float) -> bool:
+    """Whether this annotation is in the run's double-review share (stable per annotation)."""
+    if share <= 0:
+        return False
+    digest = hashlib.sha256(str(annotation.code).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def task_create_for(annotation: Annotation) -> None:
+    """An open task per flagged annotation (two for the double-review share)."""
+    if not annotation.flagged:
+        return
+    kinds = [ReviewTask.Kind.FIRST]
+    if double_reviewed(annotation, annotation.run.double_review_share):
+        kinds.append(ReviewTask.Kind.SECOND)
+    for kind in kinds:
+        ReviewTask.objects.get_or_create(
+            annotation=annotation, kind=kind, defaults=_task_values(annotation)
+        )
+
+
+def _available(now: Any) -> Q:
+    # The first term repeats what the second implies so that the planner matches
+    # the partial queue indexes (status in open, claimed) without having to prove it.
+    return Q(status__in=[ReviewTask.Status.OPEN, ReviewTask.Status.CLAIMED]) & (
+        Q(status=ReviewTask.Status.OPEN) | Q(status=ReviewTask.Status.CLAIMED, lease_until__lt=now)
+    )
+
+
+def queue_tasks(queue_filter: QueueFilter, user: User | None = None) -> QuerySet[ReviewTask]:
+    """Tasks awaiting review (open, or held under an expired lease), in queue order.
+
+    With a user: only what that user may take. Adjudication is for admins; a second
+    review must be independent, so nobody gets both rounds of the same annotation.
+    """
+    tasks = ReviewTask.objects.filter(_available(timezone.now())).exclude(kind=ReviewTask.Kind.GOLD)
+    if user is not None:
+        if not is_admin(user):
+            tasks = tasks.exclude(kind=ReviewTask.Kind.ADJUDICATION)
+        seen = ReviewDecision.objects.filter(reviewer=user).values("annotation_id")
+        held = (
+            ReviewTask.objects.filter(holder=user)
+            .exclude(kind=ReviewTask.Kind.GOLD)
+            .values("annotation_id")
+        )
+        tasks = tasks.exclude(
+            Q(kind__in=[ReviewTask.Kind.FIRST, ReviewTask.Kind.SECOND])
+            & (Q(annotation_id__in=seen) | Q(annotation_id__in=held))
+        )
+    return queue_filter.apply(tasks)
+
+
+def task_held_by(user: User) -> ReviewTask | None:
+    return (
+        ReviewTask.objects.filter(
+            holder=user, status=ReviewTask.Status.CLAIMED, lease_until__gte=timezone.now()
+        )
+        .order_by("claimed_at")
+        .first()
+    )
+
+
+def lease() -> timedelta:
+    return timedelta(minutes=settings.REVIEW_LEASE_MINUTES)
+
+
+def task_claim_next(*, user: User, queue_filter: QueueFilter | None = None) -> ReviewTask | None:
+    """The task this annotator holds, else the next one in the queue, claimed atomically."""
+    held = task_held_by(user)
+    if held is not None:
+        return held
+    gold = _gold_task(user)
+    if gold is not None:
+        return gold
+    queue_filter = queue_filter or QueueFilter()
+    if is_admin(user):
+        # Disagreements wait for an admin: they come first in an admin's queue.
+        adjudication = _claim_from(
+            queue_tasks(queue_filter, user).filter(kind=ReviewTask.Kind.ADJUDICATION), user
+        )
+        if adjudication is not None:
+            return adjudication
+    return _claim_from(queue_tasks(queue_filter, user), user)
+
+
+def _gold_task(user: User) -> ReviewTask | None:
+    """Now and then (SEKE_GOLD_RATE), a gold question this reviewer has not answered yet."""
+    if settings.GOLD_RATE <= 0 or random.random() >= settings.GOLD_RATE:
+        return None
+    answered = ReviewTask.objects.filter(kind=ReviewTask.Kind.GOLD, holder=user).values("gold_id")
+    question = (
+        GoldQuestion.objects.filter(active=True, image__annotations__isnull=False)
+        .exclude(id__in=answered)
+        .order_by("?")
+        .first()
+    )
+    if question is None:
+        return None
+    annotation = question.image.annotations.order_by("-created_at").first()
+    assert annotation is not None
+    now = timezone.now()
+    # Made already claimed by this reviewer, so it looks like any other task.
+    return ReviewTask.objects.create(
+        annotation=annotation,
+        kind=ReviewTask.Kind.GOLD,
+        gold=question,
+        status=ReviewTask.Status.CLAIMED,
+        holder=user,
+        lease_until=now + lease(),
+        claimed_at=now,
+        **_task_values(annotation),
+    )
+
+
+def _claim_from(tasks: QuerySet[ReviewTask], user: User) -> ReviewTask | None:
+    for _ in range(CLAIM_ATTEMPTS):
+        # The row lock (PostgreSQL) is held until the conditional UPDATE commits, so
+        # concurrent annotators skip this row instead of racing for it.
+        with transaction.atomic():
+            candidate = _candidate(tasks)
+            if candidate is None:
+                return None
+            if _take(candidate, user):
+                return ReviewTask.objects.get(id=candidate)
+    return None
+
+
+def _candidate(tasks: QuerySet[ReviewTask]) -> int | None:
+    if connection.features.has_select_for_update_skip_locked:
+        row = tasks.select_for_update(skip_locked=True, of=("self",)).values_list("id", flat=True)[
+            :1
+        ]
+        return next(iter(row), None)
+    return tasks.values_list("id", flat=True).first()
+
+
+def _take(task_id: int, user: User) -> bool:
+    now = timezone.now()
+    return (
+        ReviewTask.objects.filter(_available(now), id=task_id).update(
+            status=ReviewTask.Status.CLAIMED, holder=user, lease_until=now + lease(), claimed_at=now
+        )
+        == 1
+    )
+
+
+def _held_task(task_id: int, user: User) -> ReviewTask:
+    """Lock the task and check that ``user`` still holds it (call inside atomic)."""
+    task = ReviewTask.objects.select_for_update().get(id=task_id)
+    if task.status == ReviewTask.Status.DONE:
+        raise ReviewRefused("This task has already been decided.")
+    if task.holder_id != user.id or task.status != ReviewTask.Status.CLAIMED:
+        raise ReviewRefused("This task is not yours: claim it from the queue first.")
+    if task.lease_until is None or task.lease_until < timezone.now():
+        raise ReviewRefused(
+            "Your hold on this task expired and it went back to the queue; nothing was saved."
+        )
+    return task
+
+
+def task_skip(*, task: ReviewTask, user: User) -> None:
+    """Give the task back to the queue."""
+    with transaction.atomic():
+        held = _held_task(task.id, user)
+        held.status = ReviewTask.Status.OPEN
+        held.holder = None
+        held.lease_until = None
+        held.save(update_fields=["status", "holder", "lease_until"])
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What an annotator decided; values are validated by ``decision_record``."""
+
+    action: str
+    expression: str | None = None
+    valence: float | None = None
+    arousal: float | None = None
+    aus: dict[int, bool] | None = None
+    au_intensity: dict[int, str] = field(default_factory=dict)
+    note: str = ""
+    reject_reason: str = ""
+    time_spent_ms: int = 0
+
+
+def _machine_values(annotation: Annotation) -> dict[str, Any]:
+    return {
+        "expression": annotation.expression,
+        "valence": annotation.valence,
+        "arousal": annotation.arousal,
+        "aus": annotation.aus,
+        "au_intensity": annotation.au_intensity,
+        "confidence": annotation.confidence,
+    }
+
+
+def validate_decision(decision: Decision, vocabulary: Vocabulary) -> list[str]:
+    """Every problem with the values, in words; empty when they are valid."""
+    problems = []
+    if decision.action not in ReviewDecision.Action.values:
+        problems.append(f"unknown action {decision.action!r}")
+    if decision.action == ReviewDecision.Action.REJECT_IMAGE and not decision.reject_reason:
+        problems.append("say why the image is rejected")
+    if decision.action == ReviewDecision.Action.CORRECT:
+        if decision.expression is not None and decision.expression not in vocabulary.expressions:
+            problems.append(f"expression {decision.expression!r} is not in the vocabulary")
+        for name, value in (("valence", decision.valence), ("arousal", decision.arousal)):
+            if value is not None and not -1.0 <= value <= 1.0:
+                problems.append(f"{name} {value} is outside [-1, 1]")
+        if (decision.valence is None) != (decision.arousal is None):
+            problems.append("valence and arousal must be given together")
+        unknown = sorted(set(decision.aus or {}) - set(vocabulary.aus))
+        if unknown:
+            problems.append("unknown AUs: " + ", ".join(f"AU{a}" for a in unknown))
+        bad = {a: i for a, i in decision.au_intensity.items() if i not in INTENSITIES}
+        if bad:
+            problems.append("AU intensity must be A-E")
+    if not 0 <= decision.time_spent_ms <= 24 * 3600 * 1000:
+        problems.append("time spent is out of range")
+    return problems
+
+
+def decision_record(*, task: ReviewTask, user: User, decision: Decision) -> ReviewDecision:
+    """Record a decision on a task the user holds; refuse (changing nothing) otherwise."""
+    annotation = Annotation.objects.select_related("image__dataset").get(id=task.annotation_id)
+    problems = validate_decision(decision, annotation.image.dataset.vocabulary())
+    if problems:
+        raise ReviewRefused("; ".join(problems).capitalize() + ".")
+    with transaction.atomic():
+        held = _held_task(task.id, user)
+        row = ReviewDecision.objects.create(
+            task=held,
+            annotation=annotation,
+            image=annotation.image,
+            reviewer=user,
+            kind=held.kind,
+            before=_machine_values(annotation),
+            **_after_values(decision, annotation),
+        )
+        held.status = ReviewTask.Status.DONE
+        held.lease_until = None
+        held.closed_at = timezone.now()
+        held.save(update_fields=["status", "lease_until", "closed_at"])
+        gold = held.kind == ReviewTask.Kind.GOLD
+        if decision.action == ReviewDecision.Action.REJECT_IMAGE and not gold:
+            FaceImage.objects.filter(id=annotation.image_id).update(rejected=True)
+        if held.kind in (ReviewTask.Kind.FIRST, ReviewTask.Kind.SECOND):
+            _adjudicate_if_needed(annotation)
+    return row
+
+
+def _adjudicate_if_needed(annotation: Annotation) -> None:
+    pair = list(
+        ReviewDecision.objects.filter(
+            annotation=annotation,
+            undone_at__isnull=True,
+            kind__in=[ReviewTask.Kind.FIRST, ReviewTask.Kind.SECOND],
+        ).order_by("kind")
+    )
+    if len(pair) == 2 and disputes(decision_of(pair[0]), decision_of(pair[1])):
+        ReviewTask.objects.get_or_create(
+            annotation=annotation,
+            kind=ReviewTask.Kind.ADJUDICATION,
+            defaults=_task_values(annotation),
+        )
+
+
+def _after_values(decision: Decision, annotation: Annotation) -> dict[str, Any]:
+    common = {
+        "action": decision.action,
+        "note": decision.note[:5000],
+        "reject_reason": decision.reject_reason[:200],
+        "time_spent_ms": decision.time_spent_ms,
+    }
+    if decision.action == ReviewDecision.Action.ACCEPT:
+        return common | {
+            "expression": annotation.expression,
+            "valence": annotation.valence,
+            "arousal": annotation.arousal,
+            "aus": annotation.aus,
+            "au_intensity": annotation.au_intensity,
+        }
+    if decision.action == ReviewDecision.Action.REJECT_IMAGE:
+        return common | {"aus": None}
+    return common | {
+        "expression": decision.expression,
+        "valence": decision.valence,
+        "arousal": decision.arousal,
+        "aus": {str(a): on for a, on in sorted(decision.aus.items())}
+        if decision.aus is not None
+        else None,
+        "au_intensity": {str(a): i for a, i in sorted(decision.au_intensity.items())},
+    }
+
+
+def undo_window() -> timedelta:
+    return timedelta(seconds=settings.REVIEW_UNDO_SECONDS)
+
+
+def decision_undo(*, decision: ReviewDecision, user: User) -> ReviewTask:
+    """Take back one's own recent decision; the task returns to its reviewer."""
+    with transaction.atomic():
+        row = ReviewDecision.objects.select_for_update().get(id=decision.id)
+        if row.reviewer_id != user.id:
+            raise ReviewRefused("Only the reviewer who made a decision can undo it.")
+        if row.undone_at is not None:
+            raise ReviewRefused("This decision has already been undone.")
+        if timezone.now() - row.created_at > undo_window():
+            raise ReviewRefused("Too late to undo: the undo window has passed.")
+        now = timezone.now()
+        # A task claimed since then goes back to the queue, in the same transaction,
+        # so that the undone task is the one the reviewer holds.
+        ReviewTask.objects.filter(holder=user, status=ReviewTask.Status.CLAIMED).exclude(
+            id=row.task_id
+        ).exclude(kind=ReviewTask.Kind.GOLD).update(
+            status=ReviewTask.Status.OPEN, holder=None, lease_until=None
+        )
+        row.undone_at = now
+        row.save(update_fields=["undone_at"])
+        ReviewTask.objects.filter(id=row.task_id).update(
+            status=ReviewTask.Status.CLAIMED,
+            holder=user,
+            lease_until=now + lease(),
+            claimed_at=now,
+            closed_at=None,
+        )
+        if row.action == ReviewDecision.Action.REJECT_IMAGE:
+            FaceImage.objects.filter(id=row.image_id).update(rejected=False)
+        # An adjudication nobody has started is withdrawn with the review it came from.
+        ReviewTask.objects.filter(
+            annotation_id=row.annotation_id,
+            kind=ReviewTask.Kind.ADJUDICATION,
+            status=ReviewTask.Status.OPEN,
+        ).delete()
+    return ReviewTask.objects.get(id=row.task_id)
+
+
+def last_undoable_decision(user: User) -> ReviewDecision | None:
+    return (
+        ReviewDecision.objects.filter(
+            reviewer=user, undone_at__isnull=True, created_at__gte=timezone.now() - undo_window()
+        )
+        .order_by("-created_at")
+        .first()
+    )

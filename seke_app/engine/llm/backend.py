@@ -1,0 +1,187 @@
+"""The OpenAI-compatible backend: SV-UAMC's samples and verifications from a VLLM.
+
+It builds the knowledge-enhanced prompt, sends it through ``VLLMClient`` and turns every
+choice into a ``Sample``. A reply that is refused, cut off or not a valid answer
+becomes an invalid sample with its reason, never an exception, so that SV-UAMC can
+count it. A ``VLLMError`` (the request itself failed) propagates: whether to retry
+later or give up is the job layer's decision.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Self
+
+from seke_app.engine.llm.client import Choice, VLLMClient, image_data_url
+from seke_app.engine.prompts import build_messages, build_verification_messages
+from seke_app.engine.schema import (
+    ANSWER_SCHEMA_NAME,
+    VERIFICATION_SCHEMA_NAME,
+    AnswerError,
+    answer_json_schema,
+    parse_answer,
+    parse_verification,
+    verification_json_schema,
+)
+from seke_app.engine.types import (
+    AnnotationRequest,
+    Sample,
+    SampleKind,
+    Usage,
+    VerificationRequest,
+)
+from seke_app.engine.vocab import Vocabulary
+
+# Room for the evidence texts and an entry per AU of the largest vocabulary (24 AUs).
+DEFAULT_MAX_TOKENS = 1500
+
+# Cost shares are rounded down to a multiple of this power of two (about 1e-9 USD), so
+# that the shares and the remainder add up to the call's cost exactly, in any order.
+_COST_QUANTUM = 2.0**-30
+
+
+def split_usage(usage: Usage, parts: int) -> list[Usage]:
+    """Split one call's usage into ``parts`` shares whose sum is exactly the usage.
+
+    Every share gets an equal part of each count and the first share also gets the
+    remainder. Cost shares are multiples of a small power of two, so that the shares
+    add up to the call's cost exactly in floating point, whatever the order.
+    """
+    if parts < 1:
+        raise ValueError("parts must be at least 1")
+    columns = zip(
+        _split_count(usage.requests, parts),
+        _split_count(usage.prompt_tokens, parts),
+        _split_count(usage.completion_tokens, parts),
+        _split_cost(usage.cost_usd, parts),
+        strict=True,
+    )
+    return [
+        Usage(requests=r, prompt_tokens=p, completion_tokens=c, cost_usd=cost)
+        for r, p, c, cost in columns
+    ]
+
+
+def _split_count(total: int, parts: int) -> list[int]:
+    share = total // parts
+    return [total - share * (parts - 1)] + [share] * (parts - 1)
+
+
+def _split_cost(total: float, parts: int) -> list[float]:
+    share = math.floor(total / parts / _COST_QUANTUM) * _COST_QUANTUM
+    return [total - share * (parts - 1)] + [share] * (parts - 1)
+
+
+def choice_problem(choice: Choice) -> str | None:
+    """Why a choice cannot hold an answer (refused, filtered, cut off), or None."""
+    if choice.refusal:
+        return f"the model refused: {choice.refusal}"
+    if choice.finish_reason == "content_filter":
+        return "the reply was blocked by the endpoint's content filter"
+    if choice.finish_reason == "length":
+        return "the reply was cut off at the token limit"
+    return None
+
+
+class OpenAIBackend:
+    """A ``Backend`` on any OpenAI-compatible endpoint, through ``VLLMClient``."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        client: VLLMClient,
+        *,
+        model: str,
+        max_side: int = 512,
+        detail: str = "high",
+        structured: bool = True,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+    ) -> None:
+        if detail not in ("high", "low", "auto"):
+            raise ValueError(f"detail must be high, low or auto, not {detail!r}")
+        self.client = client
+        self.model = model
+        self.max_side = max_side
+        self.detail = detail
+        self.structured = structured
+        self.max_tokens = max_tokens
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the client and its connection pool: the backend owns the client it
+        was given."""
+        self.client.close()
+
+    def sample(self, request: AnnotationRequest, k: int, temperature: float) -> list[Sample]:
+        """Draw ``k`` answers with one request (``n=k``); the client splits it if it must."""
+        messages = build_messages(
+            request, self._image_url(request), detail=self.detail, structured=self.structured
+        )
+        result = self.client.chat(
+            messages,
+            n=k,
+            temperature=temperature,
+            json_schema=answer_json_schema(request.vocabulary) if self.structured else None,
+            schema_name=ANSWER_SCHEMA_NAME,
+            max_tokens=self.max_tokens,
+        )
+        shares = split_usage(result.usage, len(result.choices))
+        return [
+            self._answer_sample(choice, request.vocabulary, share)
+            for choice, share in zip(result.choices, shares, strict=True)
+        ]
+
+    def verify(self, verification: VerificationRequest) -> Sample:
+        """Ask once, at temperature 0, to confirm or revise each grain of the aggregate."""
+        request = verification.request
+        messages = build_verification_messages(
+            verification,
+            self._image_url(request),
+            detail=self.detail,
+            structured=self.structured,
+        )
+        schema = verification_json_schema(request.vocabulary) if self.structured else None
+        result = self.client.chat(
+            messages,
+            n=1,
+            temperature=0.0,
+            json_schema=schema,
+            schema_name=VERIFICATION_SCHEMA_NAME,
+            max_tokens=self.max_tokens,
+        )
+        return self._verification_sample(result.choices[0], request.vocabulary, result.usage)
+
+    def _image_url(self, request: AnnotationRequest) -> str:
+        return image_data_url(request.image_bytes, max_side=self.max_side)
+
+    def _answer_sample(self, choice: Choice, vocabulary: Vocabulary, usage: Usage) -> Sample:
+        raw = choice.text or choice.refusal or ""
+        problem = choice_problem(choice)
+        if problem is not None:
+            return _invalid("sample", raw, problem, usage)
+        try:
+            answer = parse_answer(choice.text, vocabulary)
+        except AnswerError as err:
+            return _invalid("sample", raw, str(err), usage)
+        return Sample(kind="sample", raw=raw, answer=answer, usage=usage)
+
+    def _verification_sample(self, choice: Choice, vocabulary: Vocabulary, usage: Usage) -> Sample:
+        raw = choice.text or choice.refusal or ""
+        problem = choice_problem(choice)
+        if problem is not None:
+            return _invalid("verification", raw, problem, usage)
+        try:
+            answer, verdict = parse_verification(choice.text, vocabulary)
+        except AnswerError as err:
+            return _invalid("verification", raw, str(err), usage)
+        return Sample(kind="verification", raw=raw, answer=answer, verdict=verdict, usage=usage)
+
+
+def _invalid(kind: SampleKind, raw: str, reason: str, usage: Usage) -> Sample:
+    return Sample(kind=kind, raw=raw, error=reason, usage=usage)

@@ -1,0 +1,538 @@
+"""The one place SEKE talks to an OpenAI-compatible vision LLM.
+
+This is the only module that imports ``openai``. It turns a chat request into a
+typed ``ChatResult`` (choices, token usage, cost) and turns every failure into a
+single ``VLLMError`` that says whether retrying later can help, so that callers
+(SV-UAMC, jobs, views) never need to know about HTTP or the SDK's exceptions.
+
+Endpoints differ in what they accept: OpenAI takes ``n`` choices per request and
+strict JSON schemas; vLLM, Ollama, LM Studio and proxies accept some, none or all
+of those. The client starts with the best option, steps down when the endpoint
+rejects it with a 400, and remembers what works for the rest of its life.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import io
+import logging
+import math
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import httpx2
+import openai
+from openai.types.chat import ChatCompletion
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from seke_app.engine.types import Usage
+
+log = logging.getLogger(__name__)
+
+# Passed explicitly when the config has no base_url, so that an OPENAI_BASE_URL
+# left in the environment cannot silently redirect requests (and the key) elsewhere.
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+# USD per 1M (input, output) tokens. OpenAI list prices, overridable: a caller
+# passes ClientConfig.prices to correct them or to price other models.
+DEFAULT_PRICES: Mapping[str, tuple[float, float]] = {
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+}
+
+# A dated snapshot ("gpt-4o-2024-08-06") is billed like its family; any other
+# suffix ("gpt-4o-audio-preview") is a different product and stays unpriced.
+_SNAPSHOT_SUFFIX = re.compile(r"^-\d{4}-\d{2}-\d{2}$")
+
+# Error texts that show a 400 was about a parameter the endpoint does not support.
+_FORMAT_WORDS = re.compile(r"response_format|json_schema|json_object|structured output", re.I)
+_N_WORD = re.compile(r"(?<![\w.-])[`'\"]?n[`'\"]?(?![\w-])")
+
+# A server's error text goes into exception messages and logs; keep it readable.
+_MAX_SERVER_TEXT = 300
+
+FormatMode = Literal["json_schema", "json_object", "none"]
+_FORMAT_FALLBACK: dict[FormatMode, FormatMode] = {
+    "json_schema": "json_object",
+    "json_object": "none",
+}
+
+
+class VLLMError(Exception):
+    """A request to the VLLM failed; ``retryable`` says whether trying later can help.
+
+    ``status`` is the HTTP status of the last response, or None when there was
+    none (timeout, connection failure).
+    """
+
+    def __init__(self, message: str, *, retryable: bool, status: int | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.status = status
+
+    def __repr__(self) -> str:
+        return f"VLLMError({self.message!r}, retryable={self.retryable!r}, status={self.status!r})"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Where and how to call the VLLM; built by the settings layer, never logged whole."""
+
+    base_url: str | None  # None = OpenAI's default
+    api_key: str = field(repr=False)
+    model: str
+    # Applied to each phase of a request (connect, write, each read), not as a
+    # total deadline: a server that sends nothing for this long is abandoned.
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 30.0
+    max_concurrency: int = 4
+    prices: Mapping[str, tuple[float, float]] | None = None  # overrides, USD per 1M (in, out)
+    # Total time one call may spend sleeping between retries; past it, give up
+    # (retryable) so a job is not stuck for minutes behind a long Retry-After.
+    max_total_wait_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("ClientConfig.model must not be empty")
+        if self.timeout_s <= 0:
+            raise ValueError("ClientConfig.timeout_s must be positive")
+        if self.max_retries < 0:
+            raise ValueError("ClientConfig.max_retries must not be negative")
+        if self.max_concurrency < 1:
+            raise ValueError("ClientConfig.max_concurrency must be at least 1")
+        if self.backoff_base_s < 0 or self.backoff_max_s < 0 or self.max_total_wait_s < 0:
+            raise ValueError("ClientConfig backoff and wait limits must not be negative")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One completion as it came back; a refusal or truncation is reported, not raised."""
+
+    text: str | None
+    refusal: str | None
+    finish_reason: str | None
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """The choices of one ``chat`` call and what all its requests cost together."""
+
+    choices: list[Choice]
+    usage: Usage
+    # False when the model is not in the price table: cost_usd is then 0 and the
+    # UI should say "price unknown" rather than "free".
+    priced: bool
+
+
+def model_price(
+    model: str, overrides: Mapping[str, tuple[float, float]] | None = None
+) -> tuple[float, float] | None:
+    """USD per 1M (input, output) tokens for ``model``, or None when unknown."""
+    table = {**DEFAULT_PRICES, **(overrides or {})}
+    if model in table:
+        return table[model]
+    for name in sorted(table, key=len, reverse=True):
+        if model.startswith(name) and _SNAPSHOT_SUFFIX.match(model[len(name) :]):
+            return table[name]
+    return None
+
+
+def retry_after_seconds(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
+    """The wait a 429/503 response asks for, or None when it does not say.
+
+    ``retry-after-ms`` (OpenAI's finer header) wins over ``Retry-After``, which
+    may be seconds or an HTTP date.
+    """
+    lowered = {key.lower(): value for key, value in headers.items()}
+    millis = lowered.get("retry-after-ms")
+    if millis is not None:
+        try:
+            return max(0.0, float(millis) / 1000.0)
+        except ValueError:
+            pass
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+class VLLMClient:
+    """A thread-safe client for one model on one OpenAI-compatible endpoint."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        http_client: httpx2.Client | None = None,
+    ) -> None:
+        self._config = config
+        self._sleep = sleep
+        self._owns_http_client = http_client is None
+        self._random = random.Random()
+        self._semaphore = threading.BoundedSemaphore(config.max_concurrency)
+        self._lock = threading.Lock()
+        self._supports_n: bool | None = None
+        self._format_mode: FormatMode = "json_schema"
+        self._price = model_price(config.model, config.prices)
+        # Retries are ours alone (max_retries=0): the SDK's would hide waits from
+        # the injected sleep, double the retry budget and ignore max_total_wait_s.
+        self._openai = openai.OpenAI(
+            api_key=config.api_key,
+            base_url=config.base_url or OPENAI_BASE_URL,
+            timeout=config.timeout_s,
+            max_retries=0,
+            http_client=http_client,
+        )
+
+    def __repr__(self) -> str:
+        return f"VLLMClient(model={self._config.model!r}, base_url={self._config.base_url!r})"
+
+    def __enter__(self) -> VLLMClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool, unless the caller passed its own http_client."""
+        if self._owns_http_client:
+            self._openai.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection pool is closed: then every call fails at once."""
+        return self._openai.is_closed()
+
+    @property
+    def model(self) -> str:
+        return self._config.model
+
+    @property
+    def supports_n(self) -> bool | None:
+        """Whether the endpoint returns several choices per request; None until known."""
+        return self._supports_n
+
+    @property
+    def response_format_mode(self) -> FormatMode:
+        """The structured-output mode currently used for calls with a schema."""
+        return self._format_mode
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        json_schema: dict[str, Any] | None = None,
+        schema_name: str = "seke_answer",
+        max_tokens: int = 800,
+    ) -> ChatResult:
+        """Ask for ``n`` completions of ``messages``; raises only ``VLLMError``.
+
+        With a ``json_schema`` the reply is constrained as strictly as the endpoint
+        allows; without one no response_format is sent (the prompt carries the
+        format instructions).
+        """
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        if self.closed:
+            # Otherwise the SDK reports a closed pool as a connection failure, which
+            # would be retried with backoff as if the endpoint were down.
+            raise VLLMError("the VLLM client has been closed", retryable=False, status=None)
+        choices: list[Choice] = []
+        usage = Usage()
+        while len(choices) < n:
+            wanted = n - len(choices)
+            batch = wanted if wanted > 1 and self._supports_n is not False else 1
+            got, batch_usage = self._request(
+                messages, batch, temperature, json_schema, schema_name, max_tokens
+            )
+            usage = usage + batch_usage
+            if batch > 1:
+                # An endpoint that ignores n (Ollama, some proxies) answers with one
+                # choice; asking it again for n would waste a request per call.
+                self._remember_n(len(got) >= batch)
+            choices.extend(got[:wanted])
+        return ChatResult(choices=choices, usage=usage, priced=self._price is not None)
+
+    def _remember_n(self, supported: bool) -> None:
+        with self._lock:
+            if self._supports_n is not False:
+                self._supports_n = supported
+
+    def _request(
+        self,
+        messages: list[dict[str, Any]],
+        n: int,
+        temperature: float,
+        json_schema: dict[str, Any] | None,
+        schema_name: str,
+        max_tokens: int,
+    ) -> tuple[list[Choice], Usage]:
+        """One logical request, stepping down on a 400 about ``n`` or the format."""
+        while True:
+            mode = self._format_mode if json_schema is not None else "none"
+            params: dict[str, Any] = {
+                "model": self._config.model,
+                "messages": messages,
+                "temperature": temperature,
+                # max_tokens rather than max_completion_tokens: every
+                # OpenAI-compatible server we target understands it.
+                "max_tokens": max_tokens,
+            }
+            if n > 1:
+                params["n"] = n
+            response_format = _response_format(mode, json_schema, schema_name)
+            if response_format is not None:
+                params["response_format"] = response_format
+            try:
+                completion = self._create_with_retries(params)
+            except _BadRequest as err:
+                if n > 1 and err.about_n():
+                    log.info("endpoint rejected n=%d; using single requests", n)
+                    self._remember_n(False)
+                    n = 1
+                    continue
+                if mode != "none" and err.about_format():
+                    self._step_down_format(mode)
+                    continue
+                raise VLLMError(
+                    f"the VLLM rejected the request (400): {err.text}", retryable=False, status=400
+                ) from None
+            return self._parse(completion)
+
+    def _step_down_format(self, rejected: FormatMode) -> None:
+        with self._lock:
+            # Another thread may already have stepped down past this mode.
+            if self._format_mode == rejected:
+                self._format_mode = _FORMAT_FALLBACK[rejected]
+                log.info(
+                    "endpoint rejected response_format %s; using %s",
+                    rejected,
+                    self._format_mode,
+                )
+
+    def _create_with_retries(self, params: dict[str, Any]) -> ChatCompletion:
+        """Send one request, retrying 429, 5xx, timeouts and connection failures."""
+        attempt = 0
+        waited = 0.0
+        while True:
+            try:
+                with self._semaphore:
+                    completion: ChatCompletion = self._openai.chat.completions.create(
+                        **params, timeout=self._config.timeout_s
+                    )
+                return completion
+            except openai.APIStatusError as err:
+                failure = self._classify_status(err)
+            except openai.APITimeoutError:
+                failure = _Failure(f"no response within {self._config.timeout_s:g} s", None, None)
+            except openai.APIConnectionError:
+                failure = _Failure("could not connect to the VLLM endpoint", None, None)
+            except openai.OpenAIError as err:
+                # Anything else from the SDK (an unparseable body, ...) is a
+                # problem with this endpoint that waiting will not fix.
+                raise VLLMError(
+                    f"unexpected reply from the VLLM: {self._scrub(str(err))}",
+                    retryable=False,
+                    status=None,
+                ) from None
+            delay = self._next_delay(attempt, failure.retry_after)
+            out_of_budget = waited + delay > self._config.max_total_wait_s
+            if attempt >= self._config.max_retries or out_of_budget:
+                raise VLLMError(
+                    f"{failure.text}; gave up after {attempt + 1} attempt(s)",
+                    retryable=True,
+                    status=failure.status,
+                ) from None
+            log.warning(
+                "VLLM request failed (%s); retry %d of %d in %.2f s",
+                failure.text,
+                attempt + 1,
+                self._config.max_retries,
+                delay,
+            )
+            self._sleep(delay)
+            waited += delay
+            attempt += 1
+
+    def _classify_status(self, err: openai.APIStatusError) -> _Failure:
+        """Return a retryable failure, or raise for statuses retrying cannot fix."""
+        status = err.status_code
+        text = self._scrub(_server_text(err))
+        if status == 400:
+            raise _BadRequest(text, _server_param(err)) from None
+        if status in (401, 403):
+            raise VLLMError(
+                f"the VLLM endpoint refused the credentials ({status}): {text}",
+                retryable=False,
+                status=status,
+            ) from None
+        if status in (408, 429) or status >= 500:
+            wait = retry_after_seconds(err.response.headers)
+            return _Failure(f"HTTP {status}: {text}", status, wait)
+        raise VLLMError(
+            f"the VLLM rejected the request ({status}): {text}", retryable=False, status=status
+        ) from None
+
+    def _next_delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after
+        # Exponential backoff with "equal jitter": never less than half the step,
+        # so retries from many workers spread out without hammering immediately.
+        step = min(self._config.backoff_max_s, self._config.backoff_base_s * 2.0**attempt)
+        return step / 2.0 + self._random.uniform(0.0, step / 2.0)
+
+    def _parse(self, completion: ChatCompletion) -> tuple[list[Choice], Usage]:
+        raw_choices = getattr(completion, "choices", None) or []
+        if not raw_choices:
+            raise VLLMError("the VLLM returned no choices", retryable=True, status=200)
+        choices = []
+        for raw in sorted(raw_choices, key=lambda c: getattr(c, "index", 0) or 0):
+            message = getattr(raw, "message", None)
+            choices.append(
+                Choice(
+                    text=getattr(message, "content", None),
+                    refusal=getattr(message, "refusal", None),
+                    finish_reason=getattr(raw, "finish_reason", None),
+                )
+            )
+        raw_usage = getattr(completion, "usage", None)
+        prompt = int(getattr(raw_usage, "prompt_tokens", 0) or 0)
+        completion_tokens = int(getattr(raw_usage, "completion_tokens", 0) or 0)
+        cost = 0.0
+        if self._price is not None:
+            cost = (prompt * self._price[0] + completion_tokens * self._price[1]) / 1_000_000
+        usage = Usage(
+            requests=1, prompt_tokens=prompt, completion_tokens=completion_tokens, cost_usd=cost
+        )
+        return choices, usage
+
+    def _scrub(self, text: str) -> str:
+        # Some proxies echo the presented key in their 401 text; it must never
+        # reach an exception, a log line or the database.
+        key = self._config.api_key
+        if key:
+            text = text.replace(key, "***")
+        if len(text) > _MAX_SERVER_TEXT:
+            text = text[:_MAX_SERVER_TEXT] + "..."
+        return text
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A failed attempt that another attempt may fix."""
+
+    text: str
+    status: int | None
+    retry_after: float | None
+
+
+class _BadRequest(Exception):
+    """A 400, kept apart so ``_request`` can decide whether to step down."""
+
+    def __init__(self, text: str, param: str | None) -> None:
+        super().__init__(text)
+        self.text = text
+        self.param = param
+
+    def about_format(self) -> bool:
+        if self.param is not None and self.param.startswith("response_format"):
+            return True
+        return bool(_FORMAT_WORDS.search(self.text))
+
+    def about_n(self) -> bool:
+        if self.param is not None:
+            return self.param == "n"
+        # A message that names the format is about the format even if it also
+        # mentions n; dropping the schema first keeps the cheaper option (n).
+        return not _FORMAT_WORDS.search(self.text) and bool(_N_WORD.search(self.text))
+
+
+def _server_text(err: openai.APIStatusError) -> str:
+    body = err.body
+    if isinstance(body, dict):
+        message = body.get("message") or body.get("detail")
+        if isinstance(message, str) and message:
+            return message
+    if isinstance(body, str) and body:
+        return body
+    return err.message
+
+
+def _server_param(err: openai.APIStatusError) -> str | None:
+    body = err.body
+    if isinstance(body, dict) and isinstance(body.get("param"), str):
+        return str(body["param"])
+    return None
+
+
+def _response_format(
+    mode: FormatMode, json_schema: dict[str, Any] | None, schema_name: str
+) -> dict[str, Any] | None:
+    if json_schema is None or mode == "none":
+        return None
+    if mode == "json_object":
+        return {"type": "json_object"}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": schema_name, "schema": json_schema, "strict": True},
+    }
+
+
+def image_data_url(image_bytes: bytes, *, max_side: int = 512, quality: int = 85) -> str:
+    """A base64 JPEG data URL of the image, upright and no larger than ``max_side``.
+
+    Downscaling before upload bounds the image's input tokens (a 512-px side is
+    one tile for GPT-4o) and the request size; EXIF orientation is applied because
+    the model sees pixels, not the camera's rotation tag.
+    """
+    if max_side < 1:
+        raise ValueError("max_side must be at least 1")
+    try:
+        with Image.open(io.BytesIO(image_bytes)) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"not a readable image: {err}") from None
+    image = _to_rgb(image)
+    if max(image.size) > max_side:
+        scale = max_side / max(image.size)
+        size = (max(1, math.floor(image.width * scale)), max(1, math.floor(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    # Transparent areas become white, not the black a bare convert("RGB") gives.
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")

@@ -1,0 +1,143 @@
+"""Exports of the curated dataset: create, run as a job, cancel, find the file.
+
+An export is an ``Export`` row and one job on the "exports" queue (enqueued once
+the row is committed). The job claims the row with a conditional UPDATE, streams
+the curated records into files (``export_writers``), records progress every
+``PROGRESS_EVERY`` images with an UPDATE that is also the cancellation check,
+and ends with the file's path on the row, or the error that stopped it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from seke_app.exports.options import ExportOptions, ExportRefused
+from seke_app.exports.writers import PROGRESS_EVERY, ExportCancelled, Progress, write_export
+from seke_app.models import Dataset
+from seke_app.models.exports import Export, exports_dir
+from seke_app.queue import get_queue
+
+log = logging.getLogger("seke.exports")
+
+__all__ = [
+    "PROGRESS_EVERY",
+    "ExportOptions",
+    "ExportRefused",
+    "export_cancel",
+    "export_create",
+    "export_file",
+    "export_run",
+]
+
+Status = Export.Status
+
+
+def _check_holdout(dataset: Dataset, kind: str, options: ExportOptions) -> None:
+    if not options.holdout:
+        return
+    if kind != Export.Kind.FEID:
+        raise ExportRefused("only a FEID export can leave out a benchmark's images")
+    found = Export.objects.filter(
+        code=options.holdout, dataset=dataset, kind=Export.Kind.FEAB, status=Status.DONE
+    ).exists()
+    if not found:
+        raise ExportRefused("the holdout must be a finished FEAB export of the same dataset")
+
+
+def export_create(
+    *,
+    dataset: Dataset,
+    kind: str,
+    options: ExportOptions,
+    user: AbstractBaseUser | None = None,
+    enqueue: bool = True,
+) -> Export:
+    """Create an export and queue its job once committed (``enqueue=False``: run it yourself)."""
+    if kind not in Export.Kind.values:
+        raise ExportRefused(f"unknown export kind {kind!r}")
+    problems = options.problems(kind)
+    if problems:
+        raise ExportRefused("; ".join(problems))
+    _check_holdout(dataset, kind, options)
+    if enqueue:
+        # Checked before anything is written: an export that cannot be queued is not created.
+        get_queue("exports")
+    with transaction.atomic():
+        export = Export.objects.create(
+            dataset=dataset,
+            kind=kind,
+            options=options.to_json(),
+            created_by=user,  # type: ignore[misc]
+        )
+        if enqueue:
+            transaction.on_commit(lambda: export_enqueue(export_id=export.id))
+    return export
+
+
+def export_enqueue(*, export_id: int) -> None:
+    job = get_queue("exports").enqueue(
+        "seke_app.exports.jobs.run_export",
+        export_id,
+        job_timeout=settings.JOB_TIMEOUT,
+        failure_ttl=7 * 24 * 3600,
+    )
+    Export.objects.filter(id=export_id).update(job_id=job.id)
+
+
+def export_run(*, export_id: int) -> None:
+    """Write the export's file; the job's one call."""
+    claimed = Export.objects.filter(id=export_id, status=Status.QUEUED).update(
+        status=Status.RUNNING, started_at=timezone.now()
+    )
+    if not claimed:
+        return
+    export = Export.objects.select_related("dataset").get(id=export_id)
+    log.info("export %s started", export.code)
+    try:
+        options = ExportOptions.from_json(export.options)
+        path = write_export(export, options, Progress(export.id))
+    except ExportCancelled:
+        log.info("export %s cancelled", export.code)
+        return
+    except Exception as exc:
+        log.exception("export %s failed", export.code)
+        Export.objects.filter(id=export_id, status=Status.RUNNING).update(
+            status=Status.FAILED, finished_at=timezone.now(), error=f"{type(exc).__name__}: {exc}"
+        )
+        return
+    finished = Export.objects.filter(id=export_id, status=Status.RUNNING).update(
+        status=Status.DONE,
+        finished_at=timezone.now(),
+        file_path=str(path.relative_to(exports_dir())),
+        file_size=path.stat().st_size,
+    )
+    if not finished:
+        # Cancelled in the last moment: the file is not to be offered.
+        path.unlink(missing_ok=True)
+
+
+def export_cancel(*, export: Export) -> None:
+    """Stop a queued or running export; a running job notices at its next progress write."""
+    changed = Export.objects.filter(
+        id=export.id, status__in=[Status.QUEUED, Status.RUNNING]
+    ).update(status=Status.CANCELLED, cancelled_at=timezone.now(), finished_at=timezone.now())
+    if not changed:
+        raise ExportRefused(
+            f"an export that is {export.get_status_display().lower()} cannot be cancelled"
+        )
+
+
+def export_file(export: Export) -> Path:
+    """The finished file of an export, or ExportRefused saying why there is none."""
+    path = export.absolute_path()
+    if path is None:
+        raise ExportRefused("the export has no file yet")
+    if not path.is_file():
+        raise ExportRefused("the export's file is gone from the data directory")
+    return path

@@ -1,0 +1,512 @@
+"""A run's dashboard: what the machine said, how sure it was, and whether humans agree.
+
+Every figure comes from a fixed number of queries, whatever the size of the run:
+the human references (two queries, ``references.human_references``), one streamed
+pass over the run's annotations (a server-side cursor on PostgreSQL), one
+aggregate for throughput and cost over time, one for review progress, and one
+for the agreement between independent reviewers (``agreement``).
+
+Calibration compares each grain's confidence with whether the machine label
+agrees with the human reference (``references``); the reliability diagram, the
+expected calibration error and the risk-coverage curve come from
+``engine.quality``. Reviews exist mostly for flagged annotations, so without gold
+questions or dataset labels the confident end of the curve is thinly covered;
+the page says how many labels each figure rests on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import models
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncHour, TruncMinute
+from django.utils import timezone
+
+from seke_app.engine import quality
+from seke_app.engine.knowledge import AU_RATES
+from seke_app.engine.vocab import AU_NAMES
+from seke_app.insights.agreement import ReviewerAgreement, reviewer_agreement
+from seke_app.insights.references import (
+    GRAINS,
+    Labels,
+    Reference,
+    decided_annotations,
+    grain_agrees,
+    human_references,
+    reference_for,
+)
+from seke_app.models import Annotation, GenerationRun
+
+HISTOGRAM_BINS = 20
+CALIBRATION_BINS = 10
+# The scatter shows at most this many points, sampled evenly (a browser draws
+# 5,000 SVG markers without trouble; the distribution is already clear).
+VA_SAMPLE_CAP = 5000
+# Runs longer than this are bucketed by hour instead of by minute.
+MINUTE_BUCKETS_UP_TO = timedelta(hours=12)
+
+CONFIDENCE_GRAINS = ("expression", "va", "aus", "overall")
+# "au_each" scores every AU on its own, at the share of samples that agreed on it.
+CALIBRATED_GRAINS = ("expression", "va", "aus", "au_each", "overall")
+GRAIN_LABELS = {
+    "expression": "Expression",
+    "va": "Valence-arousal",
+    "aus": "Action units (all equal)",
+    "au_each": "Each action unit",
+    "overall": "Overall",
+}
+
+_STREAM_FIELDS = (
+    "image_id",
+    "expression_confidence",
+    "va_confidence",
+    "au_confidence",
+    "confidence",
+    "expression",
+    "valence",
+    "arousal",
+    "aus",
+    "au_rates",
+    "image__known_expression",
+    "image__known_valence",
+    "image__known_arousal",
+    "image__known_aus",
+)
+
+
+@dataclass(frozen=True)
+class AnnotationRow:
+    """One streamed annotation: its labels, confidences and the image's dataset labels."""
+
+    image_id: int
+    confidences: dict[str, float]
+    labels: Labels
+    au_rates: dict[str, float]
+    known: Labels
+
+    @classmethod
+    def from_values(cls, values: tuple[Any, ...]) -> AnnotationRow:
+        (image_id, c_expr, c_va, c_aus, c_all, expression, valence, arousal, aus, rates) = values[
+            :10
+        ]
+        return cls(
+            image_id=image_id,
+            confidences={"expression": c_expr, "va": c_va, "aus": c_aus, "overall": c_all},
+            labels=Labels.of(expression, valence, arousal, aus),
+            au_rates=rates or {},
+            known=Labels.of(*values[10:14]),
+        )
+
+
+def stream_rows(annotations: models.QuerySet[Annotation]) -> Iterator[AnnotationRow]:
+    """One pass over the annotations, as plain values (a server-side cursor on PostgreSQL)."""
+    rows = annotations.order_by().values_list(*_STREAM_FIELDS).iterator(chunk_size=2000)
+    return (AnnotationRow.from_values(values) for values in rows)
+
+
+@dataclass
+class GrainCalibration:
+    grain: str
+    label: str
+    reliability: quality.Reliability
+    sources: dict[str, int]
+
+
+@dataclass
+class Calibration:
+    """Calibration figures; ``grains`` lists only the grains that have a reference."""
+
+    grains: list[GrainCalibration]
+    risk: list[quality.RiskPoint]
+    current: quality.RiskPoint | None
+    threshold: float
+
+    @property
+    def n_scored(self) -> int:
+        return self.risk[0].n_accepted if self.risk else 0
+
+    def grain(self, name: str) -> GrainCalibration | None:
+        return next((g for g in self.grains if g.grain == name), None)
+
+
+class Scorer:
+    """Collects, per grain, whether each machine label agrees with its reference."""
+
+    def __init__(self) -> None:
+        self.correct: dict[str, list[bool]] = {g: [] for g in CALIBRATED_GRAINS}
+        self.confidence: dict[str, list[float]] = {g: [] for g in CALIBRATED_GRAINS}
+        self.sources: dict[str, Counter[str]] = {g: Counter() for g in CALIBRATED_GRAINS}
+        # Right answers per grain and reference source, for accuracy on gold questions alone.
+        self.right_by_source: dict[str, Counter[str]] = {g: Counter() for g in CALIBRATED_GRAINS}
+
+    def _record(self, grain: str, right: bool, confidence: float, source: str) -> None:
+        self.correct[grain].append(right)
+        self.confidence[grain].append(min(max(confidence, 0.0), 1.0))
+        self.sources[grain][source] += 1
+        self.right_by_source[grain][source] += right
+
+    def add(self, row: AnnotationRow, reference: Reference) -> None:
+        all_right = True
+        for grain in GRAINS:
+            wanted = reference.labels.grain(grain)
+            if wanted is None:
+                continue
+            source = reference.sources[grain]
+            right = grain_agrees(grain, row.labels.grain(grain), wanted)
+            all_right = all_right and right
+            self._record(grain, right, row.confidences[grain], source)
+            if grain == "aus":
+                self._add_each_au(row, wanted, source)
+        overall_source = "+".join(sorted(set(reference.sources.values())))
+        self._record("overall", all_right, row.confidences["overall"], overall_source)
+
+    def _add_each_au(self, row: AnnotationRow, wanted: Mapping[int, bool], source: str) -> None:
+        machine = row.labels.aus or {}
+        for au, on in wanted.items():
+            rate = row.au_rates.get(str(au))
+            # The share of samples that agreed on the AU, whichever way they agreed.
+            confidence = max(rate, 1.0 - rate) if rate is not None else row.confidences["aus"]
+            self._record("au_each", bool(machine.get(au)) == on, confidence, source)
+
+    def accuracy(self, grain: str, source: str | None = None) -> tuple[int, float | None]:
+        """How many labels were scored, and the share that agreed (of one source if given)."""
+        if source is None:
+            n, right = len(self.correct[grain]), sum(self.correct[grain])
+        else:
+            n, right = self.sources[grain][source], self.right_by_source[grain][source]
+        return n, (right / n if n else None)
+
+    def calibration(self, threshold: float) -> Calibration:
+        grains = [
+            GrainCalibration(
+                grain=g,
+                label=GRAIN_LABELS[g],
+                reliability=quality.reliability_diagram(
+                    self.correct[g], self.confidence[g], CALIBRATION_BINS
+                ),
+                sources=dict(self.sources[g]),
+            )
+            for g in CALIBRATED_GRAINS
+            if self.correct[g]
+        ]
+        right, confidence = self.correct["overall"], self.confidence["overall"]
+        if not right:
+            return Calibration(grains=grains, risk=[], current=None, threshold=threshold)
+        return Calibration(
+            grains=grains,
+            risk=quality.risk_coverage(right, confidence),
+            current=quality.risk_point(right, confidence, threshold),
+            threshold=threshold,
+        )
+
+
+@dataclass
+class AUFrequency:
+    au: int
+    name: str
+    count: int
+    observed: float
+    prior: float
+
+
+@dataclass
+class TimePoint:
+    at: datetime
+    annotations: int
+    per_minute: float
+    cost_usd: float
+    cumulative_annotations: int
+    cumulative_cost_usd: float
+
+
+@dataclass
+class ReviewProgress:
+    total: int
+    auto_accepted: int
+    flagged: int
+    reviewed: int
+
+    @property
+    def remaining(self) -> int:
+        return self.flagged - self.reviewed
+
+
+@dataclass
+class _Tally:
+    """What the streamed pass counts, besides the scores."""
+
+    n: int = 0
+    histograms: dict[str, list[int]] = field(
+        default_factory=lambda: {g: [0] * HISTOGRAM_BINS for g in CONFIDENCE_GRAINS}
+    )
+    expressions: Counter[str] = field(default_factory=Counter)
+    au_counts: Counter[int] = field(default_factory=Counter)
+    n_with_aus: int = 0
+    n_va: int = 0
+    va_sample: list[tuple[float, float, str]] = field(default_factory=list)
+
+    def add(self, row: AnnotationRow, rng: random.Random) -> None:
+        self.n += 1
+        for grain in CONFIDENCE_GRAINS:
+            self.histograms[grain][quality.bin_of(row.confidences[grain], HISTOGRAM_BINS)] += 1
+        self.expressions[row.labels.expression or ""] += 1
+        if row.labels.aus:
+            self.n_with_aus += 1
+            self.au_counts.update(au for au, on in row.labels.aus.items() if on)
+        if row.labels.va is not None:
+            self._sample_va((*row.labels.va, row.labels.expression or ""), rng)
+
+    def _sample_va(self, point: tuple[float, float, str], rng: random.Random) -> None:
+        # Reservoir sampling (Vitter's algorithm R): every point is kept with equal chance.
+        self.n_va += 1
+        if len(self.va_sample) < VA_SAMPLE_CAP:
+            self.va_sample.append(point)
+        else:
+            slot = rng.randrange(self.n_va)
+            if slot < VA_SAMPLE_CAP:
+                self.va_sample[slot] = point
+
+
+@dataclass
+class RunDashboard:
+    run: GenerationRun
+    n_annotations: int
+    histograms: dict[str, list[int]]
+    expressions: list[tuple[str, int]]
+    va_points: list[tuple[float, float, str]]
+    n_va: int
+    aus: list[AUFrequency]
+    timeline: list[TimePoint]
+    bucket: str
+    progress: ReviewProgress
+    calibration: Calibration
+    agreement: ReviewerAgreement
+
+    @property
+    def cost_per_annotation(self) -> float | None:
+        return float(self.run.cost_usd) / self.n_annotations if self.n_annotations else None
+
+    def chart_data(self) -> dict[str, Any]:
+        """Everything the page's charts draw, as JSON-ready values."""
+        return {
+            "threshold": self.run.review_threshold,
+            "bins": HISTOGRAM_BINS,
+            "bucket": self.bucket,
+            "histograms": self.histograms,
+            "expressions": self.expressions,
+            "va": self.va_points,
+            "aus": [
+                {"au": r.au, "name": r.name, "observed": r.observed, "prior": r.prior}
+                for r in self.aus
+            ],
+            "timeline": [
+                {
+                    "at": p.at.isoformat(),
+                    "per_minute": p.per_minute,
+                    "cumulative": p.cumulative_annotations,
+                    "cost": p.cumulative_cost_usd,
+                }
+                for p in self.timeline
+            ],
+            "progress": {
+                "auto_accepted": self.progress.auto_accepted,
+                "reviewed": self.progress.reviewed,
+                "remaining": self.progress.remaining,
+            },
+            "calibration": calibration_data(self.calibration),
+        }
+
+
+def calibration_data(calibration: Calibration) -> dict[str, Any]:
+    return {
+        "threshold": calibration.threshold,
+        "grains": [
+            {
+                "grain": g.grain,
+                "label": g.label,
+                "ece": g.reliability.ece,
+                "bins": [
+                    {
+                        "confidence": b.mean_confidence,
+                        "accuracy": b.accuracy,
+                        "count": b.count,
+                        "lower": b.lower,
+                        "upper": b.upper,
+                    }
+                    for b in g.reliability.bins
+                ],
+            }
+            for g in calibration.grains
+        ],
+        "risk": [
+            {
+                "threshold": p.threshold,
+                "review_share": p.review_share,
+                "error_rate": p.error_rate,
+                "n_accepted": p.n_accepted,
+            }
+            for p in calibration.risk
+        ],
+        "current": (
+            {
+                "threshold": calibration.current.threshold,
+                "review_share": calibration.current.review_share,
+                "error_rate": calibration.current.error_rate,
+            }
+            if calibration.current
+            else None
+        ),
+    }
+
+
+def _au_frequencies(run: GenerationRun, tally: _Tally) -> list[AUFrequency]:
+    """Observed AU shares against the knowledge prior for the run's expression mix.
+
+    The prior of an AU is ``sum_e P(e) * AU_RATES[e][au]``, where ``P(e)`` is the
+    share of the run's annotations (with an expression) labelled ``e``.
+    """
+    labelled = {e: n for e, n in tally.expressions.items() if e}
+    total = sum(labelled.values())
+    rows = []
+    for au in run.dataset.vocabulary().aus:
+        prior = (
+            sum(n * AU_RATES.get(e, {}).get(au, 0.0) for e, n in labelled.items()) / total
+            if total
+            else 0.0
+        )
+        count = tally.au_counts.get(au, 0)
+        observed = count / tally.n_with_aus if tally.n_with_aus else 0.0
+        rows.append(AUFrequency(au, AU_NAMES[au], count, observed, prior))
+    return rows
+
+
+def _timeline(run: GenerationRun) -> tuple[list[TimePoint], str]:
+    start = run.started_at or run.created_at
+    span = (run.finished_at or timezone.now()) - start
+    by_hour = span > MINUTE_BUCKETS_UP_TO
+    truncate = TruncHour if by_hour else TruncMinute
+    minutes = 60.0 if by_hour else 1.0
+    rows = (
+        Annotation.objects.filter(run=run)
+        .annotate(at=truncate("created_at"))
+        .values("at")
+        .annotate(n=Count("id"), cost=Sum("cost_usd"))
+        .order_by("at")
+    )
+    points: list[TimePoint] = []
+    done, spent = 0, 0.0
+    for row in rows:
+        done += row["n"]
+        cost = float(row["cost"] or 0)
+        spent += cost
+        points.append(TimePoint(row["at"], row["n"], row["n"] / minutes, cost, done, spent))
+    return points, "hour" if by_hour else "minute"
+
+
+def _progress(run: GenerationRun) -> ReviewProgress:
+    counts = (
+        Annotation.objects.filter(run=run)
+        .alias(decided=decided_annotations())
+        .aggregate(
+            n_total=Count("id"),
+            n_flagged=Count("id", filter=Q(flagged=True)),
+            n_reviewed=Count("id", filter=Q(flagged=True, decided=True)),
+        )
+    )
+    return ReviewProgress(
+        total=counts["n_total"],
+        auto_accepted=counts["n_total"] - counts["n_flagged"],
+        flagged=counts["n_flagged"],
+        reviewed=counts["n_reviewed"],
+    )
+
+
+def run_dashboard(*, run: GenerationRun) -> RunDashboard:
+    """Every figure of the run's dashboard, from a fixed number of queries."""
+    annotations = Annotation.objects.filter(run=run)
+    references = human_references(annotations.values("image_id"))
+    tally, scorer = _Tally(), Scorer()
+    # Seeded by the run, so that the sampled scatter is the same on every visit.
+    rng = random.Random(run.pk)
+    for row in stream_rows(annotations):
+        tally.add(row, rng)
+        reference = reference_for(references, row.image_id, row.known)
+        if reference is not None:
+            scorer.add(row, reference)
+    timeline, bucket = _timeline(run)
+    expressions = [(e or "no valid answer", n) for e, n in tally.expressions.most_common()]
+    return RunDashboard(
+        run=run,
+        n_annotations=tally.n,
+        histograms=tally.histograms,
+        expressions=expressions,
+        va_points=tally.va_sample,
+        n_va=tally.n_va,
+        aus=_au_frequencies(run, tally),
+        timeline=timeline,
+        bucket=bucket,
+        progress=_progress(run),
+        calibration=scorer.calibration(run.review_threshold),
+        agreement=reviewer_agreement(annotations=annotations),
+    )
+
+
+def run_calibration(*, run: GenerationRun) -> Calibration:
+    """The run's calibration alone (three queries)."""
+    annotations = Annotation.objects.filter(run=run)
+    references = human_references(annotations.values("image_id"))
+    scorer = Scorer()
+    for row in stream_rows(annotations):
+        reference = reference_for(references, row.image_id, row.known)
+        if reference is not None:
+            scorer.add(row, reference)
+    return scorer.calibration(run.review_threshold)
+
+
+class ThresholdRefused(Exception):
+    """No threshold could be set as asked; the message says why. Nothing changed."""
+
+
+def run_set_threshold(*, run: GenerationRun, threshold: float) -> None:
+    """Record a new review threshold on the run."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ThresholdRefused("A review threshold lies between 0 and 1.")
+    GenerationRun.objects.filter(id=run.id).update(review_threshold=threshold)
+    run.review_threshold = threshold
+
+
+def run_set_threshold_from_curve(
+    *, run: GenerationRun, target_error: float | None = None, review_budget: float | None = None
+) -> quality.RiskPoint:
+    """Set the threshold that meets a target error rate or a review budget (fractions).
+
+    The target picks the lowest threshold whose auto-accepted error rate is at most
+    the target; the budget picks the highest threshold that sends at most that
+    share to review (``engine.quality``). Exactly one of them is given.
+    """
+    if (target_error is None) == (review_budget is None):
+        raise ThresholdRefused("Give either a target error rate or a review budget.")
+    curve = run_calibration(run=run).risk
+    if not curve:
+        raise ThresholdRefused(
+            "No annotation of this run has a human reference yet: review some first."
+        )
+    if target_error is not None:
+        point = quality.threshold_for_error_rate(curve, target_error)
+        if point is None:
+            raise ThresholdRefused(
+                f"No threshold brings the error rate of auto-accepted labels to "
+                f"{target_error:.1%} or less on the {curve[0].n_accepted} scored annotations."
+            )
+    else:
+        assert review_budget is not None
+        point = quality.threshold_for_budget(curve, review_budget)
+        assert point is not None
+    run_set_threshold(run=run, threshold=point.threshold)
+    return point

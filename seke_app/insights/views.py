@@ -1,0 +1,82 @@
+"""Dashboards (admins only): a run's figures and calibration, and comparisons."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from seke_app.insights.comparisons import Side, compare
+from seke_app.insights.dashboards import (
+    ThresholdRefused,
+    run_dashboard,
+    run_set_threshold_from_curve,
+)
+from seke_app.insights.forms import CompareForm, ThresholdForm
+from seke_app.models import GenerationRun
+from seke_app.roles import admin_required
+
+
+def _get_run(code: UUID) -> GenerationRun:
+    return get_object_or_404(
+        GenerationRun.objects.select_related("dataset", "prompt_version"), code=code
+    )
+
+
+@admin_required
+def run_dashboard_view(request: HttpRequest, code: UUID) -> HttpResponse:
+    run = _get_run(code)
+    dashboard = run_dashboard(run=run)
+    context = {
+        "run": run,
+        "dashboard": dashboard,
+        "charts": dashboard.chart_data(),
+        "threshold_form": ThresholdForm(),
+    }
+    return render(request, "insights/run_dashboard.html", context)
+
+
+@require_POST
+@admin_required
+def run_threshold_view(request: HttpRequest, code: UUID) -> HttpResponse:
+    run = _get_run(code)
+    form = ThresholdForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Not changed: give a percentage between 0 and 100.")
+    else:
+        old = run.review_threshold
+        try:
+            point = run_set_threshold_from_curve(run=run, **form.fractions())
+        except ThresholdRefused as exc:
+            messages.error(request, f"Not changed: {exc}")
+        else:
+            error = "—" if point.error_rate is None else f"{point.error_rate:.1%}"
+            messages.success(
+                request,
+                f"Review threshold changed from {old:.3f} to {point.threshold:.3f}: "
+                f"{point.review_share:.1%} of the scored annotations go to review, "
+                f"{error} errors among those auto-accepted.",
+            )
+    return redirect(reverse("run_dashboard", args=[run.code]) + "#calibration")
+
+
+@admin_required
+def compare_view(request: HttpRequest) -> HttpResponse:
+    form = CompareForm(request.GET or None)
+    comparison = None
+    if form.is_bound and form.is_valid():
+        data = form.cleaned_data
+        if data.get("a") is not None:
+            comparison = compare(a=Side.of_run(data["a"]), b=Side.of_run(data["b"]))
+        elif data.get("va") is not None:
+            comparison = compare(a=Side.of_version(data["va"]), b=Side.of_version(data["vb"]))
+    context = {
+        "form": form,
+        "comparison": comparison,
+        "charts": comparison.chart_data() if comparison else None,
+    }
+    return render(request, "insights/compare.html", context)

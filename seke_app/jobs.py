@@ -1,9 +1,0 @@
-"""Background jobs: ids in, one service call, nothing else."""
-
-from __future__ import annotations
-
-from seke_app.services.runs import run_process_chunk
-
-
-def process_chunk(run_id: int, item_ids: list[int]) -> None:
-    run_process_chunk(run_id=run_id, item_ids=item_ids)

@@ -1,0 +1,37 @@
+"""SEKE's data, one module per stage: datasets and faces, runs and annotations, exports.
+
+``jobs.TrackedJob`` holds the fields every background job shows its progress with.
+Human decisions live in the ``review`` app as new rows pointing at annotations;
+``seke_app`` reads them only through ``seke_app.insights.references``.
+"""
+
+from seke_app.models.datasets import (
+    AU_VOCABULARY_CHOICES,
+    EXPRESSION_CHOICES,
+    Dataset,
+    FaceImage,
+)
+from seke_app.models.exports import Export, exports_dir
+from seke_app.models.jobs import TrackedJob
+from seke_app.models.runs import (
+    Annotation,
+    AnnotationSample,
+    GenerationRun,
+    PromptVersion,
+    RunItem,
+)
+
+__all__ = [
+    "AU_VOCABULARY_CHOICES",
+    "EXPRESSION_CHOICES",
+    "Annotation",
+    "AnnotationSample",
+    "Dataset",
+    "Export",
+    "FaceImage",
+    "GenerationRun",
+    "PromptVersion",
+    "RunItem",
+    "TrackedJob",
+    "exports_dir",
+]

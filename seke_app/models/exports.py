@@ -1,0 +1,69 @@
+"""Exports of curated data (FEID, FEAB, Label Studio): one row per export job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.db import models
+
+from seke_app.models.jobs import TrackedJob
+
+
+def exports_dir() -> Path:
+    """Where export files live: SEKE_DATA_DIR/exports."""
+    return Path(settings.DATA_DIR) / "exports"
+
+
+class Export(TrackedJob):
+    class Kind(models.TextChoices):
+        FEID = "feid", "FEID instruction data"
+        FEAB = "feab", "FEAB benchmark"
+        LABELSTUDIO = "labelstudio", "Label Studio tasks"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    dataset = models.ForeignKey(
+        "seke_app.Dataset", on_delete=models.CASCADE, related_name="exports"
+    )
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    # The ExportOptions the export was asked for, as JSON.
+    options = models.JSONField(default=dict)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    # n_total counts images to read (FEAB reads them twice: once to split, once to write).
+    n_written = models.PositiveIntegerField(default=0)
+    n_skipped = models.PositiveIntegerField(default=0)
+    # Relative to exports_dir(); empty until the export is done.
+    file_path = models.CharField(max_length=300, blank=True)
+    file_size = models.PositiveBigIntegerField(default=0)
+
+    FINISHED = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED})
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "-created_at"], name="export_status_created")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of {self.dataset_id} ({self.status})"
+
+    @property
+    def progress(self) -> float:
+        """An export of no images is complete once it is done."""
+        if not self.n_total:
+            return 1.0 if self.status == self.Status.DONE else 0.0
+        return super().progress
+
+    def file_name(self) -> str:
+        return Path(self.file_path).name
+
+    def absolute_path(self) -> Path | None:
+        """The finished file, or None when there is none (yet)."""
+        if self.status != self.Status.DONE or not self.file_path:
+            return None
+        return exports_dir() / self.file_path

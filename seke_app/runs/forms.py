@@ -1,0 +1,131 @@
+"""The form that starts a generation run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from seke_app.engine.uamc import STRATEGIES, UAMCParams
+from seke_app.models import Dataset, GenerationRun, PromptVersion
+from seke_app.runs.backends import openai_configured
+
+_DEFAULTS = UAMCParams()
+
+
+class RunForm(forms.Form):
+    dataset = forms.ModelChoiceField(queryset=Dataset.objects.all(), to_field_name="code")
+    split = forms.CharField(required=False, help_text="Only images of this split (optional).")
+    only_unconfident = forms.BooleanField(
+        required=False,
+        label="Only images without a confident label",
+        help_text="Skip images that already have an auto-accepted or human label.",
+    )
+    backend = forms.ChoiceField(choices=GenerationRun.Backend.choices)
+    model_name = forms.CharField(
+        required=False,
+        label="Model",
+        help_text="Empty: SEKE_MODEL for the VLLM, the bundled CNN for the offline annotator.",
+    )
+    prompt_version = forms.ModelChoiceField(
+        queryset=PromptVersion.objects.all(),
+        to_field_name="code",
+        required=False,
+        empty_label="the active version",
+    )
+    strategy = forms.ChoiceField(
+        choices=[(s, s) for s in STRATEGIES],
+        initial=_DEFAULTS.strategy,
+        help_text="uamc: adaptive sampling with self-verification; fixed: always Kmax"
+        " samples; single: one sample, no verification.",
+    )
+    k0 = forms.IntegerField(
+        min_value=1,
+        max_value=20,
+        initial=_DEFAULTS.k0,
+        label="K0",
+        help_text="Samples drawn first for every image.",
+    )
+    kmax = forms.IntegerField(
+        min_value=1,
+        max_value=40,
+        initial=_DEFAULTS.kmax,
+        label="Kmax",
+        help_text="Most samples for one image (fixed-N draws exactly this many).",
+    )
+    step = forms.IntegerField(
+        min_value=1,
+        max_value=20,
+        initial=_DEFAULTS.step,
+        help_text="Samples added per round while a grain is still unsure.",
+    )
+    temperature = forms.FloatField(
+        min_value=0.01,
+        max_value=2.0,
+        initial=_DEFAULTS.temperature,
+        help_text="Sampling temperature; the disagreement between samples is the signal.",
+    )
+    verify = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Self-verification",
+        help_text="One more call in which the model confirms or revises each grain.",
+    )
+    futility = forms.BooleanField(
+        required=False,
+        initial=_DEFAULTS.futility,
+        label="Stop early when the next round cannot settle it",
+        help_text="A split that one more round would not resolve goes to review after the"
+        " first samples instead of drawing up to Kmax.",
+    )
+    review_threshold = forms.FloatField(
+        min_value=0.0,
+        max_value=1.0,
+        initial=_DEFAULTS.review_threshold,
+        help_text="Annotations with any grain's confidence under this go to review.",
+    )
+    concurrency = forms.IntegerField(
+        min_value=1,
+        max_value=64,
+        initial=4,
+        help_text="Model requests in flight at once per worker (images annotated at once,"
+        " for the offline annotator).",
+    )
+    double_review_share = forms.FloatField(
+        min_value=0.0,
+        max_value=1.0,
+        initial=0.0,
+        required=False,
+        label="Double review share",
+        help_text="Share of flagged images a second annotator reviews independently;"
+        " disagreements go to an admin for adjudication.",
+    )
+    budget_usd = forms.DecimalField(
+        required=False,
+        min_value=0.0001,
+        decimal_places=4,
+        label="Cost cap (USD)",
+        help_text="The run stops cleanly once it has spent this much. Empty: no cap.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not openai_configured():
+            self.fields[
+                "backend"
+            ].help_text = (
+                "The OpenAI-compatible backend needs OPENAI_API_KEY in the server's environment."
+            )
+            self.fields["backend"].initial = GenerationRun.Backend.OFFLINE
+
+    def params(self) -> UAMCParams:
+        return UAMCParams.from_options(self.cleaned_data)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if not self.errors:
+            try:
+                self.params()
+            except ValueError as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return data

@@ -1,0 +1,9 @@
+"""Background jobs: ids in, one service call, nothing else."""
+
+from __future__ import annotations
+
+from seke_app.runs.services import run_process_chunk
+
+
+def process_chunk(run_id: int, item_ids: list[int]) -> None:
+    run_process_chunk(run_id=run_id, item_ids=item_ids)

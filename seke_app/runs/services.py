@@ -1,0 +1,651 @@
+"""Generation runs: create, enqueue, process, cancel, resume, retry.
+
+A run's images are ``RunItem`` rows. Chunk jobs (ids in) claim items one at a
+time with a conditional UPDATE that sets a lease, so any number of workers on any
+number of machines can share a run; an item whose worker died is taken over once
+its lease expires. A chunk job whose own items are done goes on with the run's
+pending items, so a worker's threads stay busy until the run has no work left.
+Each image's annotation, samples, review task, item status and the run's counters
+are written in one transaction, exactly once per (run, image).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection, transaction
+from django.db.models import F, Q, QuerySet
+from django.utils import timezone
+from rq import Worker
+
+from seke_app.engine.llm.client import VLLMError
+from seke_app.engine.types import AnnotationRequest, Backend, KnownLabels
+from seke_app.engine.uamc import UAMCParams, UAMCResult, run_uamc
+from seke_app.insights.references import decided_images
+from seke_app.models import (
+    Annotation,
+    AnnotationSample,
+    Dataset,
+    FaceImage,
+    GenerationRun,
+    PromptVersion,
+    RunItem,
+)
+from seke_app.queue import QueueUnavailable, get_queue
+from seke_app.runs import hooks
+from seke_app.runs.backends import BackendUnavailable, backend_for, default_model
+from seke_app.runs.prompts import prompt_version_active
+
+log = logging.getLogger("seke.runs")
+
+CHUNK_SIZE = 25
+
+
+def chunk_size(concurrency: int) -> int:
+    """Images per chunk job: a multiple of the run's concurrency, so that a worker's
+    threads stay busy to the end of a chunk (at least CHUNK_SIZE, for small runs
+    to still spread over several workers)."""
+    return max(CHUNK_SIZE, concurrency * 8)
+
+
+Status = GenerationRun.Status
+
+
+class RunRefused(Exception):
+    """A run cannot be created or changed as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class ImageFilter:
+    split: str = ""
+    only_unconfident: bool = False
+    image_ids: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "only_unconfident": self.only_unconfident,
+            "n_image_ids": len(self.image_ids),
+        }
+
+
+def select_images(dataset: Dataset, image_filter: ImageFilter) -> QuerySet[FaceImage]:
+    images = dataset.images.filter(rejected=False)
+    if image_filter.split:
+        images = images.filter(split=image_filter.split)
+    if image_filter.image_ids:
+        images = images.filter(id__in=image_filter.image_ids)
+    if image_filter.only_unconfident:
+        # "Confident" means an auto-accepted machine label or any human decision.
+        images = images.exclude(annotations__flagged=False).exclude(decided_images())
+    return images.distinct()
+
+
+def run_create(
+    *,
+    dataset: Dataset,
+    backend: str,
+    params: UAMCParams,
+    model_name: str = "",
+    prompt_version: PromptVersion | None = None,
+    budget_usd: Decimal | None = None,
+    concurrency: int = 4,
+    image_filter: ImageFilter | None = None,
+    double_review_share: float = 0.0,
+    user: AbstractBaseUser | None = None,
+) -> GenerationRun:
+    """Create a run over the selected images and enqueue it once committed."""
+    image_filter = image_filter or ImageFilter()
+    if backend not in GenerationRun.Backend.values:
+        raise RunRefused(f"unknown backend {backend!r}")
+    if not 1 <= concurrency <= 64:
+        raise RunRefused("concurrency must be between 1 and 64")
+    if not 0.0 <= double_review_share <= 1.0:
+        raise RunRefused("the double-review share must lie between 0 and 1")
+    if budget_usd is not None and budget_usd <= 0:
+        raise RunRefused("the cost cap must be positive (leave it empty for none)")
+    model_name = model_name or default_model(backend)
+    prompt_version = prompt_version or prompt_version_active()
+    try:
+        backend_for(
+            backend, model_name, prompt_version, concurrency=concurrency, check_only=True
+        ).close()
+    except BackendUnavailable as exc:
+        raise RunRefused(str(exc)) from None
+    # Checked before anything is written: a run that cannot be queued is not created.
+    get_queue("generation")
+    with transaction.atomic():
+        run = GenerationRun.objects.create(
+            dataset=dataset,
+            backend=backend,
+            model_name=model_name,
+            prompt_version=prompt_version,
+            params=params.to_json(),
+            image_filter=image_filter.to_json(),
+            review_threshold=params.review_threshold,
+            budget_usd=budget_usd,
+            concurrency=concurrency,
+            double_review_share=double_review_share,
+            created_by=user,  # type: ignore[misc]
+        )
+        ids = list(select_images(dataset, image_filter).values_list("id", flat=True))
+        if not ids:
+            raise RunRefused("no image matches the selection")
+        RunItem.objects.bulk_create(
+            [RunItem(run=run, image_id=image_id) for image_id in ids], batch_size=1000
+        )
+        run.n_total = len(ids)
+        run.save(update_fields=["n_total"])
+        transaction.on_commit(lambda: run_enqueue(run_id=run.id))
+    return run
+
+
+def run_enqueue(*, run_id: int) -> int:
+    """Queue chunk jobs for every pending item of the run; return how many jobs."""
+    queue = get_queue("generation")
+    ids = list(
+        RunItem.objects.filter(run_id=run_id, status=RunItem.Status.PENDING)
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+    concurrency = GenerationRun.objects.values_list("concurrency", flat=True).get(id=run_id)
+    size = chunk_size(concurrency)
+    jobs = []
+    for start in range(0, len(ids), size):
+        jobs.append(
+            queue.enqueue(
+                "seke_app.runs.jobs.process_chunk",
+                run_id,
+                ids[start : start + size],
+                job_timeout=settings.JOB_TIMEOUT,
+                failure_ttl=7 * 24 * 3600,
+            )
+        )
+    if jobs:
+        GenerationRun.objects.filter(id=run_id).update(job_id=jobs[0].id)
+    else:
+        _finish_if_done(run_id)
+    return len(jobs)
+
+
+# --- Processing ----------------------------------------------------------------------
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_process_chunk(*, run_id: int, item_ids: list[int]) -> None:
+    """Annotate the chunk's items (those still free), then any with expired leases."""
+    started = GenerationRun.objects.filter(id=run_id, status=Status.QUEUED).update(
+        status=Status.RUNNING, started_at=timezone.now()
+    )
+    run = GenerationRun.objects.select_related("dataset", "prompt_version").get(id=run_id)
+    if started:
+        log.info("run %s started", run.code)
+    if run.status != Status.RUNNING:
+        return
+    try:
+        backend = backend_for(
+            run.backend, run.model_name, run.prompt_version, concurrency=run.concurrency
+        )
+    except BackendUnavailable as exc:
+        _fail_run(run_id, str(exc))
+        return
+    # The chunk's threads share the backend; once they have all finished, its
+    # client's connections are closed, whatever ended the chunk.
+    with backend:
+        params = UAMCParams.from_json(run.params)
+        _process_items(run, backend, params, item_ids, steal=True)
+        _process_items(run, backend, params, _expired_items(run_id))
+    _finish_if_done(run_id)
+
+
+def pool_threads(run: GenerationRun) -> int:
+    """Threads a worker uses for one chunk of ``run``.
+
+    On an OpenAI-compatible endpoint, ``concurrency`` is the number of requests in
+    flight, which the client's semaphore enforces. Each image also spends time on
+    its own database writes, during which it holds no request; half as many
+    threads again let those writes overlap other images' requests, so the endpoint
+    keeps ``concurrency`` requests open (``python bench/run_throughput.py``
+    measures the share of that ideal reached; figures in ``bench/README.md``).
+    The offline annotator has no such wait: its threads are its concurrency.
+    """
+    if run.backend == GenerationRun.Backend.OPENAI and run.concurrency > 1:
+        return run.concurrency + (run.concurrency + 1) // 2
+    return run.concurrency
+
+
+class _RunningGate:
+    """Whether the run is still running, read from the database at most every
+    ``interval`` seconds and shared by a chunk's threads (a cancel is seen within
+    that interval; the per-image query it replaces cost a round trip each)."""
+
+    def __init__(self, run_id: int, interval: float = 0.5) -> None:
+        self._run_id = run_id
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._checked_at = -math.inf
+        self._running = True
+
+    def __call__(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if self._running and now - self._checked_at >= self._interval:
+                self._running = _run_is_running(self._run_id)
+                self._checked_at = now
+            return self._running
+
+    def stop(self) -> None:
+        with self._lock:
+            self._running = False
+
+
+class _Feed:
+    """The items a chunk's threads take, one at a time: the chunk's own first, then
+    any item of the run still pending (``steal``), fetched in small batches.
+
+    Taking pending items of later chunks keeps every thread busy until the run has
+    no work left, instead of letting the pool drain at the end of each chunk while
+    the next chunk waits in the queue; the later chunk jobs then find their items
+    done and end at once. A handed-out item is only a candidate: ``_claim`` decides
+    who annotates it, so two feeds offering the same item never annotate it twice.
+    """
+
+    def __init__(self, run_id: int, item_ids: list[int], *, steal: bool, batch: int) -> None:
+        self._run_id = run_id
+        self._own = deque(item_ids)
+        self._stolen: deque[int] = deque()
+        self._steal = steal
+        self._batch = batch
+        self._lock = threading.Lock()
+
+    def next(self) -> int | None:
+        with self._lock:
+            if self._own:
+                return self._own.popleft()
+            if self._steal and not self._stolen:
+                pending = RunItem.objects.filter(run_id=self._run_id, status=RunItem.Status.PENDING)
+                self._stolen.extend(
+                    pending.order_by("id").values_list("id", flat=True)[: self._batch]
+                )
+                self._steal = bool(self._stolen)
+            return self._stolen.popleft() if self._stolen else None
+
+
+def _process_items(
+    run: GenerationRun,
+    backend: Backend,
+    params: UAMCParams,
+    item_ids: list[int],
+    *,
+    steal: bool = False,
+) -> None:
+    if not item_ids:
+        return
+    running = _RunningGate(run.id)
+    threads = pool_threads(run) if steal else min(pool_threads(run), len(item_ids))
+    feed = _Feed(run.id, item_ids, steal=steal, batch=threads)
+
+    def work() -> None:
+        while (item_id := feed.next()) is not None:
+            if not _process_one(run, backend, params, item_id, running):
+                return
+
+    if threads <= 1:
+        work()
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for future in [pool.submit(work) for _ in range(threads)]:
+            future.result()
+        _close_thread_connections(pool, threads)
+
+
+def _close_thread_connections(pool: ThreadPoolExecutor, threads: int) -> None:
+    """Close the database connection each pool thread opened, once, at the end.
+
+    A connection per thread is kept for the whole chunk, because opening one per
+    image made every image pay a new connection (a new server process on
+    PostgreSQL; the cost is in ``bench/README.md``); the barrier makes each of the
+    ``threads`` tasks run on a different thread, so every thread closes its own.
+    """
+    barrier = threading.Barrier(threads)
+
+    def close() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=10)
+        connection.close()
+
+    list(pool.map(lambda _: close(), range(threads)))
+
+
+def _run_is_running(run_id: int) -> bool:
+    status = GenerationRun.objects.filter(id=run_id).values_list("status", flat=True).first()
+    return status == Status.RUNNING
+
+
+def _process_one(
+    run: GenerationRun,
+    backend: Backend,
+    params: UAMCParams,
+    item_id: int,
+    running: _RunningGate,
+) -> bool:
+    """Annotate one item if it can be claimed; False once the run should stop."""
+    if not running():
+        return False
+    me = worker_name()
+    if not _claim(item_id, me):
+        return True
+    item = RunItem.objects.select_related("image").get(id=item_id)
+    try:
+        request = _request_for(item.image, run)
+        result = run_uamc(backend, request, params)
+    except VLLMError as exc:
+        _item_failed(run.id, item_id, me, _vllm_reason(exc))
+        return True
+    except Exception as exc:
+        log.exception("run %s: image %s failed", run.code, item.image.code)
+        _item_failed(run.id, item_id, me, f"internal error: {type(exc).__name__}: {exc}")
+        return True
+    _store(run, item_id, item.image_id, me, result)
+    if run.budget_usd is not None and _stop_at_budget(run.id):
+        running.stop()
+    return True
+
+
+def _claim(item_id: int, me: str) -> bool:
+    """Take an item that is pending or whose lease has expired (a conditional UPDATE)."""
+    now = timezone.now()
+    return (
+        RunItem.objects.filter(id=item_id)
+        .filter(
+            Q(status=RunItem.Status.PENDING) | Q(status=RunItem.Status.LEASED, lease_until__lt=now)
+        )
+        .update(
+            status=RunItem.Status.LEASED,
+            lease_until=now + timedelta(seconds=settings.RUN_LEASE_SECONDS),
+            worker=me,
+            attempts=F("attempts") + 1,
+        )
+        == 1
+    )
+
+
+def _expired_items(run_id: int) -> list[int]:
+    return list(
+        RunItem.objects.filter(
+            run_id=run_id, status=RunItem.Status.LEASED, lease_until__lt=timezone.now()
+        ).values_list("id", flat=True)
+    )
+
+
+def _request_for(image: FaceImage, run: GenerationRun) -> AnnotationRequest:
+    with image.file.open("rb") as handle:
+        data = handle.read()
+    known = KnownLabels(
+        expression=image.known_expression,
+        valence=image.known_valence,
+        arousal=image.known_arousal,
+        aus=image.known_aus_dict(),
+    )
+    version = run.prompt_version
+    return AnnotationRequest(
+        image_bytes=data,
+        vocabulary=run.dataset.vocabulary(),
+        known=known,
+        knowledge_text=version.knowledge_text
+        + (f"\n\n{version.rule_notes}" if version.rule_notes else ""),
+        exemplars=tuple(version.exemplars),
+        image_id=str(image.code),
+    )
+
+
+def _vllm_reason(exc: VLLMError) -> str:
+    retry = "a retry may help" if exc.retryable else "a retry will not help"
+    status = f"HTTP {exc.status}: " if exc.status else ""
+    return f"model call failed ({status}{exc}); {retry}"
+
+
+def _holds(item_id: int, me: str) -> bool:
+    item = RunItem.objects.select_for_update().get(id=item_id)
+    return item.status == RunItem.Status.LEASED and item.worker == me
+
+
+def _item_failed(run_id: int, item_id: int, me: str, reason: str) -> None:
+    with transaction.atomic():
+        if not _holds(item_id, me):
+            return
+        RunItem.objects.filter(id=item_id).update(
+            status=RunItem.Status.FAILED, error=reason[:2000], lease_until=None
+        )
+        GenerationRun.objects.filter(id=run_id).update(n_failed=F("n_failed") + 1)
+
+
+def _store(run: GenerationRun, item_id: int, image_id: int, me: str, result: UAMCResult) -> None:
+    with transaction.atomic():
+        if not _holds(item_id, me):
+            # Our lease expired and another worker took the image over: theirs counts.
+            return
+        annotation = Annotation.objects.create(
+            run=run,
+            image_id=image_id,
+            prompt_version=run.prompt_version,
+            **annotation_fields(result),
+        )
+        AnnotationSample.objects.bulk_create(sample_rows(annotation, result))
+        for hook in hooks.annotation_written:
+            hook(annotation)
+        RunItem.objects.filter(id=item_id).update(
+            status=RunItem.Status.DONE, lease_until=None, error=""
+        )
+        usage = result.usage
+        GenerationRun.objects.filter(id=run.id).update(
+            n_done=F("n_done") + 1,
+            n_flagged=F("n_flagged") + int(result.flagged),
+            n_accepted=F("n_accepted") + int(not result.flagged),
+            requests=F("requests") + usage.requests,
+            prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
+            completion_tokens=F("completion_tokens") + usage.completion_tokens,
+            cost_usd=F("cost_usd") + _money(usage.cost_usd),
+        )
+
+
+def _money(value: float) -> Decimal:
+    return Decimal(str(round(value, 6)))
+
+
+def annotation_fields(result: UAMCResult) -> dict[str, Any]:
+    """The Annotation columns for one SV-UAMC result."""
+    stored = result.to_json()
+    answer = result.answer
+    uncertainty = stored["uncertainty"]
+    consistency = result.consistency
+    return {
+        "expression": answer.expression if answer else None,
+        "expression_votes": uncertainty["expression"]["votes"],
+        "expression_uncertainty": {
+            k: v for k, v in uncertainty["expression"].items() if k != "votes"
+        },
+        "expression_confidence": result.confidence.expression,
+        "valence": answer.valence if answer else None,
+        "arousal": answer.arousal if answer else None,
+        "va_samples": [
+            list(pair)
+            for pair in zip(
+                uncertainty["va"]["valence"]["values"],
+                uncertainty["va"]["arousal"]["values"],
+                strict=True,
+            )
+        ],
+        "va_uncertainty": {
+            axis: {k: v for k, v in uncertainty["va"][axis].items() if k != "values"}
+            for axis in ("valence", "arousal")
+        }
+        | {"unsure": uncertainty["va"]["unsure"]},
+        "va_confidence": result.confidence.va,
+        "aus": {str(au): on for au, on in sorted(answer.aus.items())} if answer else {},
+        "au_intensity": {str(au): i for au, i in answer.au_intensity.items()} if answer else {},
+        "au_rates": uncertainty["aus"]["rates"],
+        "au_uncertainty": {k: v for k, v in uncertainty["aus"].items() if k != "rates"},
+        "au_confidence": result.confidence.aus,
+        "evidence": dict(answer.evidence) if answer else {},
+        "consistency": consistency.score if consistency else None,
+        "consistency_reasons": list(consistency.reasons) if consistency else [],
+        "verification": stored["verification"] or {},
+        "confidence": result.overall_confidence,
+        "flagged": result.flagged,
+        "flag_reasons": list(result.flag_reasons),
+        "n_samples": result.n_samples,
+        "n_valid": result.n_valid,
+        "requests": result.usage.requests,
+        "prompt_tokens": result.usage.prompt_tokens,
+        "completion_tokens": result.usage.completion_tokens,
+        "cost_usd": _money(result.usage.cost_usd),
+    }
+
+
+def sample_rows(annotation: Annotation, result: UAMCResult) -> list[AnnotationSample]:
+    return [
+        AnnotationSample(
+            annotation=annotation,
+            index=index,
+            kind=sample.kind,
+            raw_text=sample.raw,
+            parsed=sample.answer.to_json() if sample.answer else None,
+            parse_error=sample.error or "",
+            verdict=sample.verdict,
+            prompt_tokens=sample.usage.prompt_tokens,
+            completion_tokens=sample.usage.completion_tokens,
+            cost_usd=_money(sample.usage.cost_usd),
+        )
+        for index, sample in enumerate(result.samples)
+    ]
+
+
+# --- Run state -----------------------------------------------------------------------
+
+
+def _stop_at_budget(run_id: int) -> bool:
+    stopped = GenerationRun.objects.filter(
+        id=run_id,
+        status=Status.RUNNING,
+        budget_usd__isnull=False,
+        cost_usd__gte=F("budget_usd"),
+    ).update(status=Status.BUDGET_EXHAUSTED, finished_at=timezone.now())
+    if stopped:
+        log.info("run %s stopped at its cost cap", run_id)
+    return bool(stopped)
+
+
+def _finish_if_done(run_id: int) -> None:
+    open_items = RunItem.objects.filter(
+        run_id=run_id, status__in=[RunItem.Status.PENDING, RunItem.Status.LEASED]
+    )
+    if open_items.exists():
+        return
+    GenerationRun.objects.filter(id=run_id, status__in=[Status.RUNNING, Status.QUEUED]).update(
+        status=Status.COMPLETED, finished_at=timezone.now()
+    )
+
+
+def _fail_run(run_id: int, reason: str) -> None:
+    GenerationRun.objects.filter(id=run_id).exclude(
+        status__in=[Status.CANCELLED, Status.COMPLETED]
+    ).update(status=Status.FAILED, error=reason, finished_at=timezone.now())
+
+
+def run_cancel(*, run: GenerationRun) -> None:
+    """Stop handing out new images; images in flight finish and are kept."""
+    changed = GenerationRun.objects.filter(
+        id=run.id, status__in=[Status.QUEUED, Status.RUNNING]
+    ).update(status=Status.CANCELLED, cancelled_at=timezone.now(), finished_at=timezone.now())
+    if not changed:
+        raise RunRefused(f"a run that is {run.get_status_display().lower()} cannot be cancelled")
+
+
+def run_resume(*, run: GenerationRun) -> int:
+    """Queue again every image not done: never started, or held by a worker that died.
+
+    Safe at any time, also on a run that looks busy: claims are atomic, so a chunk
+    job for images another worker already took finds nothing to do. This is how a
+    run whose worker died between two images (holding no lease) gets going again.
+    """
+    if run.status in (Status.QUEUED, Status.RUNNING) and not run_resumable(run):
+        raise RunRefused("every remaining image is being worked on; nothing to resume")
+    if run.status == Status.COMPLETED:
+        raise RunRefused("the run is complete; retry its failed images instead")
+    with transaction.atomic():
+        RunItem.objects.filter(
+            run=run, status=RunItem.Status.LEASED, lease_until__lt=timezone.now()
+        ).update(status=RunItem.Status.PENDING, lease_until=None, worker="")
+        GenerationRun.objects.filter(id=run.id).update(
+            status=Status.QUEUED, finished_at=None, cancelled_at=None, error=""
+        )
+        transaction.on_commit(lambda: run_enqueue(run_id=run.id))
+    return RunItem.objects.filter(run=run, status=RunItem.Status.PENDING).count()
+
+
+def run_retry_failed(*, run: GenerationRun) -> int:
+    """Queue the run's failed images again; return how many."""
+    if run.status in (Status.QUEUED, Status.RUNNING):
+        raise RunRefused("wait for the run to stop before retrying its failed images")
+    with transaction.atomic():
+        count = RunItem.objects.filter(run=run, status=RunItem.Status.FAILED).update(
+            status=RunItem.Status.PENDING, error="", lease_until=None, worker=""
+        )
+        if not count:
+            raise RunRefused("the run has no failed images")
+        GenerationRun.objects.filter(id=run.id).update(
+            status=Status.QUEUED, n_failed=F("n_failed") - count, finished_at=None, error=""
+        )
+        transaction.on_commit(lambda: run_enqueue(run_id=run.id))
+    return count
+
+
+def run_resumable(run: GenerationRun) -> bool:
+    """True when some image of the run is pending or held under an expired lease."""
+    return RunItem.objects.filter(
+        Q(status=RunItem.Status.PENDING)
+        | Q(status=RunItem.Status.LEASED, lease_until__lt=timezone.now()),
+        run=run,
+    ).exists()
+
+
+def run_has_expired_items(run: GenerationRun) -> bool:
+    """True when a worker died holding images of this run (their leases ran out)."""
+    return bool(_expired_items(run.id))
+
+
+def generation_workers() -> int:
+    """How many RQ workers listen on the generation queue (raises QueueUnavailable)."""
+    queue = get_queue("generation")
+    try:
+        return Worker.count(queue=queue)
+    except redis.RedisError as exc:
+        raise QueueUnavailable(f"Redis does not answer: {exc}") from None
+
+
+def run_recent_errors(run: GenerationRun, limit: int = 10) -> list[tuple[str, str]]:
+    rows = (
+        RunItem.objects.filter(run=run, status=RunItem.Status.FAILED)
+        .order_by("-updated_at")
+        .values_list("image__original_name", "error")[:limit]
+    )
+    return [(name, error) for name, error in rows]

@@ -1,0 +1,158 @@
+"""Pages for generation runs (admins only)."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from seke_app.models import GenerationRun
+from seke_app.queue import QueueUnavailable
+from seke_app.roles import admin_required
+from seke_app.runs.forms import RunForm
+from seke_app.runs.services import (
+    ImageFilter,
+    RunRefused,
+    generation_workers,
+    run_cancel,
+    run_create,
+    run_has_expired_items,
+    run_recent_errors,
+    run_resumable,
+    run_resume,
+    run_retry_failed,
+)
+
+
+def _get_run(code: UUID) -> GenerationRun:
+    return get_object_or_404(
+        GenerationRun.objects.select_related("dataset", "prompt_version"), code=code
+    )
+
+
+@admin_required
+def run_list(request: HttpRequest) -> HttpResponse:
+    runs = GenerationRun.objects.select_related("dataset", "prompt_version")[:100]
+    return render(request, "runs/run_list.html", {"runs": runs})
+
+
+@admin_required
+def run_new(request: HttpRequest) -> HttpResponse:
+    # Links (e.g. "re-annotate with this version") may prefill the form.
+    prefill = ("dataset", "prompt_version", "backend", "split")
+    initial: dict[str, object] = {k: request.GET[k] for k in prefill if k in request.GET}
+    if request.GET.get("only_unconfident") == "1":
+        initial["only_unconfident"] = True
+    form = RunForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            run = run_create(
+                dataset=data["dataset"],
+                backend=data["backend"],
+                model_name=data["model_name"],
+                prompt_version=data["prompt_version"],
+                params=form.params(),
+                budget_usd=data["budget_usd"],
+                concurrency=data["concurrency"],
+                double_review_share=data["double_review_share"] or 0.0,
+                image_filter=ImageFilter(
+                    split=data["split"], only_unconfident=data["only_unconfident"]
+                ),
+                user=request.user,  # type: ignore[arg-type]
+            )
+        except (RunRefused, QueueUnavailable) as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Run started on {run.n_total} images.")
+            return redirect("run_detail", code=run.code)
+    return render(request, "runs/run_new.html", {"form": form})
+
+
+def _progress_context(run: GenerationRun) -> dict[str, object]:
+    elapsed = None
+    rate = None
+    eta = None
+    if run.started_at:
+        end = run.finished_at or timezone.now()
+        elapsed = max((end - run.started_at).total_seconds(), 0.001)
+        processed = run.n_done + run.n_failed
+        if processed:
+            rate = processed / elapsed
+            if not run.is_finished():
+                eta = run.n_remaining / rate
+    return {
+        "run": run,
+        "percent": round(run.progress * 100, 1),
+        "rate": rate,
+        "eta": eta,
+        "errors": run_recent_errors(run),
+        "stalled": not run.is_finished() and run_has_expired_items(run),
+        "resumable": not run.is_finished() and run_resumable(run),
+        "workers": None if run.is_finished() else _worker_note(),
+    }
+
+
+def _worker_note() -> str | None:
+    """Why a run may not move: no worker listens, or Redis does not answer."""
+    try:
+        if generation_workers() == 0:
+            return (
+                "No worker is listening on the generation queue: start one with"
+                " `python manage.py rqworker generation`."
+            )
+    except QueueUnavailable as exc:
+        return str(exc)
+    return None
+
+
+@admin_required
+def run_detail(request: HttpRequest, code: UUID) -> HttpResponse:
+    run = _get_run(code)
+    return render(request, "runs/run_detail.html", _progress_context(run))
+
+
+@admin_required
+def run_progress(request: HttpRequest, code: UUID) -> HttpResponse:
+    """The live part of the run page, polled by htmx."""
+    run = _get_run(code)
+    return render(request, "runs/_run_progress.html", _progress_context(run))
+
+
+def _act(request: HttpRequest, code: UUID, action: str) -> HttpResponse:
+    run = _get_run(code)
+    try:
+        if action == "cancel":
+            run_cancel(run=run)
+            messages.success(request, "Run cancelled: no new image is started.")
+        elif action == "resume":
+            count = run_resume(run=run)
+            messages.success(request, f"Run resumed: {count} images queued.")
+        else:
+            count = run_retry_failed(run=run)
+            messages.success(request, f"{count} failed images queued again.")
+    except (RunRefused, QueueUnavailable) as exc:
+        messages.error(request, str(exc))
+    return redirect("run_detail", code=run.code)
+
+
+@require_POST
+@admin_required
+def run_cancel_view(request: HttpRequest, code: UUID) -> HttpResponse:
+    return _act(request, code, "cancel")
+
+
+@require_POST
+@admin_required
+def run_resume_view(request: HttpRequest, code: UUID) -> HttpResponse:
+    return _act(request, code, "resume")
+
+
+@require_POST
+@admin_required
+def run_retry_view(request: HttpRequest, code: UUID) -> HttpResponse:
+    return _act(request, code, "retry")
