@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from review.models import GoldCheck, GoldQuestion, ReviewDecision, ReviewTask
+from seke_app.admin import ViewOnlyAdmin
 
 
 @admin.register(ReviewTask)
@@ -10,8 +11,10 @@ class ReviewTaskAdmin(admin.ModelAdmin[ReviewTask]):
     raw_id_fields = ["annotation", "holder"]
 
 
+# Decisions are the audit trail (who decided what, when, over which machine values):
+# the admin shows them and never writes them.
 @admin.register(ReviewDecision)
-class ReviewDecisionAdmin(admin.ModelAdmin[ReviewDecision]):
+class ReviewDecisionAdmin(ViewOnlyAdmin[ReviewDecision]):
     list_display = ["code", "kind", "action", "reviewer", "expression", "created_at", "undone_at"]
     list_filter = ["action", "kind"]
     raw_id_fields = ["task", "annotation", "image", "reviewer"]

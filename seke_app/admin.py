@@ -1,4 +1,16 @@
+"""Django's admin for admins: datasets, runs and exports, and machine output to look at.
+
+Machine output (annotations and their samples) is never edited (a human decision
+is a new row pointing at it), so the admin shows it and refuses to add, change or
+delete it. Deleting what it belongs to (a run, an image) is refused too once it
+has annotations, since that would delete them with it.
+"""
+
+from typing import Any, TypeVar
+
 from django.contrib import admin
+from django.db.models import Model
+from django.http import HttpRequest
 
 from seke_app.models import (
     Annotation,
@@ -10,6 +22,21 @@ from seke_app.models import (
     RunItem,
 )
 from seke_app.models.exports import Export
+
+_M = TypeVar("_M", bound=Model)
+
+
+class ViewOnlyAdmin(admin.ModelAdmin[_M]):
+    """An admin that lists and shows its rows (to whoever may view them), nothing more."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(Dataset)
@@ -52,9 +79,15 @@ class SampleInline(admin.TabularInline[AnnotationSample, Annotation]):
     can_delete = False
     readonly_fields = ["index", "kind", "raw_text", "parsed", "parse_error", "verdict"]
 
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
 
 @admin.register(Annotation)
-class AnnotationAdmin(admin.ModelAdmin[Annotation]):
+class AnnotationAdmin(ViewOnlyAdmin[Annotation]):
     list_display = ["code", "run", "image", "expression", "confidence", "flagged"]
     list_filter = ["flagged", "expression"]
     raw_id_fields = ["run", "image", "prompt_version"]
@@ -62,7 +95,7 @@ class AnnotationAdmin(admin.ModelAdmin[Annotation]):
 
 
 @admin.register(AnnotationSample)
-class AnnotationSampleAdmin(admin.ModelAdmin[AnnotationSample]):
+class AnnotationSampleAdmin(ViewOnlyAdmin[AnnotationSample]):
     list_display = ["annotation", "index", "kind", "parse_error"]
     raw_id_fields = ["annotation"]
 

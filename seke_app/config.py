@@ -107,3 +107,18 @@ def env_url(
     if parsed.scheme not in ("unix", "sqlite") and not parsed.hostname:
         raise ConfigError(f"{name} has no host name")
     return value
+
+
+def env_choice(
+    name: str,
+    default: str,
+    choices: tuple[str, ...],
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """The variable's value, which must be one of ``choices`` (compared case-insensitively,
+    returned as spelled in ``choices``)."""
+    value = env_str(name, default, env).strip()
+    for choice in choices:
+        if value.lower() == choice.lower():
+            return choice
+    raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 import django_stubs_ext
+from django.core.checks.security.base import (
+    SECRET_KEY_INSECURE_PREFIX,
+    SECRET_KEY_MIN_LENGTH,
+    SECRET_KEY_MIN_UNIQUE_CHARACTERS,
+)
 
 from seke_app.config import (
     ConfigError,
     env_bool,
+    env_choice,
     env_float,
     env_int,
     env_list,
@@ -33,25 +40,55 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("SEKE_DATA_DIR", str(BASE_DIR / ".seke-data"))).expanduser().resolve()
 
 
+def _checked_secret_key(key: str, source: str) -> str:
+    """``key``, if Django's deployment check (``check --deploy``) would accept it:
+    long, made of varied characters, and not the placeholder of a new project."""
+    if (
+        len(key) < SECRET_KEY_MIN_LENGTH
+        or len(set(key)) < SECRET_KEY_MIN_UNIQUE_CHARACTERS
+        or key.startswith(SECRET_KEY_INSECURE_PREFIX)
+    ):
+        raise ConfigError(
+            f"{source} must be at least {SECRET_KEY_MIN_LENGTH} characters long, with at"
+            f" least {SECRET_KEY_MIN_UNIQUE_CHARACTERS} different ones, and must not start"
+            f" with {SECRET_KEY_INSECURE_PREFIX!r}; make one with"
+            " python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+        )
+    return key
+
+
 def _secret_key() -> str:
     """The configured key, or one generated once and kept in the data directory."""
     configured = env_str("SECRET_KEY", "")
     if configured:
-        if len(configured) < 32:
-            raise ConfigError("SECRET_KEY must be at least 32 characters long")
-        return configured
+        return _checked_secret_key(configured, "SECRET_KEY")
     key_file = DATA_DIR / "secret_key"
     if not key_file.exists():
         DATA_DIR.mkdir(parents=True, exist_ok=True)
         key_file.write_text(secrets.token_urlsafe(50))
         key_file.chmod(0o600)
-    return key_file.read_text().strip()
+    return _checked_secret_key(key_file.read_text().strip(), f"SECRET_KEY in {key_file}")
 
 
 SECRET_KEY = _secret_key()
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# HTTPS. Every switch is off by default so that the demo and the tests work over
+# plain http on 127.0.0.1; a server reached over TLS turns them all on (README,
+# "Production"), and then ``manage.py check --deploy`` has nothing to warn about.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# Behind a proxy that ends TLS, every request reaches Django as plain http; the
+# proxy's X-Forwarded-Proto header says whether the browser used https. Trusting
+# it is opt-in, because without such a proxy any client could send the header.
+if env_bool("SEKE_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -61,6 +98,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_htmx",
+    "axes",
     # Before django_rq, so that SEKE's rqworker (which starts the embedded Redis) wins.
     "seke_app",
     "review",
@@ -77,6 +115,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a refused log-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "seke_app.urls"
@@ -137,10 +177,39 @@ RQ_QUEUES = {
 }
 RQ = {"COMMIT_MODE": "on_db_commit"}
 
+# Checked wherever a password is set: add_user, the demo's admin, the Django admin.
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes refuses a log-in once SEKE_LOGIN_FAILURE_LIMIT wrong passwords in a
+# row were given for it, even with the right password, until
+# SEKE_LOGIN_COOLOFF_MINUTES have passed since the last of them. Its backend comes
+# first: it refuses before the password is checked, and it needs the request, so
+# tests sign in with ``Client.force_login`` rather than ``Client.login``.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("SEKE_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("SEKE_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+# What one count of failures belongs to. The default, a user name from one address,
+# stops guessing at an account without letting a stranger lock its owner out;
+# "username" counts failures from every address together, "ip_address" failures for
+# every user name (which, behind a proxy, is everyone: see README, "Production").
+_LOCKOUT_PARAMETERS: dict[str, list[str | list[str]]] = {
+    "username+ip_address": [["username", "ip_address"]],
+    "username": ["username"],
+    "ip_address": ["ip_address"],
+}
+AXES_LOCKOUT_PARAMETERS = _LOCKOUT_PARAMETERS[
+    env_choice("SEKE_LOGIN_LOCKOUT_BY", "username+ip_address", tuple(_LOCKOUT_PARAMETERS))
+]
+# A successful log-in forgets earlier failures, so occasional typos never add up.
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "seke_app.roles.lockout_response"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -197,18 +266,32 @@ OPENAI_MAX_RETRIES = env_int("SEKE_OPENAI_MAX_RETRIES", 4, minimum=0)
 OPENAI_RPM = env_int("SEKE_OPENAI_RPM", 500, minimum=0)
 OPENAI_TPM = env_int("SEKE_OPENAI_TPM", 2_000_000, minimum=0)
 # How long a worker holds an image of a run before another worker may take it over.
-RUN_LEASE_SECONDS = env_int("SEKE_RUN_LEASE_SECONDS", 600, minimum=5)
+RUN_LEASE_SECONDS = env_int("SEKE_RUN_LEASE_SECONDS", 30, minimum=5)
 REVIEW_LEASE_MINUTES = env_int("SEKE_REVIEW_LEASE_MINUTES", 10, minimum=1)
 # Probability that claiming the next task serves a gold question instead (0 = never).
 GOLD_RATE = env_float("SEKE_GOLD_RATE", 0.1, minimum=0.0)
 # How long after a decision its reviewer may still undo it.
 REVIEW_UNDO_SECONDS = env_int("SEKE_REVIEW_UNDO_SECONDS", 120, minimum=5)
 
+# Logging goes to stderr, where runserver, a process manager (systemd, Docker) or
+# a terminal keeps it, each line with its time, level and logger. Without the
+# "django" entry Django logs a server error (500, with its traceback) only while
+# DEBUG is on, so a production failure would leave no trace. SEKE's services log
+# as seke.*, its engine modules under their module names (seke_app.engine.llm.client
+# warns about every retry), and django-axes warns about failed and refused log-ins.
+LOG_LEVEL = env_choice("SEKE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {
+        "timed": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "timed"}},
     "loggers": {
-        "seke": {"handlers": ["console"], "level": env_str("SEKE_LOG_LEVEL", "INFO")},
+        "django": {"handlers": ["stderr"], "level": "INFO"},
+        "seke": {"handlers": ["stderr"], "level": LOG_LEVEL},
+        "seke_app": {"handlers": ["stderr"], "level": LOG_LEVEL},
+        "review": {"handlers": ["stderr"], "level": LOG_LEVEL},
+        "axes": {"handlers": ["stderr"], "level": "WARNING"},
     },
 }

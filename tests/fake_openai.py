@@ -9,7 +9,12 @@ drive the real ``openai`` package against it, so what is tested is what runs.
 Use the ``fake_openai`` fixture, or ``with FakeOpenAI() as server:``; point a
 client at ``server.base_url``. Script faults with ``server.script("429", "500")``
 or ``server.script(Fault("429", retry_after=2))``: each request consumes the next
-fault in order, and requests after the script is exhausted are answered normally.
+fault in order, and requests after the script is exhausted are answered normally
+(``Fault("hang", hang_s=0)`` answers one request normally, to place later faults).
+
+``server.billed`` is what the server would bill, counted the way OpenAI bills:
+every request answered with a completion (HTTP 200, with its token usage),
+whether or not the client was still waiting for it; errors bill nothing.
 """
 
 from __future__ import annotations
@@ -94,6 +99,15 @@ class _Server(ThreadingHTTPServer):
 
 
 @dataclass(frozen=True)
+class Billed:
+    """Requests answered with a completion, and their tokens."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class CapturedRequest:
     """What the server received; the Authorization value is never kept."""
 
@@ -131,6 +145,7 @@ class FakeOpenAI:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._max_in_flight = 0
+        self._billed = Billed()
         self._stop = threading.Event()
         self._connections: set[socket.socket] = set()
         self._server: ThreadingHTTPServer | None = None
@@ -203,6 +218,18 @@ class FakeOpenAI:
     def request_count(self) -> int:
         with self._lock:
             return len(self._requests)
+
+    @property
+    def billed(self) -> Billed:
+        """What the completions served so far would be billed."""
+        with self._lock:
+            return self._billed
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled now (received, not yet answered)."""
+        with self._lock:
+            return self._in_flight
 
     @property
     def max_in_flight(self) -> int:
@@ -285,6 +312,12 @@ class FakeOpenAI:
                 {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
             )
         prompt_tokens = prompt_tokens_for(body)
+        with self._lock:
+            self._billed = Billed(
+                requests=self._billed.requests + 1,
+                prompt_tokens=self._billed.prompt_tokens + prompt_tokens,
+                completion_tokens=self._billed.completion_tokens + completion_tokens,
+            )
         payload = {
             "id": f"chatcmpl-fake{self.request_count}",
             "object": "chat.completion",

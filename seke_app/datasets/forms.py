@@ -4,10 +4,11 @@ from pathlib import Path
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils.text import slugify
 
-from seke_app.engine.ingest import IMAGE_SUFFIXES, MANIFEST_NAME, is_safe_member
+from seke_app.engine.ingest import IMAGE_SUFFIXES, MANIFEST_NAME, mib
 from seke_app.engine.vocab import AU_VOCABULARIES
 
 
@@ -43,6 +44,13 @@ class UploadForm(forms.Form):
     )
     licence_note = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Read here, not at import, so that the page states the limit in force.
+        limit = mib(settings.MAX_UPLOAD_BYTES)
+        self.fields["files"].help_text += f" At most {limit} in all (SEKE_MAX_UPLOAD_MB)."
+        self.fields["files"].widget.attrs["data-max-bytes"] = str(settings.MAX_UPLOAD_BYTES)
+
     def clean_dataset(self) -> str:
         name: str = self.cleaned_data["dataset"].strip()
         if slugify(name) != name:
@@ -63,24 +71,3 @@ class UploadForm(forms.Form):
             if upload.name != MANIFEST_NAME and suffix not in IMAGE_SUFFIXES | {".zip"}:
                 raise ValidationError(f"{upload.name}: not an image, a zip or {MANIFEST_NAME}.")
         return files
-
-    def save_uploads(self, folder: Path) -> Path:
-        """Write the uploads into ``folder``; return the path to import from."""
-        files = self.cleaned_data["files"]
-        if len(files) == 1 and files[0].name.lower().endswith(".zip"):
-            target = folder / "upload.zip"
-            _write(files[0], target)
-            return target
-        images = folder / "images"
-        images.mkdir()
-        for upload in files:
-            name = Path(upload.name).name
-            if is_safe_member(name):
-                _write(upload, images / name)
-        return images
-
-
-def _write(upload: Any, target: Path) -> None:
-    with target.open("wb") as handle:
-        for chunk in upload.chunks():
-            handle.write(chunk)

@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from uuid import UUID
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
 from django.http import FileResponse, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.http import require_POST
 
 from seke_app.datasets.forms import UploadForm
-from seke_app.datasets.services import ImportRefused, dataset_import
+from seke_app.datasets.services import (
+    ImportRefused,
+    dataset_import_cancel,
+    dataset_import_create,
+    upload_too_large,
+)
+from seke_app.datasets.uploads import (
+    ImportUploadHandler,
+    content_length,
+    discard_folder,
+    incoming_folder,
+)
+from seke_app.engine.ingest import mib
 from seke_app.engine.vocab import AU_NAMES
 from seke_app.models import Dataset, FaceImage
-from seke_app.roles import admin_required, annotator_required
+from seke_app.models.datasets import DatasetImport
+from seke_app.queue import QueueUnavailable
+from seke_app.roles import admin_required, annotator_required, request_user
+
+RECENT_IMPORTS = 20
 
 
 def _get_image(code: UUID) -> FaceImage:
@@ -55,27 +70,94 @@ def dataset_detail(request: HttpRequest, code: UUID) -> HttpResponse:
     return render(request, "datasets/dataset_detail.html", context)
 
 
+def _get_import(code: UUID) -> DatasetImport:
+    return get_object_or_404(DatasetImport.objects.select_related("created_by"), code=code)
+
+
+def _upload_page(
+    request: HttpRequest, form: UploadForm, *, refusal: str = "", status: int = 200
+) -> HttpResponse:
+    imports = DatasetImport.objects.select_related("created_by")[:RECENT_IMPORTS]
+    context = {"form": form, "imports": imports, "refusal": refusal}
+    return render(request, "datasets/dataset_upload.html", context, status=status)
+
+
+# The CSRF check reads the form, which makes Django read the whole body through
+# its upload handlers. This view first refuses a body over SEKE_MAX_UPLOAD_MB
+# unread and installs the handler that writes to the data directory; the CSRF
+# check follows in ``_dataset_upload_post`` (Django's documented pattern for
+# changing upload handlers). A refusal changes nothing, so it needs no token.
+@csrf_exempt
 @admin_required
 def dataset_upload(request: HttpRequest) -> HttpResponse:
-    form = UploadForm(request.POST or None, request.FILES or None)
-    report = None
-    if request.method == "POST" and form.is_valid():
-        with tempfile.TemporaryDirectory(dir=settings.DATA_DIR) as tmp:
-            folder = Path(tmp)
-            source = form.save_uploads(folder)
-            try:
-                report = dataset_import(
-                    path=source,
-                    dataset_name=form.cleaned_data["dataset"],
-                    au_vocabulary=form.cleaned_data["au_vocabulary"] or None,
-                    licence_note=form.cleaned_data["licence_note"],
-                    user=request.user,  # type: ignore[arg-type]
-                )
-            except ImportRefused as exc:
-                form.add_error(None, str(exc))
-        if report is not None:
-            messages.success(request, report.summary().splitlines()[0])
-    return render(request, "datasets/dataset_upload.html", {"form": form, "report": report})
+    """The import form; a valid upload becomes a background import, followed on its page."""
+    if request.method != "POST":
+        return _upload_page(request, UploadForm())
+    refusal = upload_too_large(content_length(request))
+    if refusal:
+        return _upload_page(request, UploadForm(), refusal=refusal, status=413)
+    folder = incoming_folder()
+    request.upload_handlers = [ImportUploadHandler(request, folder)]
+    try:
+        return _dataset_upload_post(request)
+    finally:
+        discard_folder(folder)
+
+
+@csrf_protect
+def _dataset_upload_post(request: HttpRequest) -> HttpResponse:
+    form = UploadForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return _upload_page(request, form)
+    try:
+        job = dataset_import_create(
+            uploads=form.cleaned_data["files"],
+            dataset_name=form.cleaned_data["dataset"],
+            au_vocabulary=form.cleaned_data["au_vocabulary"] or None,
+            licence_note=form.cleaned_data["licence_note"],
+            user=request_user(request),
+        )
+    except (ImportRefused, QueueUnavailable) as exc:
+        form.add_error(None, str(exc))
+        return _upload_page(request, form)
+    return redirect("import_detail", code=job.code)
+
+
+def _import_context(job: DatasetImport) -> dict[str, object]:
+    dataset = job.dataset or Dataset.objects.filter(name=job.dataset_name).first()
+    return {
+        "job": job,
+        "dataset": dataset,
+        "percent": round(job.progress * 100, 1),
+        # In MiB, the unit SEKE_MAX_UPLOAD_MB is set in.
+        "upload_size": mib(job.upload_size),
+    }
+
+
+@admin_required
+def import_detail(request: HttpRequest, code: UUID) -> HttpResponse:
+    context = _import_context(_get_import(code))
+    return render(request, "datasets/import_detail.html", context)
+
+
+@admin_required
+def import_progress(request: HttpRequest, code: UUID) -> HttpResponse:
+    """The live part of the import page, polled by htmx until the import ends."""
+    context = _import_context(_get_import(code))
+    return render(request, "datasets/_import_progress.html", context)
+
+
+@require_POST
+@admin_required
+def import_cancel_view(request: HttpRequest, code: UUID) -> HttpResponse:
+    job = _get_import(code)
+    try:
+        dataset_import_cancel(job=job)
+    except ImportRefused as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, "Import cancelled.")
+    return redirect("import_detail", code=job.code)
 
 
 @annotator_required

@@ -7,11 +7,13 @@ valid image or label can be used and tested on their own. The service in
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -26,6 +28,13 @@ ALLOWED_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 MANIFEST_NAME = "manifest.csv"
 EXIF_ORIENTATION = 0x0112
+MIB = 1024 * 1024
+# The most of a manifest that is read. A zip holds a manifest compressed, often a
+# thousand to one, so neither the upload's size nor the entry's declared size bounds
+# what reading it costs. Parsing keeps a few hundred bytes per row however short
+# the row, so the limit bounds the parser's memory too. 32 MiB hold some 400,000
+# rows with 17 AU columns; a larger set is imported in parts.
+MAX_MANIFEST_BYTES = 32 * MIB
 
 # Common spellings of the expression names in other datasets' label files.
 EXPRESSION_SYNONYMS = {
@@ -44,12 +53,17 @@ AU_COLUMN = re.compile(r"^au_?(\d+)$", re.IGNORECASE)
 
 
 class Rejected(Exception):
-    """A file or a manifest row that cannot be imported; the message says why."""
+    """A file or a manifest row that cannot be imported; the message says why.
 
-    def __init__(self, category: str, detail: str) -> None:
+    ``name`` is the file's full name in its source, when the rejection is of a
+    source entry (the detail starts with it too, but a name may hold a colon).
+    """
+
+    def __init__(self, category: str, detail: str, *, name: str = "") -> None:
         super().__init__(detail)
         self.category = category
         self.detail = detail
+        self.name = name
 
 
 class ManifestError(Exception):
@@ -74,7 +88,7 @@ class CheckedImage:
     height: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RowLabels:
     expression: str | None = None
     valence: float | None = None
@@ -91,16 +105,26 @@ class Manifest:
     warnings: list[str] = field(default_factory=list)
 
 
+def mib(n_bytes: int) -> str:
+    """A size in mebibytes, the unit the limits are set in (SEKE_MAX_IMAGE_MB=20 is 20 MiB)."""
+    value = n_bytes / MIB
+    text = f"{value:.2f}".rstrip("0").rstrip(".") if value >= 1 else f"{value:.2g}"
+    return f"{text} MiB"
+
+
+def size_over_limit(size: int, limit: int) -> str:
+    """ "1.5 MiB, over the limit of 1 MiB"; in bytes where the two would read the same."""
+    if mib(size) == mib(limit):
+        return f"{size:,} bytes, over the limit of {limit:,} bytes"
+    return f"{mib(size)}, over the limit of {mib(limit)}"
+
+
 def check_image(data: bytes, limits: ImageLimits) -> CheckedImage:
     """Validate one image file; return what to store or raise ``Rejected``."""
     if not data:
         raise Rejected("empty file", "the file is empty")
     if len(data) > limits.max_bytes:
-        raise Rejected(
-            "too large",
-            f"the file is {len(data) / 1e6:.1f} MB, over the limit of"
-            f" {limits.max_bytes / 1e6:.1f} MB",
-        )
+        raise Rejected("too large", f"the file is {size_over_limit(len(data), limits.max_bytes)}")
     try:
         with Image.open(io.BytesIO(data)) as probe:
             image_format = probe.format or ""
@@ -123,9 +147,16 @@ def check_image(data: bytes, limits: ImageLimits) -> CheckedImage:
             oriented = ImageOps.exif_transpose(probe) if orientation != 1 else None
     except Rejected:
         raise
+    except Image.DecompressionBombError as exc:
+        # Pillow's own limit, checked as the header is read, so no size reached the
+        # check above: an image this large is a bomb, not a damaged file.
+        raise Rejected(
+            "too many pixels",
+            f"over the limit of {limits.max_pixels:,} pixels (a decompression bomb: {exc})",
+        ) from None
     except UnidentifiedImageError:
         raise Rejected("not an image", "not a readable image file") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         raise Rejected("corrupt or truncated", f"corrupt or truncated image ({exc})") from None
     if oriented is not None:
         # The camera's rotation is applied once here, so that every later reader
@@ -161,12 +192,24 @@ class SourceEntry:
     size: int
 
 
-class Source:
-    """A folder tree or a zip file of images (and maybe a manifest)."""
+# What reading a damaged zip entry raises: a bad CRC or header, bad deflate data,
+# an entry shorter than its header says.
+_ZIP_DATA_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError)
+# What reading an entry SEKE cannot decode raises: encryption, an unknown compression.
+_ZIP_UNSUPPORTED = (RuntimeError, NotImplementedError)
 
-    def __init__(self, path: Path) -> None:
+
+class Source:
+    """A folder tree or a zip file of images (and maybe a manifest).
+
+    ``label`` names the source in messages (default: its path); the import page
+    passes the uploaded file's name rather than where the server keeps it.
+    """
+
+    def __init__(self, path: Path, *, label: str | None = None) -> None:
+        self.label = label or str(path)
         if not path.exists():
-            raise ManifestError(f"{path} does not exist")
+            raise ManifestError(f"{self.label} does not exist")
         self.path = path
         self._zip: zipfile.ZipFile | None = None
         # A zip made by compressing a folder holds everything under that folder's
@@ -174,8 +217,11 @@ class Source:
         self._prefix = ""
         if path.is_file():
             if not zipfile.is_zipfile(path):
-                raise ManifestError(f"{path} is neither a folder nor a zip file")
-            self._zip = zipfile.ZipFile(path)
+                raise ManifestError(f"{self.label} is neither a folder nor a zip file")
+            try:
+                self._zip = zipfile.ZipFile(path)
+            except (*_ZIP_DATA_ERRORS, ValueError) as exc:
+                raise ManifestError(f"{self.label} is a damaged zip file: {exc}") from None
             self._prefix = _common_folder([n for n in self._zip.namelist() if is_safe_member(n)])
 
     def close(self) -> None:
@@ -196,7 +242,9 @@ class Source:
                     continue
                 name = info.filename
                 if not is_safe_member(name):
-                    yield Rejected("unsafe path", f"{name}: entry escapes the archive's folder")
+                    yield Rejected(
+                        "unsafe path", f"{name}: entry escapes the archive's folder", name=name
+                    )
                     continue
                 if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES:
                     yield SourceEntry(name.removeprefix(self._prefix), info.file_size)
@@ -206,24 +254,103 @@ class Source:
                 yield SourceEntry(file.relative_to(self.path).as_posix(), file.stat().st_size)
 
     def read(self, name: str, max_bytes: int) -> bytes:
-        """Read one entry, refusing to inflate more than ``max_bytes`` (zip bombs)."""
-        if self._zip is not None:
-            with self._zip.open(self._prefix + name) as handle:
-                data = handle.read(max_bytes + 1)
-        else:
+        """Read one entry, refusing to inflate more than ``max_bytes`` (zip bombs).
+
+        A zip entry that cannot be read raises ``Rejected``; the rest of the zip
+        is still read.
+        """
+        if self._zip is None:
             with (self.path / name).open("rb") as handle:
-                data = handle.read(max_bytes + 1)
-        return data
+                return handle.read(max_bytes + 1)
+        try:
+            with self._zip.open(self._prefix + name) as handle:
+                return handle.read(max_bytes + 1)
+        except _ZIP_UNSUPPORTED as exc:
+            raise Rejected(
+                "unsupported zip entry", f"the zip entry cannot be read ({exc})"
+            ) from None
+        except _ZIP_DATA_ERRORS as exc:
+            raise Rejected("corrupt or truncated", f"the zip entry is damaged ({exc})") from None
 
     def find_manifest(self) -> str | None:
-        """The text of a manifest.csv at the source's top level, if there is one."""
-        if self._zip is not None:
-            candidate = self._prefix + MANIFEST_NAME
-            if candidate in self._zip.namelist():
-                return self._zip.read(candidate).decode("utf-8-sig")
+        """The text of a manifest.csv at the source's top level, if there is one.
+
+        At most ``MAX_MANIFEST_BYTES`` are read; a larger, undecodable or
+        unreadable manifest raises ``ManifestError``.
+        """
+        label = f"{MANIFEST_NAME} in {self.label}"
+        if self._zip is None:
+            manifest = self.path / MANIFEST_NAME
+            return read_manifest_file(manifest, label=label) if manifest.is_file() else None
+        candidate = self._prefix + MANIFEST_NAME
+        if candidate not in self._zip.namelist():
             return None
-        manifest = self.path / MANIFEST_NAME
-        return manifest.read_text(encoding="utf-8-sig") if manifest.exists() else None
+        limit = MAX_MANIFEST_BYTES
+        # The declared size refuses an honest large manifest before any byte is
+        # inflated; the bounded read refuses one whose header lies.
+        if self._zip.getinfo(candidate).file_size > limit:
+            raise ManifestError(_manifest_too_large(label))
+        try:
+            with self._zip.open(candidate) as handle:
+                data = handle.read(limit + 1)
+        except (*_ZIP_DATA_ERRORS, *_ZIP_UNSUPPORTED) as exc:
+            raise ManifestError(f"{label} cannot be read: {exc}") from None
+        if len(data) > limit:
+            raise ManifestError(_manifest_too_large(label))
+        return decode_manifest(data, label=label)
+
+
+def read_manifest_file(path: Path, *, label: str | None = None) -> str:
+    """The text of a manifest file, read as ``Source.find_manifest`` reads one."""
+    label = label or str(path)
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise ManifestError(f"{label} cannot be read: {exc.strerror or exc}") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(_manifest_too_large(label))
+    return decode_manifest(data, label=label)
+
+
+def _manifest_too_large(label: str) -> str:
+    return (
+        f"{label} is larger than {mib(MAX_MANIFEST_BYTES)}, the most SEKE reads of a"
+        " manifest: import the images in several parts, each with its own manifest"
+    )
+
+
+_SAVE_AS_UTF8 = "save it as UTF-8 (with or without a byte-order mark) and import again"
+
+
+def decode_manifest(data: bytes, *, label: str) -> str:
+    """A manifest's bytes as text: UTF-8, with or without a byte-order mark.
+
+    Anything else is refused with a message naming the file, the encoding
+    expected and, where it can be told, the one found. Spreadsheet programs save
+    CSV as UTF-16 ("Unicode text") or in a legacy code page such as Windows-1252;
+    guessing between code pages would import wrong names silently.
+    """
+    for bom, name in ((codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+        if data.startswith(bom):
+            raise ManifestError(
+                f"{label} is {name} text, not UTF-8 (it starts with a {name} byte-order"
+                f" mark): {_SAVE_AS_UTF8}"
+            )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ManifestError(
+            f"{label} is not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line} is not"
+            f" valid UTF-8 (a file in Latin-1 or Windows-1252 reads like this): {_SAVE_AS_UTF8}"
+        ) from None
+    if "\0" in text:
+        raise ManifestError(
+            f"{label} holds NUL bytes, as UTF-16 text without a byte-order mark does:"
+            f" {_SAVE_AS_UTF8}"
+        )
+    return text
 
 
 def _common_folder(names: list[str]) -> str:
@@ -248,8 +375,20 @@ def is_safe_member(name: str) -> bool:
 
 
 def parse_manifest(text: str, vocabulary: Vocabulary) -> Manifest:
-    """Parse a manifest CSV; bad rows are reported, a bad header refuses everything."""
+    """Parse a manifest CSV; bad rows are reported, a bad header refuses everything.
+
+    So does text the csv module cannot split into rows (a field over its size
+    limit), since every row after it would be misread.
+    """
     reader = csv.DictReader(io.StringIO(text))
+    try:
+        return _parse_rows(reader, vocabulary)
+    except csv.Error as exc:
+        # The csv reader's own count: the DictReader's lags a row behind.
+        raise ManifestError(f"line {reader.reader.line_num}: {exc}") from None
+
+
+def _parse_rows(reader: csv.DictReader[str], vocabulary: Vocabulary) -> Manifest:
     header = [h.strip() for h in (reader.fieldnames or [])]
     if "file" not in header:
         raise ManifestError("the manifest has no 'file' column (the header must name it)")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
 from seke_app.engine.vocab import AU_VOCABULARIES, EXPRESSIONS, Vocabulary
+from seke_app.models.jobs import TrackedJob
 
 EXPRESSION_CHOICES = [(e, e) for e in EXPRESSIONS]
 AU_VOCABULARY_CHOICES = [(name, name) for name in AU_VOCABULARIES]
@@ -94,3 +96,75 @@ class FaceImage(models.Model):
             or self.known_valence is not None
             or self.known_aus is not None
         )
+
+
+def imports_dir() -> Path:
+    """Where uploads wait for their import job: SEKE_DATA_DIR/imports."""
+    return Path(settings.DATA_DIR) / "imports"
+
+
+class DatasetImport(TrackedJob):
+    """One upload from the import page, imported by a job on the "default" queue.
+
+    The upload is kept under ``imports_dir()`` until the job ends (whatever the
+    end), then removed: the images are in the media folder by then. ``n_total``
+    counts the image files to check and ``n_done`` those checked so far. The
+    dataset is created with its first accepted image, so an import that accepts
+    none fails and creates nothing.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    # How many rejections are kept, with their file names and reasons; every one
+    # is counted in ``n_rejected`` and ``rejected_by_reason``.
+    REJECTIONS_KEPT = 500
+
+    dataset_name = models.SlugField(max_length=100)
+    dataset = models.ForeignKey(
+        Dataset, null=True, blank=True, on_delete=models.SET_NULL, related_name="imports"
+    )
+    # Empty: the dataset's own vocabulary (feid17 for a new one).
+    au_vocabulary = models.CharField(max_length=20, blank=True)
+    licence_note = models.TextField(blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    # What was uploaded, as the user named it ("faces.zip", or "3 files: ...").
+    upload_name = models.CharField(max_length=300)
+    upload_size = models.PositiveBigIntegerField(default=0)
+    # The zip or folder to import, relative to imports_dir(); gone once finished.
+    upload_path = models.CharField(max_length=300, blank=True)
+    n_imported = models.PositiveIntegerField(default=0)
+    n_labelled = models.PositiveIntegerField(default=0)
+    n_duplicates = models.PositiveIntegerField(default=0)
+    n_rejected = models.PositiveIntegerField(default=0)
+    # [[file, reason, detail], ...]: the first REJECTIONS_KEPT rejections.
+    rejected = models.JSONField(default=list, blank=True)
+    rejected_by_reason = models.JSONField(default=dict, blank=True)
+    warnings = models.JSONField(default=list, blank=True)
+
+    FINISHED = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED})
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"import of {self.upload_name} into {self.dataset_name} ({self.status})"
+
+    @property
+    def progress(self) -> float:
+        """An import with no image to check is complete once it has run."""
+        if not self.n_total:
+            return 1.0 if self.status in (self.Status.DONE, self.Status.FAILED) else 0.0
+        return super().progress
+
+    def folder(self) -> Path:
+        """The folder the upload is kept in while the job waits or runs."""
+        return imports_dir() / str(self.code)
+
+    def source_path(self) -> Path:
+        return imports_dir() / self.upload_path

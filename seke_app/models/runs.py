@@ -79,9 +79,16 @@ class GenerationRun(TrackedJob):
     double_review_share = models.FloatField(default=0.0)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     cancelled_at = models.DateTimeField(null=True, blank=True)
+    # When a job last took the run from queued to running: the start, or the last
+    # resume of a stopped run. ``started_at`` keeps the first start; the throughput
+    # counts images finished since this moment, not the time the run stood still.
+    resumed_at = models.DateTimeField(null=True, blank=True)
     n_accepted = models.PositiveIntegerField(default=0)
     n_flagged = models.PositiveIntegerField(default=0)
     n_failed = models.PositiveIntegerField(default=0)
+    # What the endpoint billed, added call by call as each call returns (also for
+    # images that fail or are taken over later), so that these match the
+    # endpoint's own count and the cost cap sees every call.
     requests = models.PositiveIntegerField(default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
@@ -111,7 +118,12 @@ class GenerationRun(TrackedJob):
 
 
 class RunItem(models.Model):
-    """One image's place in a run: claimed by a worker under a lease, done or failed."""
+    """One image's place in a run: claimed by a worker under a lease, done or failed.
+
+    A lease is a time on the database's clock (``lease_until``) until which
+    ``worker`` holds the item; the worker renews it while it works on the image,
+    so that it can be short and a dead worker's images are taken over soon.
+    """
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -127,12 +139,17 @@ class RunItem(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     error = models.TextField(blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # When the item became done or failed; the run's throughput counts these.
+    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["run", "image"], name="run_item_unique"),
         ]
-        indexes = [models.Index(fields=["run", "status"], name="run_item_status")]
+        indexes = [
+            models.Index(fields=["run", "status"], name="run_item_status"),
+            models.Index(fields=["run", "finished_at"], name="run_item_finished"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.run_id}/{self.image_id} {self.status}"

@@ -25,7 +25,12 @@ from seke_app.engine.offline.backend import DEFAULT_MODEL_NAME, OfflineBackend
 from seke_app.engine.offline.model import OfflineModel
 from seke_app.engine.types import ClosableBackend
 from seke_app.models import GenerationRun, PromptVersion
-from seke_app.runs.ratelimit import Limits, RateLimitedBackend, RedisRateLimiter
+from seke_app.runs.ratelimit import (
+    SMALLEST_REQUEST_TOKENS,
+    Limits,
+    RateLimitedBackend,
+    RedisRateLimiter,
+)
 
 _load_lock = threading.Lock()
 
@@ -82,6 +87,14 @@ def backend_for(
                 "no OPENAI_API_KEY is configured: set it (and OPENAI_BASE_URL for a"
                 " compatible server) or choose the offline annotator"
             )
+        limits = Limits(settings.OPENAI_RPM, settings.OPENAI_TPM)
+        if 0 < limits.tokens_per_minute < SMALLEST_REQUEST_TOKENS:
+            raise BackendUnavailable(
+                f"SEKE_OPENAI_TPM={limits.tokens_per_minute} is below the"
+                f" {SMALLEST_REQUEST_TOKENS:,} tokens one request is estimated to need,"
+                " so no request could be sent: set it to the endpoint's tokens-per-minute"
+                " limit, or 0 for no limit"
+            )
         config = ClientConfig(
             base_url=settings.OPENAI_BASE_URL,
             api_key=settings.OPENAI_API_KEY,
@@ -93,7 +106,6 @@ def backend_for(
         openai_backend = OpenAIBackend(
             VLLMClient(config), model=model_name, max_side=settings.IMAGE_MAX_SIDE
         )
-        limits = Limits(settings.OPENAI_RPM, settings.OPENAI_TPM)
         if check_only or not limits.active:
             return openai_backend
         limiter = RedisRateLimiter(

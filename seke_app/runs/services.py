@@ -1,12 +1,15 @@
 """Generation runs: create, enqueue, process, cancel, resume, retry.
 
 A run's images are ``RunItem`` rows. Chunk jobs (ids in) claim items one at a
-time with a conditional UPDATE that sets a lease, so any number of workers on any
-number of machines can share a run; an item whose worker died is taken over once
-its lease expires. A chunk job whose own items are done goes on with the run's
-pending items, so a worker's threads stay busy until the run has no work left.
-Each image's annotation, samples, review task, item status and the run's counters
-are written in one transaction, exactly once per (run, image).
+time with a conditional UPDATE that sets a lease (``seke_app.runs.leases``), so
+any number of workers on any number of machines can share a run. A chunk job
+whose own items are done goes on with the run's pending items, and then, while
+other workers still hold images of the run, waits and takes over any whose lease
+runs out: a dead worker's images are finished by the run's other jobs, and a
+worker's threads stay busy until the run has no work left. Each model call's
+usage is added to the run as the call returns (``seke_app.runs.calls``); each
+image's annotation, samples, review task, item status and the run's counters are
+written in one transaction, exactly once per (run, image).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -29,12 +32,13 @@ import redis
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import DateTimeField, F, Q, QuerySet, Value
+from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 from rq import Worker
 
 from seke_app.engine.llm.client import VLLMError
-from seke_app.engine.types import AnnotationRequest, Backend, KnownLabels
+from seke_app.engine.types import AnnotationRequest, Backend, KnownLabels, Usage
 from seke_app.engine.uamc import UAMCParams, UAMCResult, run_uamc
 from seke_app.insights.references import decided_images
 from seke_app.models import (
@@ -49,11 +53,20 @@ from seke_app.models import (
 from seke_app.queue import QueueUnavailable, get_queue
 from seke_app.runs import hooks
 from seke_app.runs.backends import BackendUnavailable, backend_for, default_model
+from seke_app.runs.calls import ImageCalls, LeaseLost
+from seke_app.runs.leases import LeaseKeeper, expired, lease_end, lease_renew, poll_seconds
 from seke_app.runs.prompts import prompt_version_active
 
 log = logging.getLogger("seke.runs")
 
 CHUNK_SIZE = 25
+# How often a chunk's threads read whether the run was cancelled or stopped.
+RUNNING_CHECK_SECONDS = 0.5
+# An image whose lease ran out this long ago and that no job took over is shown
+# as stalled: the run's jobs take such images over within a poll (see leases).
+STALLED_AFTER = timedelta(seconds=10)
+# The span over which a running run's throughput is measured.
+THROUGHPUT_WINDOW = timedelta(minutes=2)
 
 
 def chunk_size(concurrency: int) -> int:
@@ -108,8 +121,13 @@ def run_create(
     image_filter: ImageFilter | None = None,
     double_review_share: float = 0.0,
     user: AbstractBaseUser | None = None,
+    enqueue: bool = True,
 ) -> GenerationRun:
-    """Create a run over the selected images and enqueue it once committed."""
+    """Create a run over the selected images and enqueue it once committed.
+
+    ``enqueue=False`` leaves the run queued with no job, for a caller that
+    processes it in its own process (``run_generation --inline``).
+    """
     image_filter = image_filter or ImageFilter()
     if backend not in GenerationRun.Backend.values:
         raise RunRefused(f"unknown backend {backend!r}")
@@ -151,7 +169,8 @@ def run_create(
         )
         run.n_total = len(ids)
         run.save(update_fields=["n_total"])
-        transaction.on_commit(lambda: run_enqueue(run_id=run.id))
+        if enqueue:
+            transaction.on_commit(lambda: run_enqueue(run_id=run.id))
     return run
 
 
@@ -191,9 +210,18 @@ def worker_name() -> str:
 
 
 def run_process_chunk(*, run_id: int, item_ids: list[int]) -> None:
-    """Annotate the chunk's items (those still free), then any with expired leases."""
+    """Annotate the chunk's items, then the run's other free ones, until none is left.
+
+    The first job to start takes the run from queued to running; ``started_at``
+    keeps the first start, ``resumed_at`` this one. A job that finds the run
+    running (another job started it, or it was re-queued while running) just
+    joins in, so pressing Resume never pauses the work.
+    """
+    now = timezone.now()
     started = GenerationRun.objects.filter(id=run_id, status=Status.QUEUED).update(
-        status=Status.RUNNING, started_at=timezone.now()
+        status=Status.RUNNING,
+        started_at=Coalesce(F("started_at"), Value(now, output_field=DateTimeField())),
+        resumed_at=now,
     )
     run = GenerationRun.objects.select_related("dataset", "prompt_version").get(id=run_id)
     if started:
@@ -209,10 +237,9 @@ def run_process_chunk(*, run_id: int, item_ids: list[int]) -> None:
         return
     # The chunk's threads share the backend; once they have all finished, its
     # client's connections are closed, whatever ended the chunk.
-    with backend:
+    with backend, LeaseKeeper(worker_name()) as leases:
         params = UAMCParams.from_json(run.params)
-        _process_items(run, backend, params, item_ids, steal=True)
-        _process_items(run, backend, params, _expired_items(run_id))
+        _process_items(run, backend, params, item_ids, leases)
     _finish_if_done(run_id)
 
 
@@ -233,11 +260,11 @@ def pool_threads(run: GenerationRun) -> int:
 
 
 class _RunningGate:
-    """Whether the run is still running, read from the database at most every
+    """Whether the run is still going, read from the database at most every
     ``interval`` seconds and shared by a chunk's threads (a cancel is seen within
     that interval; the per-image query it replaces cost a round trip each)."""
 
-    def __init__(self, run_id: int, interval: float = 0.5) -> None:
+    def __init__(self, run_id: int, interval: float) -> None:
         self._run_id = run_id
         self._interval = interval
         self._lock = threading.Lock()
@@ -258,35 +285,55 @@ class _RunningGate:
 
 
 class _Feed:
-    """The items a chunk's threads take, one at a time: the chunk's own first, then
-    any item of the run still pending (``steal``), fetched in small batches.
+    """The items a chunk's threads take, one at a time.
 
-    Taking pending items of later chunks keeps every thread busy until the run has
-    no work left, instead of letting the pool drain at the end of each chunk while
-    the next chunk waits in the queue; the later chunk jobs then find their items
-    done and end at once. A handed-out item is only a candidate: ``_claim`` decides
-    who annotates it, so two feeds offering the same item never annotate it twice.
+    First the chunk's own; then any item of the run that is pending or whose
+    lease ran out, fetched in small batches; then, while any item of the run is
+    still held, the feed waits, looking every ``poll_seconds()`` for a lease that
+    ran out. Taking later chunks' items keeps every thread busy until the run has
+    no work left (the later chunk jobs then find their items done and end at
+    once), and waiting for the held ones lets a dead worker's images be finished
+    by the jobs still running, without anyone pressing a button. A handed-out item
+    is only a candidate: ``_claim`` decides who annotates it, so two feeds
+    offering the same item never annotate it twice.
     """
 
-    def __init__(self, run_id: int, item_ids: list[int], *, steal: bool, batch: int) -> None:
+    def __init__(
+        self, run_id: int, item_ids: list[int], *, running: _RunningGate, batch: int
+    ) -> None:
         self._run_id = run_id
         self._own = deque(item_ids)
-        self._stolen: deque[int] = deque()
-        self._steal = steal
+        self._found: deque[int] = deque()
+        self._running = running
         self._batch = batch
+        self._poll = poll_seconds()
         self._lock = threading.Lock()
+        self._look_at = -math.inf
+        self._done = False
 
     def next(self) -> int | None:
-        with self._lock:
-            if self._own:
-                return self._own.popleft()
-            if self._steal and not self._stolen:
-                pending = RunItem.objects.filter(run_id=self._run_id, status=RunItem.Status.PENDING)
-                self._stolen.extend(
-                    pending.order_by("id").values_list("id", flat=True)[: self._batch]
-                )
-                self._steal = bool(self._stolen)
-            return self._stolen.popleft() if self._stolen else None
+        while self._running():
+            with self._lock:
+                if self._own:
+                    return self._own.popleft()
+                if not self._found and not self._done and time.monotonic() >= self._look_at:
+                    self._look()
+                if self._found:
+                    return self._found.popleft()
+                if self._done:
+                    return None
+                wait = self._look_at - time.monotonic()
+            time.sleep(min(max(wait, 0.01), self._poll))
+        return None
+
+    def _look(self) -> None:
+        """Fetch free items; done once the run has none and nobody holds any."""
+        items = RunItem.objects.filter(run_id=self._run_id)
+        free = items.filter(Q(status=RunItem.Status.PENDING) | expired()).order_by("id")
+        self._found.extend(free.values_list("id", flat=True)[: self._batch])
+        if not self._found:
+            self._look_at = time.monotonic() + self._poll
+            self._done = not items.filter(status=RunItem.Status.LEASED).exists()
 
 
 def _process_items(
@@ -294,18 +341,15 @@ def _process_items(
     backend: Backend,
     params: UAMCParams,
     item_ids: list[int],
-    *,
-    steal: bool = False,
+    leases: LeaseKeeper,
 ) -> None:
-    if not item_ids:
-        return
-    running = _RunningGate(run.id)
-    threads = pool_threads(run) if steal else min(pool_threads(run), len(item_ids))
-    feed = _Feed(run.id, item_ids, steal=steal, batch=threads)
+    running = _RunningGate(run.id, RUNNING_CHECK_SECONDS)
+    threads = pool_threads(run)
+    feed = _Feed(run.id, item_ids, running=running, batch=threads)
 
     def work() -> None:
         while (item_id := feed.next()) is not None:
-            if not _process_one(run, backend, params, item_id, running):
+            if not _process_one(run, backend, params, item_id, running, leases):
                 return
 
     if threads <= 1:
@@ -336,8 +380,10 @@ def _close_thread_connections(pool: ThreadPoolExecutor, threads: int) -> None:
 
 
 def _run_is_running(run_id: int) -> bool:
+    """Queued or running: a chunk's threads go on (a queued run is one that a
+    resume has just handed back to the queue)."""
     status = GenerationRun.objects.filter(id=run_id).values_list("status", flat=True).first()
-    return status == Status.RUNNING
+    return status in (Status.QUEUED, Status.RUNNING)
 
 
 def _process_one(
@@ -346,6 +392,7 @@ def _process_one(
     params: UAMCParams,
     item_id: int,
     running: _RunningGate,
+    leases: LeaseKeeper,
 ) -> bool:
     """Annotate one item if it can be claimed; False once the run should stop."""
     if not running():
@@ -353,34 +400,67 @@ def _process_one(
     me = worker_name()
     if not _claim(item_id, me):
         return True
+    leases.hold(item_id)
+    try:
+        _annotate(run, backend, params, item_id, me, running)
+    finally:
+        leases.release(item_id)
+    return True
+
+
+def _annotate(
+    run: GenerationRun,
+    backend: Backend,
+    params: UAMCParams,
+    item_id: int,
+    me: str,
+    running: _RunningGate,
+) -> None:
+    """Run SV-UAMC on a claimed item and store the result, or the reason it failed."""
     item = RunItem.objects.select_related("image").get(id=item_id)
+    calls = ImageCalls(
+        backend,
+        renew=lambda: lease_renew(item_id, me),
+        record=lambda usage: _record_usage(run, usage, running),
+    )
     try:
         request = _request_for(item.image, run)
-        result = run_uamc(backend, request, params)
+        result = run_uamc(calls, request, params)
+    except LeaseLost:
+        log.info("run %s: image %s was taken over by another worker", run.code, item.image.code)
+        return
     except VLLMError as exc:
         _item_failed(run.id, item_id, me, _vllm_reason(exc))
-        return True
+        return
     except Exception as exc:
         log.exception("run %s: image %s failed", run.code, item.image.code)
         _item_failed(run.id, item_id, me, f"internal error: {type(exc).__name__}: {exc}")
-        return True
+        return
     _store(run, item_id, item.image_id, me, result)
+
+
+def _record_usage(run: GenerationRun, usage: Usage, running: _RunningGate) -> None:
+    """Add one model call's usage to the run as it returns, and stop at the cost cap."""
+    if not (usage.requests or usage.prompt_tokens or usage.completion_tokens or usage.cost_usd):
+        return
+    GenerationRun.objects.filter(id=run.id).update(
+        requests=F("requests") + usage.requests,
+        prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
+        completion_tokens=F("completion_tokens") + usage.completion_tokens,
+        cost_usd=F("cost_usd") + _money(usage.cost_usd),
+    )
     if run.budget_usd is not None and _stop_at_budget(run.id):
         running.stop()
-    return True
 
 
 def _claim(item_id: int, me: str) -> bool:
     """Take an item that is pending or whose lease has expired (a conditional UPDATE)."""
-    now = timezone.now()
     return (
         RunItem.objects.filter(id=item_id)
-        .filter(
-            Q(status=RunItem.Status.PENDING) | Q(status=RunItem.Status.LEASED, lease_until__lt=now)
-        )
+        .filter(Q(status=RunItem.Status.PENDING) | expired())
         .update(
             status=RunItem.Status.LEASED,
-            lease_until=now + timedelta(seconds=settings.RUN_LEASE_SECONDS),
+            lease_until=lease_end(),
             worker=me,
             attempts=F("attempts") + 1,
         )
@@ -388,10 +468,11 @@ def _claim(item_id: int, me: str) -> bool:
     )
 
 
-def _expired_items(run_id: int) -> list[int]:
+def _expired_items(run_id: int, *, since: timedelta = timedelta(0)) -> list[int]:
+    """Items whose lease ran out (at least ``since`` ago)."""
     return list(
         RunItem.objects.filter(
-            run_id=run_id, status=RunItem.Status.LEASED, lease_until__lt=timezone.now()
+            run_id=run_id, status=RunItem.Status.LEASED, lease_until__lt=Now() - since
         ).values_list("id", flat=True)
     )
 
@@ -433,7 +514,10 @@ def _item_failed(run_id: int, item_id: int, me: str, reason: str) -> None:
         if not _holds(item_id, me):
             return
         RunItem.objects.filter(id=item_id).update(
-            status=RunItem.Status.FAILED, error=reason[:2000], lease_until=None
+            status=RunItem.Status.FAILED,
+            error=reason[:2000],
+            lease_until=None,
+            finished_at=timezone.now(),
         )
         GenerationRun.objects.filter(id=run_id).update(n_failed=F("n_failed") + 1)
 
@@ -453,17 +537,13 @@ def _store(run: GenerationRun, item_id: int, image_id: int, me: str, result: UAM
         for hook in hooks.annotation_written:
             hook(annotation)
         RunItem.objects.filter(id=item_id).update(
-            status=RunItem.Status.DONE, lease_until=None, error=""
+            status=RunItem.Status.DONE, lease_until=None, error="", finished_at=timezone.now()
         )
-        usage = result.usage
+        # The usage was added to the run call by call (``_record_usage``).
         GenerationRun.objects.filter(id=run.id).update(
             n_done=F("n_done") + 1,
             n_flagged=F("n_flagged") + int(result.flagged),
             n_accepted=F("n_accepted") + int(not result.flagged),
-            requests=F("requests") + usage.requests,
-            prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
-            completion_tokens=F("completion_tokens") + usage.completion_tokens,
-            cost_usd=F("cost_usd") + _money(usage.cost_usd),
         )
 
 
@@ -580,22 +660,29 @@ def run_cancel(*, run: GenerationRun) -> None:
         raise RunRefused(f"a run that is {run.get_status_display().lower()} cannot be cancelled")
 
 
-def run_resume(*, run: GenerationRun) -> int:
-    """Queue again every image not done: never started, or held by a worker that died.
+_STOPPED = (Status.CANCELLING, Status.CANCELLED, Status.BUDGET_EXHAUSTED, Status.FAILED)
 
-    Safe at any time, also on a run that looks busy: claims are atomic, so a chunk
-    job for images another worker already took finds nothing to do. This is how a
-    run whose worker died between two images (holding no lease) gets going again.
+
+def run_resume(*, run: GenerationRun) -> int:
+    """Queue again every image not done: never started, or held under a lease that ran out.
+
+    Safe at any time. A stopped run (cancelled, at its cost cap, failed) is queued
+    again. A queued or running run keeps its status, so that its jobs at work go
+    on without a pause: the images are handed to new chunk jobs, and claims are
+    atomic, so a job for images another worker already took finds nothing to do.
+    The run's jobs take over a dead worker's images by themselves; this is for a
+    run with no job left, e.g. one whose only worker died.
     """
-    if run.status in (Status.QUEUED, Status.RUNNING) and not run_resumable(run):
-        raise RunRefused("every remaining image is being worked on; nothing to resume")
     if run.status == Status.COMPLETED:
         raise RunRefused("the run is complete; retry its failed images instead")
+    stopped = run.status in _STOPPED
+    if not stopped and not run_resumable(run):
+        raise RunRefused("every remaining image is being worked on; nothing to resume")
     with transaction.atomic():
-        RunItem.objects.filter(
-            run=run, status=RunItem.Status.LEASED, lease_until__lt=timezone.now()
-        ).update(status=RunItem.Status.PENDING, lease_until=None, worker="")
-        GenerationRun.objects.filter(id=run.id).update(
+        RunItem.objects.filter(expired(), run=run).update(
+            status=RunItem.Status.PENDING, lease_until=None, worker=""
+        )
+        GenerationRun.objects.filter(id=run.id, status__in=_STOPPED).update(
             status=Status.QUEUED, finished_at=None, cancelled_at=None, error=""
         )
         transaction.on_commit(lambda: run_enqueue(run_id=run.id))
@@ -608,7 +695,7 @@ def run_retry_failed(*, run: GenerationRun) -> int:
         raise RunRefused("wait for the run to stop before retrying its failed images")
     with transaction.atomic():
         count = RunItem.objects.filter(run=run, status=RunItem.Status.FAILED).update(
-            status=RunItem.Status.PENDING, error="", lease_until=None, worker=""
+            status=RunItem.Status.PENDING, error="", lease_until=None, worker="", finished_at=None
         )
         if not count:
             raise RunRefused("the run has no failed images")
@@ -621,16 +708,38 @@ def run_retry_failed(*, run: GenerationRun) -> int:
 
 def run_resumable(run: GenerationRun) -> bool:
     """True when some image of the run is pending or held under an expired lease."""
-    return RunItem.objects.filter(
-        Q(status=RunItem.Status.PENDING)
-        | Q(status=RunItem.Status.LEASED, lease_until__lt=timezone.now()),
-        run=run,
-    ).exists()
+    return RunItem.objects.filter(Q(status=RunItem.Status.PENDING) | expired(), run=run).exists()
 
 
-def run_has_expired_items(run: GenerationRun) -> bool:
-    """True when a worker died holding images of this run (their leases ran out)."""
-    return bool(_expired_items(run.id))
+def run_stalled_items(run: GenerationRun) -> int:
+    """Images held under a lease that ran out a while ago and that no job took over.
+
+    The run's jobs take such an image over within a poll of its lease running out;
+    one still waiting ``STALLED_AFTER`` later means no job of the run is left
+    (its only worker died, say), and **Re-queue waiting images** is needed.
+    """
+    return len(_expired_items(run.id, since=STALLED_AFTER))
+
+
+def run_throughput(run: GenerationRun, *, now: datetime | None = None) -> float | None:
+    """Images finished per second, from when they actually finished.
+
+    For a run at work, over the last ``THROUGHPUT_WINDOW`` (or since it was last
+    started or resumed, if that is later), so that the time left follows the
+    current pace; for a finished run, over its last stretch of work. None until
+    an image has finished.
+    """
+    since = run.resumed_at or run.started_at
+    if since is None:
+        return None
+    end = run.finished_at if run.is_finished() and run.finished_at else now or timezone.now()
+    start = since if run.is_finished() else max(since, end - THROUGHPUT_WINDOW)
+    span = (end - start).total_seconds()
+    if span <= 0:
+        return None
+    finished = RunItem.objects.filter(run=run, finished_at__gt=start, finished_at__lte=end)
+    count = finished.count()
+    return count / span if count else None
 
 
 def generation_workers() -> int:
@@ -645,7 +754,7 @@ def generation_workers() -> int:
 def run_recent_errors(run: GenerationRun, limit: int = 10) -> list[tuple[str, str]]:
     rows = (
         RunItem.objects.filter(run=run, status=RunItem.Status.FAILED)
-        .order_by("-updated_at")
+        .order_by("-finished_at", "-id")
         .values_list("image__original_name", "error")[:limit]
     )
     return [(name, error) for name, error in rows]

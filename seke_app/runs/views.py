@@ -7,7 +7,6 @@ from uuid import UUID
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from seke_app.models import GenerationRun
@@ -20,12 +19,18 @@ from seke_app.runs.services import (
     generation_workers,
     run_cancel,
     run_create,
-    run_has_expired_items,
     run_recent_errors,
     run_resumable,
     run_resume,
     run_retry_failed,
+    run_stalled_items,
+    run_throughput,
 )
+
+# The button that queues a stopped run again, and the one that re-queues the
+# images of a run at work that no job holds; the stalled notice names the one shown.
+RESUME = "Resume"
+REQUEUE = "Re-queue waiting images"
 
 
 def _get_run(code: UUID) -> GenerationRun:
@@ -74,27 +79,31 @@ def run_new(request: HttpRequest) -> HttpResponse:
 
 
 def _progress_context(run: GenerationRun) -> dict[str, object]:
-    elapsed = None
-    rate = None
-    eta = None
-    if run.started_at:
-        end = run.finished_at or timezone.now()
-        elapsed = max((end - run.started_at).total_seconds(), 0.001)
-        processed = run.n_done + run.n_failed
-        if processed:
-            rate = processed / elapsed
-            if not run.is_finished():
-                eta = run.n_remaining / rate
+    rate = run_throughput(run)
+    eta = run.n_remaining / rate if rate and not run.is_finished() else None
     return {
         "run": run,
         "percent": round(run.progress * 100, 1),
         "rate": rate,
         "eta": eta,
         "errors": run_recent_errors(run),
-        "stalled": not run.is_finished() and run_has_expired_items(run),
-        "resumable": not run.is_finished() and run_resumable(run),
+        "stalled": 0 if run.is_finished() else run_stalled_items(run),
+        "resume_label": _resume_label(run),
         "workers": None if run.is_finished() else _worker_note(),
     }
+
+
+def _resume_label(run: GenerationRun) -> str | None:
+    """The resume button the run page shows, if any."""
+    if run.status in (
+        GenerationRun.Status.CANCELLED,
+        GenerationRun.Status.BUDGET_EXHAUSTED,
+        GenerationRun.Status.FAILED,
+    ):
+        return RESUME
+    if not run.is_finished() and run_resumable(run):
+        return REQUEUE
+    return None
 
 
 def _worker_note() -> str | None:
@@ -130,8 +139,14 @@ def _act(request: HttpRequest, code: UUID, action: str) -> HttpResponse:
             run_cancel(run=run)
             messages.success(request, "Run cancelled: no new image is started.")
         elif action == "resume":
+            stopped = run.is_finished()
             count = run_resume(run=run)
-            messages.success(request, f"Run resumed: {count} images queued.")
+            if stopped:
+                messages.success(request, f"Run resumed: {count} images queued.")
+            else:
+                messages.success(
+                    request, f"{count} waiting images queued again; the jobs at work go on."
+                )
         else:
             count = run_retry_failed(run=run)
             messages.success(request, f"{count} failed images queued again.")

@@ -1,11 +1,16 @@
 """The dataset card: statistics gathered while records stream past, then Markdown.
 
 Memory does not depend on the number of records: only counters and fixed-width
-histograms are kept.
+histograms are kept. Every value the card prints (the title, the summary, table
+cells) goes through ``escape_markdown``, since some come from the imported
+manifest (split names) or from the admin (licence note); only the ``notes``,
+written by SEKE, are Markdown.
 """
 
 from __future__ import annotations
 
+import html
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +20,23 @@ from seke_app.engine.formats.records import GRAIN_TITLES, GRAINS, SOURCES, Curat
 from seke_app.engine.vocab import AU_NAMES, EXPRESSIONS
 
 N_BINS = 10
+# The characters that start Markdown inline markup or end a table cell: code,
+# emphasis, strike-through, links and images (only with "["), the backslash itself.
+# Block markers ("#", "-", "1.") are left alone: a value never starts a line.
+_MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]|~])")
+
+
+def escape_markdown(value: object) -> str:
+    """``value`` as literal text on one line of Markdown that may be rendered to HTML.
+
+    Whitespace runs, line breaks included, become one space (a line break would
+    end a table row or a list item); "&", "<" and ">" become HTML entities (raw
+    HTML passes through Markdown renderers, and an entity reads as the character
+    in both Markdown and HTML); inline markup characters and "|" are
+    backslash-escaped, which CommonMark and GitHub render as the plain character.
+    """
+    text = " ".join(str(value).split())
+    return _MARKDOWN_INLINE.sub(r"\\\1", html.escape(text, quote=False))
 
 
 def _bin(value: float, low: float, high: float) -> int:
@@ -92,7 +114,7 @@ def _edges(low: float, high: float) -> list[str]:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(escape_markdown(cell) for cell in row) + " |" for row in rows]
     return [*lines, ""]
 
 
@@ -177,8 +199,10 @@ def card_markdown(
     stats: CardStats, *, title: str, summary: Mapping[str, Any], notes: Sequence[str] = ()
 ) -> str:
     """The dataset card: what is in the export, where the labels came from, statistics."""
-    lines = [f"# {title}", ""]
-    lines += [f"- **{key}**: {value}" for key, value in summary.items()]
+    lines = [f"# {escape_markdown(title)}", ""]
+    lines += [
+        f"- **{escape_markdown(key)}**: {escape_markdown(value)}" for key, value in summary.items()
+    ]
     lines += ["", f"{stats.n_records} images.", ""]
     lines += [*notes, ""] if notes else []
     lines += _provenance_section(stats)

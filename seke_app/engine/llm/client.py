@@ -71,14 +71,20 @@ class VLLMError(Exception):
     """A request to the VLLM failed; ``retryable`` says whether trying later can help.
 
     ``status`` is the HTTP status of the last response, or None when there was
-    none (timeout, connection failure).
+    none (timeout, connection failure). ``usage`` is what the call had already
+    spent when it failed: a call that the client splits into several requests
+    (an endpoint without ``n``) may fail after some of them succeeded, and those
+    were billed.
     """
 
-    def __init__(self, message: str, *, retryable: bool, status: int | None) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, status: int | None, usage: Usage | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.status = status
+        self.usage = usage or Usage()
 
     def __repr__(self) -> str:
         return f"VLLMError({self.message!r}, retryable={self.retryable!r}, status={self.status!r})"
@@ -267,9 +273,13 @@ class VLLMClient:
         while len(choices) < n:
             wanted = n - len(choices)
             batch = wanted if wanted > 1 and self._supports_n is not False else 1
-            got, batch_usage = self._request(
-                messages, batch, temperature, json_schema, schema_name, max_tokens
-            )
+            try:
+                got, batch_usage = self._request(
+                    messages, batch, temperature, json_schema, schema_name, max_tokens
+                )
+            except VLLMError as err:
+                err.usage = usage + err.usage
+                raise
             usage = usage + batch_usage
             if batch > 1:
                 # An endpoint that ignores n (Ollama, some proxies) answers with one
@@ -407,9 +417,10 @@ class VLLMClient:
         return step / 2.0 + self._random.uniform(0.0, step / 2.0)
 
     def _parse(self, completion: ChatCompletion) -> tuple[list[Choice], Usage]:
+        usage = self._usage(completion)
         raw_choices = getattr(completion, "choices", None) or []
         if not raw_choices:
-            raise VLLMError("the VLLM returned no choices", retryable=True, status=200)
+            raise VLLMError("the VLLM returned no choices", retryable=True, status=200, usage=usage)
         choices = []
         for raw in sorted(raw_choices, key=lambda c: getattr(c, "index", 0) or 0):
             message = getattr(raw, "message", None)
@@ -420,16 +431,19 @@ class VLLMClient:
                     finish_reason=getattr(raw, "finish_reason", None),
                 )
             )
+        return choices, usage
+
+    def _usage(self, completion: ChatCompletion) -> Usage:
+        """What one answered request billed, priced when the model's price is known."""
         raw_usage = getattr(completion, "usage", None)
         prompt = int(getattr(raw_usage, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(raw_usage, "completion_tokens", 0) or 0)
         cost = 0.0
         if self._price is not None:
             cost = (prompt * self._price[0] + completion_tokens * self._price[1]) / 1_000_000
-        usage = Usage(
+        return Usage(
             requests=1, prompt_tokens=prompt, completion_tokens=completion_tokens, cost_usd=cost
         )
-        return choices, usage
 
     def _scrub(self, text: str) -> str:
         # Some proxies echo the presented key in their 401 text; it must never

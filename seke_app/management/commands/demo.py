@@ -19,6 +19,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -74,6 +76,10 @@ class Command(BaseCommand):
         if User.objects.filter(username=username).exists():
             if password:
                 user = User.objects.get(username=username)
+                try:
+                    validate_password(password, user)
+                except ValidationError as exc:
+                    raise CommandError(f"SEKE_ADMIN_PASSWORD: {' '.join(exc.messages)}") from None
                 user.set_password(password)
                 user.save(update_fields=["password"])
                 self.stdout.write(f"admin login: {username} (password from SEKE_ADMIN_PASSWORD)")
@@ -83,8 +89,11 @@ class Command(BaseCommand):
                     " SEKE_ADMIN_PASSWORD to reset it)"
                 )
             return
-        shown = password or secrets.token_urlsafe(9)
-        user_create(username=username, password=shown, role="admin")
+        shown = password or secrets.token_urlsafe(12)
+        try:
+            user_create(username=username, password=shown, role="admin")
+        except ValueError as exc:
+            raise CommandError(f"SEKE_ADMIN_PASSWORD: {exc}") from None
         self.stdout.write(self.style.SUCCESS(f"admin login: {username} / {shown}"))
 
     def _start_worker(self) -> subprocess.Popen[bytes]:

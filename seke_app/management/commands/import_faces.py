@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from seke_app.datasets.services import ImportRefused, dataset_import
+from seke_app.datasets.services import ImportRefused, ImportReport, dataset_import
 from seke_app.engine.vocab import AU_VOCABULARIES
 
 
@@ -16,7 +16,8 @@ class Command(BaseCommand):
     help = (
         "Import face images from a folder tree or a zip file into a dataset, with the human"
         " labels of an optional manifest CSV (file, expression, valence, arousal, au_N,"
-        " subject, split). Re-importing the same images changes nothing."
+        " subject, split). Re-importing the same images changes nothing. Fails, creating"
+        " nothing, when no image is accepted."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -40,7 +41,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         bar: tqdm[Any] | None = None
 
-        def progress(done: int, total: int) -> None:
+        def progress(done: int, total: int, report: ImportReport) -> None:
             nonlocal bar
             if bar is None:
                 bar = tqdm(total=total, unit="img", desc="importing", disable=None)
@@ -68,4 +69,6 @@ class Command(BaseCommand):
             self.stderr.write(f"rejected: {detail}")
         if len(report.rejected) > limit:
             self.stderr.write(f"... and {len(report.rejected) - limit} more rejections")
+        if report.failed():
+            raise CommandError(f"{report.failure()}\n{report.summary()}")
         self.stdout.write(self.style.SUCCESS(report.summary()))
