@@ -6,17 +6,26 @@ from seke_app.admin import ViewOnlyAdmin
 
 @admin.register(ReviewTask)
 class ReviewTaskAdmin(admin.ModelAdmin[ReviewTask]):
-    list_display = ["code", "kind", "status", "priority", "holder", "lease_until"]
-    list_filter = ["status", "kind"]
-    raw_id_fields = ["annotation", "holder"]
+    list_display = ["code", "kind", "audit", "status", "priority", "holder", "closed_reason"]
+    list_filter = ["status", "kind", "audit"]
+    raw_id_fields = ["annotation", "holder", "opened_by"]
 
 
 # Decisions are the audit trail (who decided what, when, over which machine values):
 # the admin shows them and never writes them.
 @admin.register(ReviewDecision)
 class ReviewDecisionAdmin(ViewOnlyAdmin[ReviewDecision]):
-    list_display = ["code", "kind", "action", "reviewer", "expression", "created_at", "undone_at"]
-    list_filter = ["action", "kind"]
+    list_display = [
+        "code",
+        "kind",
+        "audit",
+        "action",
+        "reviewer",
+        "expression",
+        "created_at",
+        "undone_at",
+    ]
+    list_filter = ["action", "kind", "audit"]
     raw_id_fields = ["task", "annotation", "image", "reviewer"]
 
 

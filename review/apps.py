@@ -6,11 +6,13 @@ class ReviewConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from review.tasks.services import task_create_for
+        from review.tasks.services import task_create_for, tasks_follow_threshold
         from review.tasks.store import ReviewDecisionStore
         from seke_app.insights.references import register_store
-        from seke_app.runs.hooks import on_annotation_written
+        from seke_app.runs.hooks import on_annotation_written, on_threshold_changed
 
-        # Every flagged annotation gets its review task in the same transaction.
+        # Every unconfident or audited annotation gets its review task in the same
+        # transaction; a threshold change opens and closes tasks in its own.
         on_annotation_written(task_create_for)
+        on_threshold_changed(tasks_follow_threshold)
         register_store(ReviewDecisionStore())

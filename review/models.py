@@ -41,10 +41,20 @@ class GoldQuestion(models.Model):
 
 
 class ReviewTask(models.Model):
+    """One review of one annotation; an image has at most one live review round.
+
+    An ``audit`` task is a blind one: its annotation was drawn at random from all
+    of its run's annotations, and the reviewer labels the face without seeing the
+    machine's answer. A task that no longer needs a decision (a duplicate, or its
+    annotation became confident under a new threshold) is ``closed`` with the
+    reason, never deleted.
+    """
+
     class Status(models.TextChoices):
         OPEN = "open", "Open"
         CLAIMED = "claimed", "Claimed"
         DONE = "done", "Done"
+        CLOSED = "closed", "Closed without a decision"
 
     Kind = DecisionKind
 
@@ -58,6 +68,12 @@ class ReviewTask(models.Model):
         GoldQuestion, null=True, blank=True, on_delete=models.CASCADE, related_name="tasks"
     )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    audit = models.BooleanField(default=False)
+    closed_reason = models.CharField(max_length=300, blank=True)
+    # Set when an admin opened the task by hand to have the image reviewed again.
+    opened_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     # Lower is reviewed first: the annotation's overall confidence, copied here along
     # with the per-grain confidences so that the queue is ordered by one index.
     priority = models.FloatField()
@@ -113,11 +129,12 @@ class ReviewTask(models.Model):
                 | ~Q(status="claimed"),
                 name="claimed_task_has_holder",
             ),
-            # One task of each review round per annotation; gold tasks are per reviewer.
+            # One live task of each review round per annotation (an admin may open a
+            # new one once it is decided: re-review); gold tasks are per reviewer.
             models.UniqueConstraint(
                 fields=["annotation", "kind"],
-                condition=~Q(kind=DecisionKind.GOLD),
-                name="one_task_per_round",
+                condition=~Q(kind=DecisionKind.GOLD) & Q(status__in=["open", "claimed"]),
+                name="one_live_task_per_round",
             ),
         ]
 
@@ -138,6 +155,8 @@ class ReviewDecision(models.Model):
     action = models.CharField(max_length=20, choices=Action.choices)
     # The round of the task it decides: first, second (double review), adjudication, gold.
     kind = models.CharField(max_length=12, choices=DecisionKind.choices, default=DecisionKind.FIRST)
+    # Made blind on an audit task (the task's flag, kept with the decision).
+    audit = models.BooleanField(default=False)
     # The decided values per grain (after); null where the grain was not decided.
     expression = models.CharField(max_length=20, choices=EXPRESSION_CHOICES, null=True)
     valence = models.FloatField(null=True)

@@ -13,6 +13,7 @@ urlpatterns = [
     path("task/<uuid:code>/", views.task_page, name="task"),
     path("task/<uuid:code>/decide", views.decide, name="decide"),
     path("task/<uuid:code>/skip", views.skip, name="skip"),
+    path("image/<uuid:code>/rereview", views.rereview, name="rereview"),
     path("quality/", quality_views.quality, name="quality"),
     path("gold/image/<uuid:code>", quality_views.gold_mark, name="gold_mark"),
     path("gold/<uuid:code>/retire", quality_views.gold_retire, name="gold_retire"),

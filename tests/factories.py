@@ -64,6 +64,8 @@ def make_flagged_annotations(
                 confidence=(i % 97) / 100,
                 flagged=True,
                 flag_reasons=[f"expression split 3/2 between {EXPRESSIONS[i % 5]} and neutral"],
+                # That reason names no threshold, so no threshold makes it confident.
+                held=True,
                 evidence={"expression": "brows raised", "va": "tense", "aus": "AU1 and AU2"},
             )
             for i, image in enumerate(images)

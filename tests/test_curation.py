@@ -92,6 +92,9 @@ def annotate(
         au_confidence=confidence - 0.2,
         confidence=confidence - 0.2,
         flagged=flagged,
+        # A flagged annotation above the threshold was flagged for a reason no
+        # threshold changes (``held``), as SV-UAMC would have written it.
+        held=flagged,
         n_samples=7,
     )
 

@@ -457,6 +457,25 @@ def test_it_shows_the_dashboard_with_its_figures(
     assert reverse("compare") in client.get(reverse("home")).content.decode()
 
 
+def test_it_never_scores_a_grain_the_model_was_given_against_the_dataset(
+    admin_user: User, annotator: User
+) -> None:
+    # The prompt gave the model each image's known expression (happiness); it copied it.
+    images = scripted_images(6, known_expression="happiness", known_valence=0.6, known_arousal=0.3)
+    run = make_run([annotation_row(image, known_grains=["expression"]) for image in images])
+    calibration = run_dashboard(run=run).calibration
+    assert calibration.grain("expression") is None and calibration.given == {"expression": 6}
+    va = calibration.grain("va")
+    assert va is not None and va.sources == {"dataset": 6}
+    # The risk-coverage curve rests on the grains that have a reference: VA alone.
+    assert calibration.n_scored == 6
+    record_decision(annotations_of(run)[0], annotator, action="correct", expression="fear")
+    expression = run_calibration(run=run).grain("expression")
+    assert expression is not None and expression.sources == {"review": 1}
+    page = client_for(admin_user).get(reverse("run_dashboard", args=[run.code])).content.decode()
+    assert "expression on 6 annotations" in page
+
+
 def test_it_sets_the_threshold_from_the_page(reviewed_run: GenerationRun, admin_user: User) -> None:
     client = client_for(admin_user)
     url = reverse("run_threshold", args=[reviewed_run.code])

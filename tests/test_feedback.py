@@ -15,7 +15,7 @@ from review.feedback.services import (
     prompt_version_propose,
     worse_grains,
 )
-from review.models import GoldCheck
+from review.models import GoldCheck, ReviewDecision
 from review.tasks.services import Decision, decision_record, task_claim_next
 from seke_app.engine.feedback import (
     Correction,
@@ -298,6 +298,42 @@ def test_it_builds_the_proposal_page_and_saves_the_edited_version(
     )
     assert bad.status_code == 400 and "Not saved" in bad.content.decode()
     assert PromptVersion.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_it_records_what_a_saved_version_learned_from(annotator: User, admin_user: User) -> None:
+    run = review_all(annotator)
+    client = client_for(admin_user)
+    client.post(
+        reverse("review:version_new"),
+        {
+            "runs": [str(run.code)],
+            "name": "learned",
+            "knowledge_text": "k",
+            "rule_notes": "",
+            "exemplars": "[]",
+            "calibration": "{}",
+        },
+    )
+    version = PromptVersion.objects.get(name="learned")
+    decisions = ReviewDecision.objects.filter(annotation__run=run)
+    assert version.learned_from_decisions == sorted(decisions.values_list("id", flat=True))
+    assert set(version.learned_from_images.all()) == {d.image for d in decisions}
+    page = client.get(reverse("review:version_detail", args=[version.code])).content.decode()
+    assert "Learned from <strong>8</strong> review decisions on <strong>8</strong> images" in page
+    # A version written by hand, from no run, learned from no decision.
+    by_hand = prompt_version_create(
+        parent=version,
+        name="by hand",
+        knowledge_text="k2",
+        rule_notes="",
+        exemplars=[],
+        calibration={},
+        user=admin_user,
+    )
+    assert by_hand.learned_from_decisions == [] and not by_hand.learned_from_images.exists()
+    # It starts from its parent's text, so its parent's images are in-sample for it too.
+    assert set(by_hand.learned_images()) == set(version.learned_from_images.all())
 
 
 @pytest.mark.django_db

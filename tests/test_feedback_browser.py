@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
+from review.tasks.services import Decision, decision_record, task_claim_next
 from seke_app.models import PromptVersion
 from tests.browser import BrowserPage
 from tests.conftest import PASSWORD
+from tests.factories import make_flagged_annotations
 from tests.test_feedback import review_all
 from tests.workers import WorkerProcess, wait_for_worker
 
@@ -27,6 +29,11 @@ def test_an_admin_learns_checks_and_promotes_a_version_from_reviews(
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     run = review_all(annotator, expression="fear")
+    # Faces reviewed in another run: the version never learns from them, so they are
+    # the gold set its check is scored on.
+    make_flagged_annotations(3, dataset_name="held-out", write_files=True)
+    while (task := task_claim_next(user=annotator)) is not None:
+        decision_record(task=task, user=annotator, decision=Decision(action="accept"))
     page, expect = browser_page.page, browser_page.expect
     page.goto(f"{live_server.url}/login/")
     page.get_by_label("User name").fill(admin_user.get_username())

@@ -79,7 +79,12 @@ def test_it_re_annotates_only_what_is_unreviewed_and_unsure(
     tmp_path: Path, annotator: User
 ) -> None:
     dataset = make_dataset(tmp_path, n=6)
-    first = run_create(dataset=dataset, backend="offline", params=UAMCParams(review_threshold=1.0))
+    first = run_create(
+        dataset=dataset,
+        backend="offline",
+        params=UAMCParams(review_threshold=1.0),
+        audit_share=0.0,
+    )
     work()
     # Every image was flagged; the annotator decides two of them.
     decided = []
@@ -135,3 +140,5 @@ def test_it_runs_the_gold_check_for_a_version_and_its_parent(
         assert check.report[side]["n"] == 3
         assert 0 <= check.report[side]["expression_accuracy"] <= 1
     assert isinstance(check.report["worse"], list)
+    # The report says what was left out, and that nothing it learned from went unrecorded.
+    assert check.report["left_out"] == 1 and check.report["unrecorded"] == []

@@ -58,6 +58,7 @@ def reviewable_run(tmp_path: Path, n: int = 6) -> GenerationRun:
         backend="offline",
         params=UAMCParams(review_threshold=1.0),
         concurrency=1,
+        audit_share=0.0,
     )
     SimpleWorker([get_queue("generation")], connection=django_rq.get_connection("generation")).work(
         burst=True

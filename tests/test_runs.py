@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db.models import Q
 from django.urls import reverse
 
 from review.models import ReviewTask
@@ -45,7 +46,10 @@ def assert_consistent(run: GenerationRun) -> None:
     assert run.n_flagged == annotations.filter(flagged=True).count()
     assert run.n_accepted == annotations.filter(flagged=False).count()
     assert run.n_failed == RunItem.objects.filter(run=run, status="failed").count()
-    assert ReviewTask.objects.filter(annotation__run=run).count() == run.n_flagged
+    # One task per image that is unconfident or drawn for the audit (one, not two).
+    audited = RunItem.objects.filter(run=run, audit=True).values("image_id")
+    needing = annotations.filter(Q(flagged=True) | Q(image_id__in=audited)).count()
+    assert ReviewTask.objects.filter(annotation__run=run).count() == needing
     assert run.n_done + run.n_failed == run.n_total
 
 

@@ -1,22 +1,26 @@
 """Corrections feed back into the knowledge: new prompt versions, gold checks, promotion.
 
 The content of a new version is computed from review decisions by
-``seke_app.engine.feedback``; the admin edits it before saving. Before a version
-becomes active it is run, together with its parent, on a gold set of
-human-decided images it did not learn from; promoting a version that scores worse
-needs an explicit override, which is recorded.
+``seke_app.engine.feedback``; the admin edits it before saving. The version records
+the decisions it learned from and every image they touched
+(``PromptVersion.learned_from_decisions``, ``learned_from_images``): its rule notes,
+exemplars and recalibration were all fitted on them. Before a version becomes
+active it is run, together with its parent, on a gold set of human-decided images
+that neither it nor any ancestor learned from; promoting a version that scores
+worse needs an explicit override, which is recorded.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import F, Max
+from django.db.models import F, Max, QuerySet
 from django.utils import timezone
 
 from review.models import GoldCheck, ReviewDecision
@@ -135,11 +139,20 @@ def prompt_version_create(
     exemplars: list[dict[str, Any]],
     calibration: dict[str, Any],
     user: User | None,
+    runs: Sequence[GenerationRun] = (),
 ) -> PromptVersion:
+    """Save a new version; ``runs`` are those whose decisions its proposal learned from.
+
+    Every decision of those runs that a proposal reads now is recorded as learned
+    from, with its image: more than the proposal saw if reviews came in meanwhile,
+    which only leaves more images out of the gold set. Exemplars that name an image
+    the runs' decisions did not touch (pasted by hand) count as learned from too.
+    """
     if not knowledge_text.strip():
         raise FeedbackRefused("the knowledge text cannot be empty")
     number = (PromptVersion.objects.aggregate(n=Max("number"))["n"] or 0) + 1
-    return PromptVersion.objects.create(
+    decisions = _decisions(runs) if runs else []
+    version = PromptVersion.objects.create(
         number=number,
         name=name or f"Learned from reviews (v{number})",
         knowledge_text=knowledge_text,
@@ -149,7 +162,23 @@ def prompt_version_create(
         fingerprint=prompt_fingerprint(version_text(knowledge_text, rule_notes, exemplars)),
         parent=parent,
         created_by=user,
+        learned_from_decisions=sorted(d.id for d in decisions),
     )
+    images = {d.image_id for d in decisions}
+    images.update(_exemplar_images(exemplars).values_list("id", flat=True))
+    version.learned_from_images.set(images)
+    return version
+
+
+def _exemplar_images(exemplars: Sequence[dict[str, Any]]) -> QuerySet[FaceImage]:
+    """The images the exemplars name (``image_ref``, a face's code)."""
+    codes = []
+    for exemplar in exemplars:
+        try:
+            codes.append(uuid.UUID(str(exemplar.get("image_ref"))))
+        except ValueError:
+            continue
+    return FaceImage.objects.filter(code__in=codes)
 
 
 # --- The gold set and the check --------------------------------------------------------
@@ -164,19 +193,25 @@ class GoldItem:
 
 
 def gold_set(version: PromptVersion, *, include_imported: bool, limit: int = 200) -> list[GoldItem]:
-    """Human-decided images the version did not learn from (newest decision wins)."""
-    exemplar_refs = {str(e.get("image_ref")) for e in version.exemplars}
+    """Human-decided images that neither the version nor an ancestor learned from.
+
+    The parent is an ancestor, so both sides of the check are scored out of sample
+    (``PromptVersion.learned_images``). The newest decision on an image gives its
+    labels.
+    """
+    learned = version.learned_images().values("id")
     items: dict[int, GoldItem] = {}
     decisions = (
         ReviewDecision.objects.filter(
             undone_at__isnull=True,
             action__in=[ReviewDecision.Action.ACCEPT, ReviewDecision.Action.CORRECT],
         )
+        .exclude(image_id__in=learned)
         .select_related("image")
         .order_by("-created_at")
     )
     for d in decisions.iterator(chunk_size=500):
-        if d.image_id in items or str(d.image.code) in exemplar_refs:
+        if d.image_id in items:
             continue
         va = (d.valence, d.arousal) if d.valence is not None and d.arousal is not None else None
         aus = {int(a): bool(on) for a, on in d.aus.items()} if d.aus is not None else None
@@ -185,9 +220,8 @@ def gold_set(version: PromptVersion, *, include_imported: bool, limit: int = 200
             return list(items.values())
     if include_imported:
         imported = FaceImage.objects.filter(known_expression__isnull=False, rejected=False)
-        for image in imported.exclude(id__in=list(items)).order_by("id")[: limit - len(items)]:
-            if str(image.code) in exemplar_refs:
-                continue
+        imported = imported.exclude(id__in=list(items)).exclude(id__in=learned).order_by("id")
+        for image in imported[: limit - len(items)]:
             va = (
                 (image.known_valence, image.known_arousal)
                 if image.known_valence is not None and image.known_arousal is not None
@@ -210,8 +244,8 @@ def gold_check_create(
     items = gold_set(version, include_imported=include_imported)
     if not items:
         raise FeedbackRefused(
-            "the gold set is empty: no human-decided image outside this version's exemplars"
-            " (include imported labels, or review more)"
+            "the gold set is empty: every human-decided image is one this version or an"
+            " ancestor learned from (include imported labels, or review more)"
         )
     get_queue("default")
     with transaction.atomic():
@@ -307,6 +341,8 @@ def gold_check_run(*, check_id: int) -> None:
         )
         raise
     report["worse"] = worse_grains(report["version"], report["parent"])
+    report["left_out"] = check.version.learned_images().count()
+    report["unrecorded"] = [v.number for v in check.version.unrecorded_lineage()]
     GoldCheck.objects.filter(id=check.id).update(
         status=GoldCheck.Status.DONE, report=report, finished_at=timezone.now()
     )

@@ -125,6 +125,7 @@ def _create(request: HttpRequest, parent: PromptVersion, context: dict[str, Any]
             exemplars=exemplars,
             calibration=calibration,
             user=request_user(request),
+            runs=_runs_from(request),
         )
     except (ValueError, FeedbackRefused) as exc:
         messages.error(request, f"Not saved: {exc}")

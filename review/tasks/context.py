@@ -7,11 +7,11 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 
-from review.models import ReviewTask
+from review.models import ReviewDecision, ReviewTask
 from review.tasks.services import last_undoable_decision
 from seke_app.engine.knowledge import VA_PRIORS
 from seke_app.engine.vocab import AU_NAMES
-from seke_app.models import Annotation
+from seke_app.models import Annotation, FaceImage
 
 
 def _grain_reasons(annotation: Annotation) -> dict[str, list[str]]:
@@ -50,6 +50,39 @@ def chart_data(
     }
 
 
+def earlier_decisions(image: FaceImage) -> list[ReviewDecision]:
+    """The image's decisions that stand (not undone, not gold answers), newest first."""
+    return list(
+        ReviewDecision.objects.filter(image=image, undone_at__isnull=True)
+        .exclude(kind=ReviewTask.Kind.GOLD)
+        .select_related("reviewer")
+        .order_by("-created_at", "-id")
+    )
+
+
+def blind_task_page_context(task: ReviewTask, user: User) -> dict[str, Any]:
+    """An audit task's page: the face and empty fields, nothing the machine said.
+
+    No machine answer, confidence, flag reason, verification, sample chart or
+    earlier decision: anything shown first pulls the reviewer's answer towards it
+    (anchoring), and the audit exists to measure how often the machine is wrong.
+    The dataset's own labels are left out for the same reason.
+    """
+    annotation = Annotation.objects.select_related("image__dataset", "run").get(
+        id=task.annotation_id
+    )
+    vocabulary = annotation.image.dataset.vocabulary()
+    return {
+        "task": task,
+        "image": annotation.image,
+        "dataset": annotation.image.dataset,
+        "expressions": list(enumerate(vocabulary.expressions, start=1)),
+        "au_rows": [{"au": au, "name": AU_NAMES[au]} for au in vocabulary.aus],
+        "undoable": last_undoable_decision(user),
+        "lease_minutes": settings.REVIEW_LEASE_MINUTES,
+    }
+
+
 def task_page_context(task: ReviewTask, user: User) -> dict[str, Any]:
     annotation = Annotation.objects.select_related("image__dataset", "run", "prompt_version").get(
         id=task.annotation_id
@@ -80,4 +113,5 @@ def task_page_context(task: ReviewTask, user: User) -> dict[str, Any]:
         "charts": chart_data(annotation, vocabulary.expressions, vocabulary.aus),
         "undoable": last_undoable_decision(user),
         "lease_minutes": settings.REVIEW_LEASE_MINUTES,
+        "earlier": earlier_decisions(image),
     }

@@ -1,4 +1,16 @@
-"""Review workflows: tasks for flagged annotations, claiming, decisions, undo.
+"""Review workflows: tasks for unconfident and audited annotations, claiming,
+decisions, undo, re-review, and what a threshold change opens and closes.
+
+One image, one review: a run opens no task for an image that already has a
+human decision (not undone) or a live task (open or claimed), whichever run
+made them; its machine answer is still stored and shown on the image's page.
+Reviewing such an image again is an admin's explicit action
+(``task_open_rereview``). Decisions on one image that disagree, on any of its
+annotations, open an adjudication (``image_disputes``, the rule the human
+label reads). Each run also draws a random share of all its images for a
+blind audit (``RunItem.audit``): their tasks are ``audit`` tasks, whose page
+shows no machine answer; an audited image that is also unconfident gets that
+one task.
 
 Claiming is a conditional UPDATE (status open, or claimed with an expired lease)
 whose row count says whether this annotator won; on PostgreSQL the candidate is
@@ -41,10 +53,11 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from review.models import GoldQuestion, ReviewDecision, ReviewTask
-from review.tasks.store import decision_of
+from review.tasks.store import ReviewDecisionStore
 from seke_app.engine.vocab import Vocabulary
-from seke_app.insights.references import disputes, human_references
-from seke_app.models import Annotation, FaceImage
+from seke_app.insights.references import human_references, image_disputes
+from seke_app.models import Annotation, FaceImage, GenerationRun, RunItem
+from seke_app.models.runs import confident
 from seke_app.roles import is_admin
 
 ORDERINGS = {
@@ -75,13 +88,19 @@ class QueueFilter:
             tasks = tasks.filter(annotation__run__code=self.run_code)
         if self.dataset_code:
             tasks = tasks.filter(annotation__image__dataset__code=self.dataset_code)
+        # Filters on the machine's answer leave audit tasks out: listing an audit
+        # under a machine expression would tell the reviewer the answer.
         if self.expression:
-            tasks = tasks.filter(annotation__expression=self.expression)
+            tasks = tasks.filter(annotation__expression=self.expression, audit=False)
         if self.flag_reason:
-            tasks = tasks.filter(annotation__flag_reasons__icontains=self.flag_reason)
+            tasks = tasks.filter(annotation__flag_reasons__icontains=self.flag_reason, audit=False)
         if self.exclude_ids:
             tasks = tasks.exclude(id__in=self.exclude_ids)
         return tasks.order_by(ORDERINGS.get(self.order, "priority"), "id")
+
+
+LIVE = (ReviewTask.Status.OPEN, ReviewTask.Status.CLAIMED)
+REVIEW_ROUNDS = (ReviewTask.Kind.FIRST, ReviewTask.Kind.SECOND)
 
 
 def _task_values(annotation: Annotation) -> dict[str, float]:
@@ -93,6 +112,19 @@ def _task_values(annotation: Annotation) -> dict[str, float]:
     }
 
 
+def _blind_values(annotation: Annotation) -> dict[str, float]:
+    """Queue positions for an audit task: one stable random number for every order.
+
+    Ordered by confidence, audits of confident images would wait behind every
+    flagged one, and the position would hint at the machine's confidence.
+    """
+    digest = hashlib.sha256(b"audit:" + str(annotation.code).encode()).digest()
+    position = int.from_bytes(digest[:8], "big") / 2**64
+    return dict.fromkeys(
+        ("priority", "expression_confidence", "va_confidence", "au_confidence"), position
+    )
+
+
 def double_reviewed(annotation: Annotation, share: float) -> bool:
     """Whether this annotation is in the run's double-review share (stable per annotation)."""
     if share <= 0:
@@ -101,17 +133,132 @@ def double_reviewed(annotation: Annotation, share: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
-def task_create_for(annotation: Annotation) -> None:
-    """An open task per flagged annotation (two for the double-review share)."""
-    if not annotation.flagged:
-        return
+def _lock_images(image_ids: list[int]) -> None:
+    """Serialise the tasks opened on these images (call inside atomic)."""
+    list(
+        FaceImage.objects.select_for_update(no_key=True)
+        .filter(id__in=image_ids)
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+
+
+def busy_images() -> QuerySet[FaceImage]:
+    """Images that a new run must not send to review again: they have a human
+    decision (not undone, not a gold answer) or a live task (open or claimed)."""
+    decided = ReviewDecision.objects.filter(undone_at__isnull=True).exclude(
+        kind=ReviewTask.Kind.GOLD
+    )
+    live = ReviewTask.objects.filter(status__in=LIVE).exclude(kind=ReviewTask.Kind.GOLD)
+    return FaceImage.objects.filter(
+        Q(id__in=decided.values("image_id")) | Q(id__in=live.values("annotation__image_id"))
+    )
+
+
+def _audited(annotation: Annotation) -> bool:
+    return RunItem.objects.filter(
+        run_id=annotation.run_id, image_id=annotation.image_id, audit=True
+    ).exists()
+
+
+def task_create_for(annotation: Annotation) -> bool:
+    """The review task a newly written annotation needs, if any (called in its transaction).
+
+    An audited annotation gets one blind audit task whatever its confidence; an
+    unconfident one (``confident()``) a first-review task, and a second one in the
+    double-review share. Neither when the image already has a decision or a live
+    task: one image, one review.
+    """
+    audit = _audited(annotation)
+    if not audit and annotation.is_confident(annotation.run.review_threshold):
+        return False
+    with transaction.atomic():
+        return _open_first_task(annotation, audit=audit)
+
+
+def _open_first_task(annotation: Annotation, *, audit: bool) -> bool:
+    _lock_images([annotation.image_id])
+    if busy_images().filter(id=annotation.image_id).exists():
+        return False
+    if audit:
+        ReviewTask.objects.create(
+            annotation=annotation,
+            kind=ReviewTask.Kind.FIRST,
+            audit=True,
+            **_blind_values(annotation),
+        )
+        return True
     kinds = [ReviewTask.Kind.FIRST]
     if double_reviewed(annotation, annotation.run.double_review_share):
         kinds.append(ReviewTask.Kind.SECOND)
     for kind in kinds:
-        ReviewTask.objects.get_or_create(
-            annotation=annotation, kind=kind, defaults=_task_values(annotation)
+        ReviewTask.objects.create(annotation=annotation, kind=kind, **_task_values(annotation))
+    return True
+
+
+def task_open_rereview(*, image: FaceImage, user: User) -> ReviewTask:
+    """An admin's explicit request to have an image reviewed again: a first-review
+    task on its latest annotation, recorded as opened by them."""
+    if not is_admin(user):
+        raise ReviewRefused("Only an admin can send an image to review again.")
+    with transaction.atomic():
+        _lock_images([image.id])
+        live = ReviewTask.objects.filter(annotation__image=image, status__in=LIVE).exclude(
+            kind=ReviewTask.Kind.GOLD
         )
+        if live.exists():
+            raise ReviewRefused("A review of this image is already waiting in the queue.")
+        annotation = image.annotations.select_related("run").order_by("-created_at", "-id").first()
+        if annotation is None:
+            raise ReviewRefused("The image has no machine answer to review yet: run it first.")
+        return ReviewTask.objects.create(
+            annotation=annotation,
+            kind=ReviewTask.Kind.FIRST,
+            opened_by=user,
+            **_task_values(annotation),
+        )
+
+
+def tasks_follow_threshold(run: GenerationRun) -> tuple[int, int]:
+    """Make the run's review tasks agree with its current threshold; (opened, closed).
+
+    Called inside the transaction that changed the threshold, with the run's row
+    locked. Open first-review tasks (and expired claims) of annotations that are
+    now confident are closed with the reason; audit and adjudication tasks stay,
+    since neither depends on the threshold. Annotations that are now unconfident
+    and have no task get one by the rule of ``task_create_for``. Tasks are closed
+    before images are locked, in the order a decision takes them (task, image).
+    """
+    now = timezone.now()
+    annotations = Annotation.objects.filter(run=run)
+    closed = (
+        ReviewTask.objects.filter(
+            _available(now),
+            annotation__in=annotations.filter(confident()),
+            kind__in=REVIEW_ROUNDS,
+            audit=False,
+        )
+        .exclude(opened_by__isnull=False)
+        .update(
+            status=ReviewTask.Status.CLOSED,
+            holder=None,
+            lease_until=None,
+            closed_at=now,
+            closed_reason=(
+                f"confident under the run's new review threshold {run.review_threshold:.3f}"
+            ),
+        )
+    )
+    unconfident = annotations.exclude(confident()).exclude(image__rejected=True)
+    candidates = unconfident.exclude(image__in=busy_images())
+    _lock_images(list(candidates.values_list("image_id", flat=True)))
+    # A run annotates an image once, so each candidate is its image's only one here;
+    # ``task_create_for`` checks again under the image's lock.
+    opened = sum(
+        task_create_for(annotation)
+        for annotation in candidates.select_related("run").order_by("confidence", "id")
+    )
+    return opened, closed
 
 
 def _available(now: Any) -> Q:
@@ -306,9 +453,23 @@ def _machine_values(annotation: Annotation) -> dict[str, Any]:
     }
 
 
-def validate_decision(decision: Decision, vocabulary: Vocabulary) -> list[str]:
-    """Every problem with the values, in words; empty when they are valid."""
+def validate_decision(
+    decision: Decision, vocabulary: Vocabulary, *, blind: bool = False
+) -> list[str]:
+    """Every problem with the values, in words; empty when they are valid.
+
+    A blind audit has no machine answer to accept: the reviewer labels every grain
+    (expression, valence and arousal; the AUs are the boxes ticked) or rejects the
+    image.
+    """
     problems = []
+    if blind and decision.action == ReviewDecision.Action.ACCEPT:
+        problems.append("an audit is blind: there is no machine answer to accept, label the face")
+    if blind and decision.action == ReviewDecision.Action.CORRECT:
+        if decision.expression is None:
+            problems.append("choose the expression")
+        if decision.valence is None or decision.arousal is None:
+            problems.append("set valence and arousal")
     if decision.action not in ReviewDecision.Action.values:
         problems.append(f"unknown action {decision.action!r}")
     if decision.action == ReviewDecision.Action.REJECT_IMAGE and not decision.reject_reason:
@@ -340,7 +501,7 @@ def decision_record(*, task: ReviewTask, user: User, decision: Decision) -> Revi
     later one sees the earlier and opens the adjudication a disagreement needs.
     """
     annotation = Annotation.objects.select_related("image__dataset").get(id=task.annotation_id)
-    problems = validate_decision(decision, annotation.image.dataset.vocabulary())
+    problems = validate_decision(decision, annotation.image.dataset.vocabulary(), blind=task.audit)
     if problems:
         raise ReviewRefused("; ".join(problems).capitalize() + ".")
     with transaction.atomic():
@@ -353,6 +514,7 @@ def decision_record(*, task: ReviewTask, user: User, decision: Decision) -> Revi
             image=annotation.image,
             reviewer=user,
             kind=held.kind,
+            audit=held.audit,
             before=_machine_values(annotation),
             **_after_values(decision, annotation),
         )
@@ -362,24 +524,36 @@ def decision_record(*, task: ReviewTask, user: User, decision: Decision) -> Revi
         held.save(update_fields=["status", "lease_until", "closed_at"])
         if held.kind != ReviewTask.Kind.GOLD:
             _settle_rejection(annotation.image_id)
-        if held.kind in (ReviewTask.Kind.FIRST, ReviewTask.Kind.SECOND):
+        if held.kind in REVIEW_ROUNDS:
             _adjudicate_if_needed(annotation)
     return row
 
 
-def _adjudicate_if_needed(annotation: Annotation) -> None:
-    pair = list(
-        ReviewDecision.objects.filter(
-            annotation=annotation,
-            undone_at__isnull=True,
-            kind__in=[ReviewTask.Kind.FIRST, ReviewTask.Kind.SECOND],
-        ).order_by("kind")
+def _image_disputed(image_id: int) -> bool:
+    """Whether the image's standing decisions disagree, by the human label's own rule."""
+    decisions = ReviewDecisionStore().decisions(
+        image_ids=FaceImage.objects.filter(id=image_id).values("id")
     )
-    if len(pair) == 2 and disputes(decision_of(pair[0]), decision_of(pair[1])):
-        ReviewTask.objects.get_or_create(
-            annotation=annotation,
-            kind=ReviewTask.Kind.ADJUDICATION,
-            defaults=_task_values(annotation),
+    return bool(image_disputes(decisions))
+
+
+def _adjudicate_if_needed(annotation: Annotation) -> None:
+    """Open an adjudication when the image's standing decisions disagree.
+
+    The decisions may be on different annotations of the image (another run's,
+    or a re-review); the image row, locked by ``_settle_rejection`` before this,
+    makes the later of two simultaneous decisions see the earlier one.
+    """
+    if not _image_disputed(annotation.image_id):
+        return
+    waiting = ReviewTask.objects.filter(
+        annotation__image_id=annotation.image_id,
+        kind=ReviewTask.Kind.ADJUDICATION,
+        status__in=LIVE,
+    )
+    if not waiting.exists():
+        ReviewTask.objects.create(
+            annotation=annotation, kind=ReviewTask.Kind.ADJUDICATION, **_task_values(annotation)
         )
 
 
@@ -450,12 +624,14 @@ def decision_undo(*, decision: ReviewDecision, user: User) -> ReviewTask:
         )
         if row.kind != ReviewTask.Kind.GOLD:
             _settle_rejection(row.image_id)
-        # An adjudication nobody has started is withdrawn with the review it came from.
-        ReviewTask.objects.filter(
-            annotation_id=row.annotation_id,
-            kind=ReviewTask.Kind.ADJUDICATION,
-            status=ReviewTask.Status.OPEN,
-        ).delete()
+        # An adjudication nobody has started is withdrawn with the review it came
+        # from, unless the decisions that still stand disagree too.
+        if not _image_disputed(row.image_id):
+            ReviewTask.objects.filter(
+                annotation__image_id=row.image_id,
+                kind=ReviewTask.Kind.ADJUDICATION,
+                status=ReviewTask.Status.OPEN,
+            ).delete()
     return ReviewTask.objects.get(id=row.task_id)
 
 

@@ -36,6 +36,7 @@ _FIELDS = (
     "annotation__aus",
     "reviewer__username",
     "created_at",
+    "audit",
 )
 _GOLD_FIELDS = ("image_id", "expression", "valence", "arousal", "aus")
 
@@ -55,6 +56,7 @@ def _decision(row: tuple[Any, ...]) -> Decision:
         reviewed=Labels.of(*row[8:12]),
         reviewer=row[12],
         decided_at=row[13],
+        audit=row[14],
     )
 
 
@@ -72,6 +74,7 @@ def decision_of(row: ReviewDecision) -> Decision:
         ),
         reviewer=row.reviewer.get_username(),
         decided_at=row.created_at,
+        audit=row.audit,
     )
 
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from review.models import ReviewTask
-from review.tasks.context import task_page_context
+from review.tasks.context import blind_task_page_context, task_page_context
 from review.tasks.forms import DecisionFormError, decision_from_post
 from review.tasks.services import (
     ORDERINGS,
@@ -26,11 +26,12 @@ from review.tasks.services import (
     queue_tasks,
     task_claim_next,
     task_held_by,
+    task_open_rereview,
     task_skip,
 )
 from seke_app.engine.vocab import EXPRESSIONS
-from seke_app.models import Dataset, GenerationRun
-from seke_app.roles import annotator_required, request_user
+from seke_app.models import Dataset, FaceImage, GenerationRun
+from seke_app.roles import admin_required, annotator_required, request_user
 
 SKIPPED = "review_skipped"
 # The queue filters chosen when reviewing started; the next task after a decision or
@@ -125,8 +126,25 @@ def task_page(request: HttpRequest, code: UUID) -> HttpResponse:
         else:
             messages.error(request, "This task is not yours: start reviewing from the queue.")
         return redirect("review:queue")
+    if task.audit:
+        context = blind_task_page_context(task, request_user(request))
+        return render(request, "review/tasks/task_blind.html", context)
     context = task_page_context(task, request_user(request))
     return render(request, "review/tasks/task.html", context)
+
+
+@require_POST
+@admin_required
+def rereview(request: HttpRequest, code: UUID) -> HttpResponse:
+    """An admin sends an image to review again (one image, one review otherwise)."""
+    image = get_object_or_404(FaceImage, code=code)
+    try:
+        task_open_rereview(image=image, user=request_user(request))
+    except ReviewRefused as exc:
+        messages.error(request, f"Not sent: {exc}")
+    else:
+        messages.success(request, "The image is in the review queue again.")
+    return redirect("image_detail", code=image.code)
 
 
 @require_POST

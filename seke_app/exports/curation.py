@@ -8,8 +8,10 @@ The order of precedence, per grain (expression; valence-arousal; AUs):
    disagree on left unresolved; a rejected image is removed.
 2. The human label imported with the image (``FaceImage.known_*``); valence and
    arousal count only as a pair.
-3. A machine label that its run accepted (the annotation was not flagged, so
-   every confidence passed the run's review threshold): the latest such one.
+3. A machine label confident under its run's *current* review threshold
+   (``seke_app.models.runs.confident``: the overall confidence, the lowest of
+   the three, is at least the threshold and nothing else flagged it): the
+   latest such one.
 
 Otherwise the grain has no label. Images marked rejected are left out.
 
@@ -25,11 +27,11 @@ from datetime import datetime
 from typing import Any
 
 from django.db import models
-from django.db.models import F
 
 from seke_app.engine.formats.records import CuratedRecord, Provenance
 from seke_app.insights.references import Reference, human_references
 from seke_app.models import Annotation, Dataset, FaceImage
+from seke_app.models.runs import confident
 
 CHUNK_SIZE = 1000
 
@@ -89,11 +91,8 @@ def _latest_per_image(rows: Any) -> dict[int, Row]:
 
 def _latest_accepted(ids: models.QuerySet[FaceImage, Any]) -> dict[int, Row]:
     rows = (
-        # Accepted by its run: not flagged, and still above the run's review threshold
-        # (an admin may raise it later from the risk-coverage curve).
-        Annotation.objects.filter(
-            image_id__in=ids, flagged=False, confidence__gte=F("run__review_threshold")
-        )
+        # Confident under the run's current threshold, which an admin may change.
+        Annotation.objects.filter(confident(), image_id__in=ids)
         .order_by("image_id", "-created_at", "-id")
         .values(*_MACHINE_FIELDS)
     )

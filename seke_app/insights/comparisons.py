@@ -8,7 +8,10 @@ annotation. Between the sides: agreement on the images both annotated.
 
 Reviews were made on one side's annotations, and ``accept`` stands behind that
 side's values, so the reviewed side has an edge on reviewed images; gold
-questions and dataset labels do not favour either side. The page says so.
+questions and dataset labels do not favour either side. The page says so. A
+grain a side's model was given as a known label is never scored against the
+dataset's label, and images a side's prompt version learned from are counted as
+in-sample for that side (``dashboards``).
 
 Queries: per side, two for the references, one streamed pass and one aggregate;
 and one streamed pass over the shared images, the other side's values fetched
@@ -32,12 +35,7 @@ from seke_app.insights.dashboards import (
     calibration_data,
     stream_rows,
 )
-from seke_app.insights.references import (
-    GRAINS,
-    Labels,
-    human_references,
-    reference_for,
-)
+from seke_app.insights.references import GRAINS, Labels, human_references
 from seke_app.models import Annotation, GenerationRun, PromptVersion
 
 
@@ -51,6 +49,11 @@ class Side:
     threshold: float
     run: GenerationRun | None = None
     version: PromptVersion | None = None
+
+    @property
+    def prompt_version(self) -> PromptVersion | None:
+        """The prompt version behind the side's annotations."""
+        return self.version or (self.run.prompt_version if self.run else None)
 
     @classmethod
     def of_run(cls, run: GenerationRun) -> Side:
@@ -84,6 +87,8 @@ class SideSummary:
     # The same, on gold questions alone: the one reference that favours neither side.
     gold_accuracy: dict[str, tuple[int, float | None]]
     calibration: Calibration
+    # Per grain, how many scored labels are on images the side's prompt version learned from.
+    in_sample: dict[str, int]
 
     @property
     def cost_per_annotation(self) -> float | None:
@@ -145,10 +150,8 @@ class Comparison:
 def _summary(side: Side) -> SideSummary:
     references = human_references(side.annotations.values("image_id"))
     scorer = Scorer()
-    for row in stream_rows(side.annotations):
-        reference = reference_for(references, row.image_id, row.known)
-        if reference is not None:
-            scorer.add(row, reference)
+    for row in stream_rows(side.annotations, version=side.prompt_version):
+        scorer.score(row, references)
     totals = side.annotations.aggregate(n=Count("id"), cost=Sum("cost_usd"))
     return SideSummary(
         side=side,
@@ -157,6 +160,7 @@ def _summary(side: Side) -> SideSummary:
         accuracy={g: scorer.accuracy(g) for g in (*GRAINS, "overall")},
         gold_accuracy={g: scorer.accuracy(g, "gold") for g in GRAINS},
         calibration=scorer.calibration(side.threshold),
+        in_sample={g: scorer.in_sample[g] for g in (*GRAINS, "overall")},
     )
 
 

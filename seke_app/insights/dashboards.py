@@ -12,6 +12,14 @@ expected calibration error and the risk-coverage curve come from
 ``engine.quality``. Reviews exist mostly for flagged annotations, so without gold
 questions or dataset labels the confident end of the curve is thinly covered;
 the page says how many labels each figure rests on.
+
+Two kinds of reference would flatter the run, and are handled here. A grain the
+model was given as a known label is never scored against the dataset's label
+(``references.reference_for``). An image the run's prompt version, or one of its
+ancestors, learned from (``PromptVersion.learned_from_images``) is scored, but
+counted as *in-sample*: the version's notes, exemplars and recalibration were
+fitted on the very reviews it is scored against, and the page says how many
+such images each figure includes.
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import models
-from django.db.models import Count, Q, Sum
+from django.db.models import BooleanField, Count, Exists, OuterRef, Q, Sum, Value
 from django.db.models.functions import TruncHour, TruncMinute
 from django.utils import timezone
 
@@ -41,7 +50,9 @@ from seke_app.insights.references import (
     human_references,
     reference_for,
 )
-from seke_app.models import Annotation, GenerationRun
+from seke_app.models import Annotation, GenerationRun, PromptVersion
+from seke_app.models.runs import ThresholdChange, confident
+from seke_app.runs.threshold import ThresholdRefused, run_threshold_set
 
 HISTOGRAM_BINS = 20
 CALIBRATION_BINS = 10
@@ -77,18 +88,26 @@ _STREAM_FIELDS = (
     "image__known_valence",
     "image__known_arousal",
     "image__known_aus",
+    "known_grains",
+    "in_sample",
 )
 
 
 @dataclass(frozen=True)
 class AnnotationRow:
-    """One streamed annotation: its labels, confidences and the image's dataset labels."""
+    """One streamed annotation: its labels, confidences and the image's dataset labels.
+
+    ``given`` names the grains the model was given as known labels; ``in_sample``
+    says whether the prompt version learned from the image.
+    """
 
     image_id: int
     confidences: dict[str, float]
     labels: Labels
     au_rates: dict[str, float]
     known: Labels
+    given: frozenset[str] = frozenset()
+    in_sample: bool = False
 
     @classmethod
     def from_values(cls, values: tuple[Any, ...]) -> AnnotationRow:
@@ -101,12 +120,32 @@ class AnnotationRow:
             labels=Labels.of(expression, valence, arousal, aus),
             au_rates=rates or {},
             known=Labels.of(*values[10:14]),
+            given=frozenset(values[14] or ()),
+            in_sample=bool(values[15]),
         )
 
+    def reference(self, references: Mapping[int, Reference]) -> Reference | None:
+        """The row's reference: never the dataset's label on a grain the model was given."""
+        return reference_for(references, self.image_id, self.known, given=self.given)
 
-def stream_rows(annotations: models.QuerySet[Annotation]) -> Iterator[AnnotationRow]:
-    """One pass over the annotations, as plain values (a server-side cursor on PostgreSQL)."""
-    rows = annotations.order_by().values_list(*_STREAM_FIELDS).iterator(chunk_size=2000)
+
+def stream_rows(
+    annotations: models.QuerySet[Annotation], *, version: PromptVersion | None = None
+) -> Iterator[AnnotationRow]:
+    """One pass over the annotations, as plain values (a server-side cursor on PostgreSQL).
+
+    With ``version``, an image it or an ancestor learned from is marked in-sample.
+    """
+    if version is None:
+        in_sample: Any = Value(False, output_field=BooleanField())
+    else:
+        in_sample = Exists(version.learned_images().filter(pk=OuterRef("image_id")))
+    rows = (
+        annotations.order_by()
+        .annotate(in_sample=in_sample)
+        .values_list(*_STREAM_FIELDS)
+        .iterator(chunk_size=2000)
+    )
     return (AnnotationRow.from_values(values) for values in rows)
 
 
@@ -116,6 +155,13 @@ class GrainCalibration:
     label: str
     reliability: quality.Reliability
     sources: dict[str, int]
+    # How many of the scored labels are on images the prompt version learned from.
+    in_sample: int = 0
+
+    @property
+    def n_reviews(self) -> int:
+        """Scored labels whose reference includes a review: mostly of flagged annotations."""
+        return sum(n for key, n in self.sources.items() if "review" in key.split("+"))
 
 
 @dataclass
@@ -126,6 +172,11 @@ class Calibration:
     risk: list[quality.RiskPoint]
     current: quality.RiskPoint | None
     threshold: float
+    # How many of the annotations on the risk-coverage curve are in-sample.
+    n_in_sample: int = 0
+    # Per grain, how many annotations were given it as a known label (never scored
+    # against the dataset's label).
+    given: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_scored(self) -> int:
@@ -144,12 +195,19 @@ class Scorer:
         self.sources: dict[str, Counter[str]] = {g: Counter() for g in CALIBRATED_GRAINS}
         # Right answers per grain and reference source, for accuracy on gold questions alone.
         self.right_by_source: dict[str, Counter[str]] = {g: Counter() for g in CALIBRATED_GRAINS}
+        # Scored labels on images the prompt version learned from, per grain.
+        self.in_sample: Counter[str] = Counter()
+        # Annotations given each grain as a known label.
+        self.given: Counter[str] = Counter()
 
-    def _record(self, grain: str, right: bool, confidence: float, source: str) -> None:
+    def _record(
+        self, grain: str, right: bool, confidence: float, source: str, in_sample: bool
+    ) -> None:
         self.correct[grain].append(right)
         self.confidence[grain].append(min(max(confidence, 0.0), 1.0))
         self.sources[grain][source] += 1
         self.right_by_source[grain][source] += right
+        self.in_sample[grain] += in_sample
 
     def add(self, row: AnnotationRow, reference: Reference) -> None:
         all_right = True
@@ -160,11 +218,13 @@ class Scorer:
             source = reference.sources[grain]
             right = grain_agrees(grain, row.labels.grain(grain), wanted)
             all_right = all_right and right
-            self._record(grain, right, row.confidences[grain], source)
+            self._record(grain, right, row.confidences[grain], source, row.in_sample)
             if grain == "aus":
                 self._add_each_au(row, wanted, source)
         overall_source = "+".join(sorted(set(reference.sources.values())))
-        self._record("overall", all_right, row.confidences["overall"], overall_source)
+        self._record(
+            "overall", all_right, row.confidences["overall"], overall_source, row.in_sample
+        )
 
     def _add_each_au(self, row: AnnotationRow, wanted: Mapping[int, bool], source: str) -> None:
         machine = row.labels.aus or {}
@@ -172,7 +232,14 @@ class Scorer:
             rate = row.au_rates.get(str(au))
             # The share of samples that agreed on the AU, whichever way they agreed.
             confidence = max(rate, 1.0 - rate) if rate is not None else row.confidences["aus"]
-            self._record("au_each", bool(machine.get(au)) == on, confidence, source)
+            self._record("au_each", bool(machine.get(au)) == on, confidence, source, row.in_sample)
+
+    def score(self, row: AnnotationRow, references: Mapping[int, Reference]) -> None:
+        """Score the row against its reference, if it has one."""
+        self.given.update(row.given)
+        reference = row.reference(references)
+        if reference is not None:
+            self.add(row, reference)
 
     def accuracy(self, grain: str, source: str | None = None) -> tuple[int, float | None]:
         """How many labels were scored, and the share that agreed (of one source if given)."""
@@ -191,18 +258,22 @@ class Scorer:
                     self.correct[g], self.confidence[g], CALIBRATION_BINS
                 ),
                 sources=dict(self.sources[g]),
+                in_sample=self.in_sample[g],
             )
             for g in CALIBRATED_GRAINS
             if self.correct[g]
         ]
         right, confidence = self.correct["overall"], self.confidence["overall"]
+        given = {g: self.given[g] for g in GRAINS if self.given[g]}
         if not right:
-            return Calibration(grains=grains, risk=[], current=None, threshold=threshold)
+            return Calibration(grains, [], None, threshold, given=given)
         return Calibration(
             grains=grains,
             risk=quality.risk_coverage(right, confidence),
             current=quality.risk_point(right, confidence, threshold),
             threshold=threshold,
+            n_in_sample=self.in_sample["overall"],
+            given=given,
         )
 
 
@@ -287,6 +358,9 @@ class RunDashboard:
     progress: ReviewProgress
     calibration: Calibration
     agreement: ReviewerAgreement
+    # Numbers of the versions in the prompt's lineage that learned from reviews
+    # without a record of which: their in-sample images are unknown.
+    unrecorded: list[int] = field(default_factory=list)
 
     @property
     def cost_per_annotation(self) -> float | None:
@@ -415,8 +489,9 @@ def _progress(run: GenerationRun) -> ReviewProgress:
         .alias(decided=decided_annotations())
         .aggregate(
             n_total=Count("id"),
-            n_flagged=Count("id", filter=Q(flagged=True)),
-            n_reviewed=Count("id", filter=Q(flagged=True, decided=True)),
+            # Flagged under the run's current threshold (``confident()``).
+            n_flagged=Count("id", filter=~confident()),
+            n_reviewed=Count("id", filter=~confident() & Q(decided=True)),
         )
     )
     return ReviewProgress(
@@ -434,11 +509,9 @@ def run_dashboard(*, run: GenerationRun) -> RunDashboard:
     tally, scorer = _Tally(), Scorer()
     # Seeded by the run, so that the sampled scatter is the same on every visit.
     rng = random.Random(run.pk)
-    for row in stream_rows(annotations):
+    for row in stream_rows(annotations, version=run.prompt_version):
         tally.add(row, rng)
-        reference = reference_for(references, row.image_id, row.known)
-        if reference is not None:
-            scorer.add(row, reference)
+        scorer.score(row, references)
     timeline, bucket = _timeline(run)
     expressions = [(e or "no valid answer", n) for e, n in tally.expressions.most_common()]
     return RunDashboard(
@@ -454,6 +527,7 @@ def run_dashboard(*, run: GenerationRun) -> RunDashboard:
         progress=_progress(run),
         calibration=scorer.calibration(run.review_threshold),
         agreement=reviewer_agreement(annotations=annotations),
+        unrecorded=[v.number for v in run.prompt_version.unrecorded_lineage()],
     )
 
 
@@ -462,27 +536,24 @@ def run_calibration(*, run: GenerationRun) -> Calibration:
     annotations = Annotation.objects.filter(run=run)
     references = human_references(annotations.values("image_id"))
     scorer = Scorer()
-    for row in stream_rows(annotations):
-        reference = reference_for(references, row.image_id, row.known)
-        if reference is not None:
-            scorer.add(row, reference)
+    for row in stream_rows(annotations, version=run.prompt_version):
+        scorer.score(row, references)
     return scorer.calibration(run.review_threshold)
 
 
-class ThresholdRefused(Exception):
-    """No threshold could be set as asked; the message says why. Nothing changed."""
-
-
-def run_set_threshold(*, run: GenerationRun, threshold: float) -> None:
-    """Record a new review threshold on the run."""
-    if not 0.0 <= threshold <= 1.0:
-        raise ThresholdRefused("A review threshold lies between 0 and 1.")
-    GenerationRun.objects.filter(id=run.id).update(review_threshold=threshold)
-    run.review_threshold = threshold
+def run_set_threshold(
+    *, run: GenerationRun, threshold: float, user: AbstractBaseUser | None = None
+) -> ThresholdChange:
+    """Set a new review threshold by hand (``seke_app.runs.threshold``)."""
+    return run_threshold_set(run=run, threshold=threshold, user=user)
 
 
 def run_set_threshold_from_curve(
-    *, run: GenerationRun, target_error: float | None = None, review_budget: float | None = None
+    *,
+    run: GenerationRun,
+    target_error: float | None = None,
+    review_budget: float | None = None,
+    user: AbstractBaseUser | None = None,
 ) -> quality.RiskPoint:
     """Set the threshold that meets a target error rate or a review budget (fractions).
 
@@ -508,5 +579,7 @@ def run_set_threshold_from_curve(
         assert review_budget is not None
         point = quality.threshold_for_budget(curve, review_budget)
         assert point is not None
-    run_set_threshold(run=run, threshold=point.threshold)
+    run_threshold_set(
+        run=run, threshold=point.threshold, source=ThresholdChange.Source.CURVE, user=user
+    )
     return point

@@ -12,23 +12,32 @@ asks here, so every consumer reads one definition of the human label:
    reviewer, not the image), are never read.
 2. A decision stands behind, per grain, the values it decided; ``accept``, and a
    grain a correction left empty, stand behind the reviewed machine values.
-3. An adjudication settles the image: its latest one decides every grain.
-4. Otherwise the latest first review decides, and an independent second review
-   (double review) must agree with it. ``disputes`` says where two reviews
-   disagree; ``review`` opens an adjudication task by the same rule. A disputed
-   grain is *unresolved* until an admin adjudicates: it has no human label, so
-   curation does not export it as human and scoring does not score it against a
-   review; a lower-ranked source (the dataset's own label) still applies in
-   both. When exactly one of the two rejects the image, every grain is
-   unresolved; when both do, or the only review does, the image is rejected.
+3. The decisions that *stand* on an image are its latest adjudication and every
+   review (first or second, on any annotation of the image, blind audits
+   included) made after it; without an adjudication, all its reviews. The
+   latest first review among them decides (the adjudication, or the latest
+   second review, when there is none), and every other standing decision must
+   agree with it: never "latest wins". ``image_disputes`` says where they
+   disagree (``disputes``, pair by pair); ``review`` opens an adjudication task
+   by the same function. A disputed grain is *unresolved* until an admin
+   adjudicates: it has no human label, so curation does not export it as human
+   and scoring does not score it against a review; a lower-ranked source (the
+   dataset's own label) still applies in both. When one standing decision
+   rejects the image and another does not, every grain is unresolved; when all
+   of them do, the image is rejected. An adjudication alone settles the image.
 
 For scoring, an image's active gold question (labels an admin trusts) outranks
-the reviews; curation never exports gold questions' labels.
+the reviews; curation never exports gold questions' labels. Below the reviews,
+the label imported with the dataset fills a grain, except a grain the annotation's
+model was given as a known label (``Annotation.known_grains``): the prompt told
+the model that label is correct and to copy it, so agreement with it measures
+copying, not annotation. Such a grain is scored only against a gold question or a
+review, never against the dataset's label (``reference_for``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -118,6 +127,9 @@ class Decision:
 
     ``decided`` holds the values the reviewer entered (None where a grain was left
     empty), ``reviewed`` the machine values of the annotation it judged.
+    ``audit`` marks a blind audit: the reviewer labelled an image drawn at random
+    from all of a run's annotations without seeing the machine's answer, so its
+    labels are references free of both selection by confidence and anchoring.
     """
 
     image_id: int
@@ -128,6 +140,7 @@ class Decision:
     reviewed: Labels
     reviewer: str
     decided_at: datetime
+    audit: bool = False
 
     @property
     def rejects(self) -> bool:
@@ -212,11 +225,19 @@ class Reference:
                     self.decisions[name] = decision
 
 
-def _latest_by_kind(decisions: Iterable[Decision]) -> dict[DecisionKind, Decision]:
-    latest: dict[DecisionKind, Decision] = {}
+def standing(decisions: Iterable[Decision]) -> list[Decision]:
+    """One image's decisions (newest first) that stand: back to its latest adjudication."""
+    found: list[Decision] = []
     for decision in decisions:
-        latest.setdefault(decision.kind, decision)
-    return latest
+        found.append(decision)
+        if decision.kind == DecisionKind.ADJUDICATION:
+            break
+    return found
+
+
+def _deciding(group: list[Decision]) -> Decision:
+    """The standing decision that decides: the latest first review, else the latest."""
+    return next((d for d in group if d.kind == DecisionKind.FIRST), group[0])
 
 
 # Two independent reviews disagree on VA when valence or arousal are further apart
@@ -252,20 +273,31 @@ def disputes(first: Decision, second: Decision) -> dict[str, str]:
     return found
 
 
+def image_disputes(decisions: Iterable[Decision]) -> dict[str, str]:
+    """Where the standing decisions on one image (newest first) disagree with the deciding one."""
+    group = standing(decisions)
+    if len(group) < 2:
+        return {}
+    chosen = _deciding(group)
+    found: dict[str, str] = {}
+    for other in group:
+        if other is not chosen:
+            for name, words in disputes(chosen, other).items():
+                found.setdefault(name, words)
+    return found
+
+
 def settle(decisions: Iterable[Decision], reference: Reference) -> None:
     """Add what one image's decisions (newest first) settle to ``reference``."""
-    latest = _latest_by_kind(decisions)
-    adjudication = latest.get(DecisionKind.ADJUDICATION)
-    first, second = latest.get(DecisionKind.FIRST), latest.get(DecisionKind.SECOND)
-    deciding = adjudication or first or second
-    if deciding is None:
+    group = standing(decisions)
+    if not group:
         return
-    if adjudication is None and first is not None and second is not None:
-        disputed = disputes(first, second)
-        if IMAGE in disputed:
-            reference.unresolved.update(GRAINS)
-            return
-        reference.unresolved.update(disputed)
+    disputed = image_disputes(group)
+    if IMAGE in disputed:
+        reference.unresolved.update(GRAINS)
+        return
+    reference.unresolved.update(disputed)
+    deciding = _deciding(group)
     if deciding.rejects:
         reference.rejected = "gold" not in reference.sources.values()
         return
@@ -309,9 +341,20 @@ def _grouped(decisions: Iterable[Decision]) -> Iterator[tuple[int, list[Decision
 
 
 def reference_for(
-    references: Mapping[int, Reference], image_id: int, known: Labels
+    references: Mapping[int, Reference],
+    image_id: int,
+    known: Labels,
+    *,
+    given: Collection[str] = (),
 ) -> Reference | None:
-    """The image's full reference, dataset labels filling the gaps; None when unscored."""
+    """The image's full reference, dataset labels filling the gaps; None when unscored.
+
+    ``given`` names the grains the annotation being scored was given as known labels
+    (``Annotation.known_grains``): the dataset's label never fills those, so a grain
+    the model was told to copy is never scored against what it copied. A caller
+    that scores annotations passes it (``dashboards.AnnotationRow.reference`` does);
+    only one that asks for the image's reference alone may leave it out.
+    """
     found = references.get(image_id)
     if found is not None and found.rejected:
         return None
@@ -324,10 +367,15 @@ def reference_for(
             dict(found.decisions),
             set(found.unresolved),
         )
-    reference.fill(known, "dataset")
+    reference.fill(_without(known, given), "dataset")
     if not reference.sources:
         return None
     return reference
+
+
+def _without(labels: Labels, grains: Collection[str]) -> Labels:
+    """The labels with the named grains left empty."""
+    return Labels(*(None if name in grains else labels.grain(name) for name in GRAINS))
 
 
 def decided_annotations() -> Exists:

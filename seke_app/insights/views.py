@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from uuid import UUID
 
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from seke_app.insights.comparisons import Side, compare
 from seke_app.insights.dashboards import (
-    ThresholdRefused,
     run_dashboard,
+    run_set_threshold,
     run_set_threshold_from_curve,
 )
 from seke_app.insights.forms import CompareForm, ThresholdForm
 from seke_app.models import GenerationRun
-from seke_app.roles import admin_required
+from seke_app.models.runs import ThresholdChange
+from seke_app.roles import admin_required, request_user
+from seke_app.runs.threshold import ThresholdRefused
 
 
 def _get_run(code: UUID) -> GenerationRun:
@@ -44,24 +48,60 @@ def run_dashboard_view(request: HttpRequest, code: UUID) -> HttpResponse:
 @admin_required
 def run_threshold_view(request: HttpRequest, code: UUID) -> HttpResponse:
     run = _get_run(code)
+    if "threshold" in request.POST:
+        return _set_threshold_by_hand(request, run)
     form = ThresholdForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Not changed: give a percentage between 0 and 100.")
     else:
         old = run.review_threshold
         try:
-            point = run_set_threshold_from_curve(run=run, **form.fractions())
+            point = run_set_threshold_from_curve(
+                run=run, user=request_user(request), **form.fractions()
+            )
         except ThresholdRefused as exc:
             messages.error(request, f"Not changed: {exc}")
         else:
             error = "—" if point.error_rate is None else f"{point.error_rate:.1%}"
+            change = run.threshold_changes.first()
+            assert change is not None
             messages.success(
                 request,
                 f"Review threshold changed from {old:.3f} to {point.threshold:.3f}: "
-                f"{point.review_share:.1%} of the scored annotations go to review, "
-                f"{error} errors among those auto-accepted.",
+                f"{point.review_share:.1%} of the scored annotations fall under it "
+                f"({error} errors among those auto-accepted); {_tasks_moved(change)}",
             )
     return redirect(reverse("run_dashboard", args=[run.code]) + "#calibration")
+
+
+def _tasks_moved(change: ThresholdChange) -> str:
+    return (
+        f"{change.n_opened} review task{pluralize(change.n_opened)} opened, "
+        f"{change.n_closed} closed as now confident."
+    )
+
+
+def _set_threshold_by_hand(request: HttpRequest, run: GenerationRun) -> HttpResponse:
+    back = reverse("run_dashboard", args=[run.code]) + "#calibration"
+    try:
+        threshold = float(request.POST.get("threshold", ""))
+    except ValueError:
+        messages.error(request, "Not changed: give the threshold as a number between 0 and 1.")
+        return redirect(back)
+    if not math.isfinite(threshold):
+        messages.error(request, "Not changed: give the threshold as a number between 0 and 1.")
+        return redirect(back)
+    old = run.review_threshold
+    try:
+        change = run_set_threshold(run=run, threshold=threshold, user=request_user(request))
+    except ThresholdRefused as exc:
+        messages.error(request, f"Not changed: {exc}")
+        return redirect(back)
+    messages.success(
+        request,
+        f"Review threshold changed from {old:.3f} to {threshold:.3f}: {_tasks_moved(change)}",
+    )
+    return redirect(back)
 
 
 @admin_required

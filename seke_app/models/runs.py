@@ -6,12 +6,16 @@ Machine output is written once and never edited; human decisions live in the
 
 from __future__ import annotations
 
+import contextlib
+import math
+import re
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 from seke_app.models.datasets import EXPRESSION_CHOICES, Dataset, FaceImage
 from seke_app.models.jobs import TrackedJob
@@ -38,6 +42,13 @@ class PromptVersion(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     activated_at = models.DateTimeField(null=True, blank=True)
+    # What the version was fitted on: the ids of the review decisions its proposal was
+    # computed from (``review`` writes and reads them; None: not recorded, for versions
+    # made before SEKE recorded it), and every image those decisions touched.
+    learned_from_decisions = models.JSONField(null=True, blank=True, default=list)
+    learned_from_images = models.ManyToManyField(
+        FaceImage, blank=True, related_name="prompt_versions_taught"
+    )
 
     class Meta:
         ordering = ["-number"]
@@ -49,6 +60,42 @@ class PromptVersion(models.Model):
 
     def __str__(self) -> str:
         return f"v{self.number} {self.name}"
+
+    def lineage(self) -> list[PromptVersion]:
+        """The version and its ancestors, newest first.
+
+        A version starts from its parent's text, so it may carry what any ancestor
+        learned: an image any of them learned from is in-sample for it.
+        """
+        found: list[PromptVersion] = []
+        version: PromptVersion | None = self
+        while version is not None and version not in found:
+            found.append(version)
+            version = version.parent
+        return found
+
+    def learned_images(self) -> models.QuerySet[FaceImage]:
+        """Every image the version or an ancestor learned from, or shows as an exemplar.
+
+        Exemplars count on their own for versions made before what a version learned
+        from was recorded (and for one pasted by hand).
+        """
+        lineage = self.lineage()
+        taught = PromptVersion.learned_from_images.through.objects.filter(
+            promptversion_id__in=[v.id for v in lineage]
+        )
+        codes = []
+        for exemplar in (e for v in lineage for e in v.exemplars):
+            with contextlib.suppress(ValueError):
+                codes.append(uuid.UUID(str(exemplar.get("image_ref"))))
+        return FaceImage.objects.filter(Q(id__in=taught.values("faceimage_id")) | Q(code__in=codes))
+
+    def unrecorded_lineage(self) -> list[PromptVersion]:
+        """The versions in the lineage that learned from reviews without a record of them.
+
+        Their training images are unknown, so a figure on their images may be in-sample.
+        """
+        return [v for v in self.lineage() if v.learned_from_decisions is None and v.parent_id]
 
 
 class GenerationRun(TrackedJob):
@@ -77,6 +124,11 @@ class GenerationRun(TrackedJob):
     concurrency = models.PositiveSmallIntegerField(default=4)
     # Share of flagged images that a second annotator reviews independently.
     double_review_share = models.FloatField(default=0.0)
+    # Share of all the run's images sent to a blind audit, whatever their confidence
+    # (at least MIN_AUDIT images where the run has them); the draw is seeded by
+    # ``audit_seed`` and recorded on the items (``RunItem.audit``).
+    audit_share = models.FloatField(default=0.05)
+    audit_seed = models.BigIntegerField(default=0)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     cancelled_at = models.DateTimeField(null=True, blank=True)
     # When a job last took the run from queued to running: the start, or the last
@@ -97,10 +149,23 @@ class GenerationRun(TrackedJob):
     FINISHED = frozenset(
         {Status.CANCELLED, Status.BUDGET_EXHAUSTED, Status.COMPLETED, Status.FAILED}
     )
+    MIN_AUDIT = 50
 
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status", "-created_at"], name="run_status_created")]
+
+    @classmethod
+    def audit_size(cls, share: float, n_images: int) -> int:
+        """Images audited among ``n_images``: the share, but at least MIN_AUDIT of them.
+
+        A share of a small run is too few references to estimate an error rate, so
+        a run audits ``max(ceil(share * n), min(MIN_AUDIT, n))`` images; a share of
+        0 turns audits off.
+        """
+        if share <= 0 or n_images <= 0:
+            return 0
+        return min(n_images, max(math.ceil(share * n_images), min(cls.MIN_AUDIT, n_images)))
 
     def __str__(self) -> str:
         return f"run {self.code} on {self.dataset.name}"
@@ -108,6 +173,15 @@ class GenerationRun(TrackedJob):
     @property
     def n_remaining(self) -> int:
         return max(self.n_total - self.n_done - self.n_failed, 0)
+
+    def gives_known_labels(self) -> bool:
+        """Whether the run's model reads the images' known labels.
+
+        The VLLM's prompt states them as correct and asks for them to be copied; the
+        offline annotator reads no prompt. The known-label check that flags a
+        contradicting answer runs for both, but it never changes the answer.
+        """
+        return self.backend == self.Backend.OPENAI
 
     @property
     def progress(self) -> float:
@@ -141,6 +215,9 @@ class RunItem(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     # When the item became done or failed; the run's throughput counts these.
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Drawn at run creation for the blind audit: its annotation goes to review
+    # whatever its confidence, and the reviewer does not see the machine's answer.
+    audit = models.BooleanField(default=False)
 
     class Meta:
         constraints = [
@@ -181,14 +258,22 @@ class Annotation(models.Model):
     consistency_reasons = models.JSONField(default=list)
     verification = models.JSONField(default=dict)
     confidence = models.FloatField(default=0.0)
+    # ``flagged`` is SV-UAMC's verdict under the threshold the run had when the
+    # image was annotated; ``held`` is its part that no threshold changes (see
+    # ``held_reasons``). Whether the annotation is confident now is ``confident()``.
     flagged = models.BooleanField(default=False)
     flag_reasons = models.JSONField(default=list)
+    held = models.BooleanField(default=False)
     n_samples = models.PositiveSmallIntegerField(default=0)
     n_valid = models.PositiveSmallIntegerField(default=0)
     requests = models.PositiveIntegerField(default=0)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=10, decimal_places=6, default=0)
+    # The grains ("expression", "va", "aus") the model was given as the image's known
+    # labels. It was told to copy them, so they are never scored against the
+    # dataset's labels (``insights.references.reference_for``).
+    known_grains = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -204,6 +289,10 @@ class Annotation(models.Model):
     def __str__(self) -> str:
         return f"annotation {self.code}"
 
+    def is_confident(self, threshold: float) -> bool:
+        """The one rule of ``confident()``, for an annotation in hand."""
+        return not self.held and self.confidence >= threshold
+
     def grain_confidences(self) -> dict[str, float]:
         return {
             "expression": self.expression_confidence,
@@ -213,6 +302,66 @@ class Annotation(models.Model):
 
     def aus_dict(self) -> dict[int, bool]:
         return {int(au): bool(on) for au, on in self.aus.items()}
+
+
+# A flag reason that SV-UAMC writes because a grain's confidence is under the
+# review threshold ("expression confidence 0.41 under 0.70: ..."), and the
+# knowledge conflicts it lists only beside such a reason ("knowledge: ...").
+_THRESHOLD_REASON = re.compile(r"^(?:[\w/-]+ confidence \d+\.\d+ under \d+\.\d+:|knowledge: )")
+
+
+def held_reasons(reasons: Iterable[str]) -> list[str]:
+    """The flag reasons that no review threshold changes.
+
+    They are the verification revising or failing on a grain, the answer
+    contradicting a human label given with the request, and no valid sample.
+    Every other reason says a grain's confidence is under the threshold.
+    """
+    return [reason for reason in reasons if not _THRESHOLD_REASON.match(reason)]
+
+
+def confident() -> Q:
+    """For a query over annotations: the annotation is auto-accepted under its run's
+    *current* review threshold.
+
+    Confident means: its overall confidence is at least the run's threshold, and
+    it is not ``held`` (flagged for a reason no threshold changes). Everything
+    that asks whether a machine label stands without review (curation, run
+    selection, the run's counters, the review tasks a threshold change opens or
+    closes) reads this rule.
+    """
+    return Q(held=False, confidence__gte=F("run__review_threshold"))
+
+
+class ThresholdChange(models.Model):
+    """One change of a run's review threshold: who, when, how, and what it did."""
+
+    class Source(models.TextChoices):
+        HAND = "hand", "Set by hand"
+        CURVE = "curve", "From the risk-coverage curve"
+        CERTIFICATE = "certificate", "From a certificate"
+
+    run = models.ForeignKey(
+        GenerationRun, on_delete=models.CASCADE, related_name="threshold_changes"
+    )
+    old = models.FloatField()
+    new = models.FloatField()
+    source = models.CharField(max_length=12, choices=Source.choices)
+    note = models.CharField(max_length=300, blank=True)
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    changed_at = models.DateTimeField(auto_now_add=True)
+    # Review tasks the change opened (annotations that became unconfident) and
+    # closed (annotations that became confident).
+    n_opened = models.PositiveIntegerField(default=0)
+    n_closed = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-changed_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"threshold of {self.run_id}: {self.old} -> {self.new}"
 
 
 class AnnotationSample(models.Model):

@@ -100,6 +100,16 @@ class RunForm(forms.Form):
         help_text="Share of flagged images a second annotator reviews independently;"
         " disagreements go to an admin for adjudication.",
     )
+    audit_share = forms.FloatField(
+        min_value=0.0,
+        max_value=1.0,
+        initial=0.05,
+        required=False,
+        label="Audit share",
+        help_text="Share of all the run's images, drawn at random whatever their confidence,"
+        " that reviewers label blind (at least 50 images where the run has them; 0 turns"
+        " audits off). Audits are the unbiased measure of the machine's error. Empty: 0.05.",
+    )
     budget_usd = forms.DecimalField(
         required=False,
         min_value=0.0001,

@@ -18,6 +18,8 @@ import contextlib
 import logging
 import math
 import os
+import random
+import secrets
 import socket
 import threading
 import time
@@ -32,12 +34,13 @@ import redis
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
-from django.db.models import DateTimeField, F, Q, QuerySet, Value
+from django.db.models import DateTimeField, Exists, F, OuterRef, Q, QuerySet, Value
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 from rq import Worker
 
 from seke_app.engine.llm.client import VLLMError
+from seke_app.engine.prompts import anchors_text
 from seke_app.engine.types import AnnotationRequest, Backend, KnownLabels, Usage
 from seke_app.engine.uamc import UAMCParams, UAMCResult, run_uamc
 from seke_app.insights.references import decided_images
@@ -50,6 +53,7 @@ from seke_app.models import (
     PromptVersion,
     RunItem,
 )
+from seke_app.models.runs import confident, held_reasons
 from seke_app.queue import QueueUnavailable, get_queue
 from seke_app.runs import hooks
 from seke_app.runs.backends import BackendUnavailable, backend_for, default_model
@@ -104,9 +108,18 @@ def select_images(dataset: Dataset, image_filter: ImageFilter) -> QuerySet[FaceI
     if image_filter.image_ids:
         images = images.filter(id__in=image_filter.image_ids)
     if image_filter.only_unconfident:
-        # "Confident" means an auto-accepted machine label or any human decision.
-        images = images.exclude(annotations__flagged=False).exclude(decided_images())
+        # "Confident" means a machine label confident under its run's current
+        # threshold (``confident()``), or any human decision.
+        accepted = Annotation.objects.filter(confident(), image=OuterRef("pk"))
+        images = images.exclude(Exists(accepted)).exclude(decided_images())
     return images.distinct()
+
+
+def audit_draw(ids: list[int], *, share: float, seed: int) -> list[int]:
+    """The images of a run sent to the blind audit: a seeded uniform draw over all of
+    them, ``GenerationRun.audit_size`` many, whatever their later confidence."""
+    size = GenerationRun.audit_size(share, len(ids))
+    return sorted(random.Random(seed).sample(sorted(ids), size))
 
 
 def run_create(
@@ -120,6 +133,7 @@ def run_create(
     concurrency: int = 4,
     image_filter: ImageFilter | None = None,
     double_review_share: float = 0.0,
+    audit_share: float = 0.05,
     user: AbstractBaseUser | None = None,
     enqueue: bool = True,
 ) -> GenerationRun:
@@ -135,6 +149,8 @@ def run_create(
         raise RunRefused("concurrency must be between 1 and 64")
     if not 0.0 <= double_review_share <= 1.0:
         raise RunRefused("the double-review share must lie between 0 and 1")
+    if not 0.0 <= audit_share <= 1.0:
+        raise RunRefused("the audit share must lie between 0 and 1")
     if budget_usd is not None and budget_usd <= 0:
         raise RunRefused("the cost cap must be positive (leave it empty for none)")
     model_name = model_name or default_model(backend)
@@ -159,13 +175,17 @@ def run_create(
             budget_usd=budget_usd,
             concurrency=concurrency,
             double_review_share=double_review_share,
+            audit_share=audit_share,
+            audit_seed=secrets.randbits(62),
             created_by=user,  # type: ignore[misc]
         )
         ids = list(select_images(dataset, image_filter).values_list("id", flat=True))
         if not ids:
             raise RunRefused("no image matches the selection")
+        audited = set(audit_draw(ids, share=audit_share, seed=run.audit_seed))
         RunItem.objects.bulk_create(
-            [RunItem(run=run, image_id=image_id) for image_id in ids], batch_size=1000
+            [RunItem(run=run, image_id=image_id, audit=image_id in audited) for image_id in ids],
+            batch_size=1000,
         )
         run.n_total = len(ids)
         run.save(update_fields=["n_total"])
@@ -436,7 +456,7 @@ def _annotate(
         log.exception("run %s: image %s failed", run.code, item.image.code)
         _item_failed(run.id, item_id, me, f"internal error: {type(exc).__name__}: {exc}")
         return
-    _store(run, item_id, item.image_id, me, result)
+    _store(run, item_id, item.image_id, me, result, known_grains(run, request))
 
 
 def _record_usage(run: GenerationRun, usage: Usage, running: _RunningGate) -> None:
@@ -498,6 +518,24 @@ def _request_for(image: FaceImage, run: GenerationRun) -> AnnotationRequest:
     )
 
 
+def known_grains(run: GenerationRun, request: AnnotationRequest) -> list[str]:
+    """The grains the run's model was given as known labels: those its prompt states.
+
+    Each grain is tested alone through the prompt's own ``anchors_text``, so that
+    this agrees with what was sent (an AU coding outside the vocabulary is not
+    sent); none when the model reads no prompt (``GenerationRun.gives_known_labels``).
+    """
+    if not run.gives_known_labels():
+        return []
+    known, vocabulary = request.known, request.vocabulary
+    alone = {
+        "expression": KnownLabels(expression=known.expression),
+        "va": KnownLabels(valence=known.valence, arousal=known.arousal),
+        "aus": KnownLabels(aus=known.aus),
+    }
+    return [grain for grain, labels in alone.items() if anchors_text(labels, vocabulary)]
+
+
 def _vllm_reason(exc: VLLMError) -> str:
     retry = "a retry may help" if exc.retryable else "a retry will not help"
     status = f"HTTP {exc.status}: " if exc.status else ""
@@ -522,7 +560,14 @@ def _item_failed(run_id: int, item_id: int, me: str, reason: str) -> None:
         GenerationRun.objects.filter(id=run_id).update(n_failed=F("n_failed") + 1)
 
 
-def _store(run: GenerationRun, item_id: int, image_id: int, me: str, result: UAMCResult) -> None:
+def _store(
+    run: GenerationRun,
+    item_id: int,
+    image_id: int,
+    me: str,
+    result: UAMCResult,
+    known: list[str],
+) -> None:
     with transaction.atomic():
         if not _holds(item_id, me):
             # Our lease expired and another worker took the image over: theirs counts.
@@ -531,6 +576,7 @@ def _store(run: GenerationRun, item_id: int, image_id: int, me: str, result: UAM
             run=run,
             image_id=image_id,
             prompt_version=run.prompt_version,
+            known_grains=known,
             **annotation_fields(result),
         )
         AnnotationSample.objects.bulk_create(sample_rows(annotation, result))
@@ -539,11 +585,14 @@ def _store(run: GenerationRun, item_id: int, image_id: int, me: str, result: UAM
         RunItem.objects.filter(id=item_id).update(
             status=RunItem.Status.DONE, lease_until=None, error="", finished_at=timezone.now()
         )
-        # The usage was added to the run call by call (``_record_usage``).
+        # The usage was added to the run call by call (``_record_usage``). The
+        # counters follow the run's current threshold, which cannot change while
+        # it is at work (``seke_app.runs.threshold``).
+        accepted = annotation.is_confident(run.review_threshold)
         GenerationRun.objects.filter(id=run.id).update(
             n_done=F("n_done") + 1,
-            n_flagged=F("n_flagged") + int(result.flagged),
-            n_accepted=F("n_accepted") + int(not result.flagged),
+            n_flagged=F("n_flagged") + int(not accepted),
+            n_accepted=F("n_accepted") + int(accepted),
         )
 
 
@@ -592,6 +641,7 @@ def annotation_fields(result: UAMCResult) -> dict[str, Any]:
         "confidence": result.overall_confidence,
         "flagged": result.flagged,
         "flag_reasons": list(result.flag_reasons),
+        "held": bool(held_reasons(result.flag_reasons)),
         "n_samples": result.n_samples,
         "n_valid": result.n_valid,
         "requests": result.usage.requests,

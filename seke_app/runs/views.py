@@ -65,6 +65,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
                 budget_usd=data["budget_usd"],
                 concurrency=data["concurrency"],
                 double_review_share=data["double_review_share"] or 0.0,
+                audit_share=0.05 if data["audit_share"] is None else data["audit_share"],
                 image_filter=ImageFilter(
                     split=data["split"], only_unconfident=data["only_unconfident"]
                 ),

@@ -57,6 +57,13 @@ class Command(BaseCommand):
             default=0.0,
             help="share of flagged images reviewed twice, independently (0-1)",
         )
+        parser.add_argument(
+            "--audit-share",
+            type=float,
+            default=0.05,
+            help="share of all images labelled blind by reviewers, drawn at random"
+            " (0-1; at least 50 images where the run has them; 0: no audit)",
+        )
         parser.add_argument("--budget", help="cost cap in USD; the run stops cleanly there")
         parser.add_argument("--split", default="")
         parser.add_argument(
@@ -86,6 +93,7 @@ class Command(BaseCommand):
                 budget_usd=budget,
                 concurrency=options["concurrency"],
                 double_review_share=options["double_review"],
+                audit_share=options["audit_share"],
                 image_filter=ImageFilter(
                     split=options["split"], only_unconfident=options["only_unconfident"]
                 ),
