@@ -48,6 +48,7 @@ from seke_app.models import Dataset, FaceImage
 from seke_app.models.datasets import DatasetImport, imports_dir
 from seke_app.queue import get_queue
 
+RUN_IMPORT = "seke_app.datasets.jobs.run_import"
 log = logging.getLogger("seke.imports")
 
 BATCH_SIZE = 200
@@ -433,7 +434,7 @@ def dataset_import_create(
         with transaction.atomic():
             job.save()
             if enqueue:
-                transaction.on_commit(lambda: dataset_import_enqueue(import_id=job.id))
+                transaction.on_commit(lambda: job.enqueue("default", RUN_IMPORT))
     except BaseException:
         shutil.rmtree(job.folder(), ignore_errors=True)
         raise
@@ -491,16 +492,6 @@ def _check_manifest(source_path: Path, label: str, vocabulary: Vocabulary) -> No
         _parse(text.partition("\n")[0], vocabulary)
 
 
-def dataset_import_enqueue(*, import_id: int) -> None:
-    job = get_queue("default").enqueue(
-        "seke_app.datasets.jobs.run_import",
-        import_id,
-        job_timeout=settings.JOB_TIMEOUT,
-        failure_ttl=7 * 24 * 3600,
-    )
-    DatasetImport.objects.filter(id=import_id).update(job_id=job.id)
-
-
 class _JobProgress:
     """Writes an import's progress to its row; the conditional UPDATE is the cancel check."""
 
@@ -530,11 +521,8 @@ def _report_fields(report: ImportReport) -> dict[str, Any]:
 
 def dataset_import_run(*, import_id: int) -> None:
     """Import a kept upload; the job's one call. The upload is removed however it ends."""
-    claimed = DatasetImport.objects.filter(id=import_id, status=Status.QUEUED).update(
-        status=Status.RUNNING, started_at=timezone.now()
-    )
     job = DatasetImport.objects.select_related("created_by").get(id=import_id)
-    if not claimed:
+    if not job.claim():
         if job.status == Status.CANCELLED:
             shutil.rmtree(job.folder(), ignore_errors=True)
         return
@@ -583,17 +571,11 @@ def _finish(job: DatasetImport, status: str, *, error: str, **fields: Any) -> No
 
 def dataset_import_cancel(*, job: DatasetImport) -> None:
     """Stop a queued or running import; images imported before the cancel stay."""
-    was_queued = DatasetImport.objects.filter(id=job.id, status=Status.QUEUED).update(
-        status=Status.CANCELLED, cancelled_at=timezone.now(), finished_at=timezone.now()
-    )
-    if was_queued:
+    if job.cancel(statuses=(Status.QUEUED,)):
         shutil.rmtree(job.folder(), ignore_errors=True)
         return
     # A running job notices at its next batch, and removes the upload itself.
-    stopped = DatasetImport.objects.filter(id=job.id, status=Status.RUNNING).update(
-        status=Status.CANCELLED, cancelled_at=timezone.now(), finished_at=timezone.now()
-    )
-    if not stopped:
+    if not job.cancel(statuses=(Status.RUNNING,)):
         raise ImportRefused(
             f"an import that is {job.get_status_display().lower()} cannot be cancelled"
         )

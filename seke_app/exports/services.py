@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
@@ -23,6 +22,7 @@ from seke_app.models import Dataset
 from seke_app.models.exports import Export, exports_dir
 from seke_app.queue import get_queue
 
+RUN_EXPORT = "seke_app.exports.jobs.run_export"
 log = logging.getLogger("seke.exports")
 
 __all__ = [
@@ -76,28 +76,15 @@ def export_create(
             created_by=user,  # type: ignore[misc]
         )
         if enqueue:
-            transaction.on_commit(lambda: export_enqueue(export_id=export.id))
+            transaction.on_commit(lambda: export.enqueue("exports", RUN_EXPORT))
     return export
-
-
-def export_enqueue(*, export_id: int) -> None:
-    job = get_queue("exports").enqueue(
-        "seke_app.exports.jobs.run_export",
-        export_id,
-        job_timeout=settings.JOB_TIMEOUT,
-        failure_ttl=7 * 24 * 3600,
-    )
-    Export.objects.filter(id=export_id).update(job_id=job.id)
 
 
 def export_run(*, export_id: int) -> None:
     """Write the export's file; the job's one call."""
-    claimed = Export.objects.filter(id=export_id, status=Status.QUEUED).update(
-        status=Status.RUNNING, started_at=timezone.now()
-    )
-    if not claimed:
-        return
     export = Export.objects.select_related("dataset").get(id=export_id)
+    if not export.claim():
+        return
     log.info("export %s started", export.code)
     try:
         options = ExportOptions.from_json(export.options)
@@ -124,10 +111,7 @@ def export_run(*, export_id: int) -> None:
 
 def export_cancel(*, export: Export) -> None:
     """Stop a queued or running export; a running job notices at its next progress write."""
-    changed = Export.objects.filter(
-        id=export.id, status__in=[Status.QUEUED, Status.RUNNING]
-    ).update(status=Status.CANCELLED, cancelled_at=timezone.now(), finished_at=timezone.now())
-    if not changed:
+    if not export.cancel():
         raise ExportRefused(
             f"an export that is {export.get_status_display().lower()} cannot be cancelled"
         )

@@ -10,7 +10,7 @@ from django.db import models
 from django.db.models import Q
 
 from seke_app.engine.vocab import AU_VOCABULARIES, EXPRESSIONS, Vocabulary
-from seke_app.models.jobs import TrackedJob
+from seke_app.models.jobs import QueuedJob
 
 EXPRESSION_CHOICES = [(e, e) for e in EXPRESSIONS]
 AU_VOCABULARY_CHOICES = [(name, name) for name in AU_VOCABULARIES]
@@ -103,7 +103,7 @@ def imports_dir() -> Path:
     return Path(settings.DATA_DIR) / "imports"
 
 
-class DatasetImport(TrackedJob):
+class DatasetImport(QueuedJob):
     """One upload from the import page, imported by a job on the "default" queue.
 
     The upload is kept under ``imports_dir()`` until the job ends (whatever the
@@ -112,13 +112,6 @@ class DatasetImport(TrackedJob):
     dataset is created with its first accepted image, so an import that accepts
     none fails and creates nothing.
     """
-
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
 
     # How many rejections are kept, with their file names and reasons; every one
     # is counted in ``n_rejected`` and ``rejected_by_reason``.
@@ -131,8 +124,6 @@ class DatasetImport(TrackedJob):
     # Empty: the dataset's own vocabulary (feid17 for a new one).
     au_vocabulary = models.CharField(max_length=20, blank=True)
     licence_note = models.TextField(blank=True)
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
-    cancelled_at = models.DateTimeField(null=True, blank=True)
     # What was uploaded, as the user named it ("faces.zip", or "3 files: ...").
     upload_name = models.CharField(max_length=300)
     upload_size = models.PositiveBigIntegerField(default=0)
@@ -146,8 +137,6 @@ class DatasetImport(TrackedJob):
     rejected = models.JSONField(default=list, blank=True)
     rejected_by_reason = models.JSONField(default=dict, blank=True)
     warnings = models.JSONField(default=list, blank=True)
-
-    FINISHED = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED})
 
     class Meta:
         ordering = ["-created_at"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import models
 
-from seke_app.models.jobs import TrackedJob
+from seke_app.models.jobs import QueuedJob
 
 
 def exports_dir() -> Path:
@@ -15,18 +15,11 @@ def exports_dir() -> Path:
     return Path(settings.DATA_DIR) / "exports"
 
 
-class Export(TrackedJob):
+class Export(QueuedJob):
     class Kind(models.TextChoices):
         FEID = "feid", "FEID instruction data"
         FEAB = "feab", "FEAB benchmark"
         LABELSTUDIO = "labelstudio", "Label Studio tasks"
-
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
 
     dataset = models.ForeignKey(
         "seke_app.Dataset", on_delete=models.CASCADE, related_name="exports"
@@ -34,16 +27,12 @@ class Export(TrackedJob):
     kind = models.CharField(max_length=20, choices=Kind.choices)
     # The ExportOptions the export was asked for, as JSON.
     options = models.JSONField(default=dict)
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
-    cancelled_at = models.DateTimeField(null=True, blank=True)
     # n_total counts images to read (FEAB reads them twice: once to split, once to write).
     n_written = models.PositiveIntegerField(default=0)
     n_skipped = models.PositiveIntegerField(default=0)
     # Relative to exports_dir(); empty until the export is done.
     file_path = models.CharField(max_length=300, blank=True)
     file_size = models.PositiveBigIntegerField(default=0)
-
-    FINISHED = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED})
 
     class Meta:
         ordering = ["-created_at"]

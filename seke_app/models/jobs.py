@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class TrackedJob(models.Model):
@@ -51,3 +52,50 @@ class TrackedJob(models.Model):
         if not self.n_total:
             return 0.0
         return min(self.n_done / self.n_total, 1.0)
+
+
+class QueuedJob(TrackedJob):
+    """A job on an RQ queue that its page can cancel: an export or an upload's import.
+
+    Its row is the job's state: the worker claims it with a conditional UPDATE
+    (queued to running), and a cancel is a conditional UPDATE the worker notices at
+    its next progress write.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+
+    FINISHED = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED})
+
+    class Meta(TrackedJob.Meta):
+        abstract = True
+
+    def enqueue(self, queue: str, function: str) -> None:
+        """Put the job's one call on ``queue`` (after commit) and keep the job's id."""
+        from seke_app.queue import get_queue
+
+        job = get_queue(queue).enqueue(
+            function,
+            self.pk,
+            job_timeout=settings.JOB_TIMEOUT,
+            failure_ttl=7 * 24 * 3600,
+        )
+        type(self)._default_manager.filter(pk=self.pk).update(job_id=job.id)
+
+    def claim(self) -> bool:
+        """Queued to running, once: False when another worker or a cancel came first."""
+        rows = type(self)._default_manager.filter(pk=self.pk, status=self.Status.QUEUED)
+        return bool(rows.update(status=self.Status.RUNNING, started_at=timezone.now()))
+
+    def cancel(self, *, statuses: tuple[str, ...] = ("queued", "running")) -> bool:
+        """Cancel the job if it is in one of ``statuses``; False when it was not."""
+        now = timezone.now()
+        rows = type(self)._default_manager.filter(pk=self.pk, status__in=statuses)
+        return bool(rows.update(status=self.Status.CANCELLED, cancelled_at=now, finished_at=now))
