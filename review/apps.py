@@ -6,13 +6,23 @@ class ReviewConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from review.tasks.services import task_create_for, tasks_follow_threshold
+        from review.tasks.services import (
+            audit_tasks_open_more,
+            task_create_for,
+            tasks_follow_threshold,
+        )
         from review.tasks.store import ReviewDecisionStore
         from seke_app.insights.references import register_store
-        from seke_app.runs.hooks import on_annotation_written, on_threshold_changed
+        from seke_app.runs.hooks import (
+            on_annotation_written,
+            on_audits_requested,
+            on_threshold_changed,
+        )
 
         # Every unconfident or audited annotation gets its review task in the same
         # transaction; a threshold change opens and closes tasks in its own.
         on_annotation_written(task_create_for)
         on_threshold_changed(tasks_follow_threshold)
+        # An audit too small to certify anything can be extended from the dashboard.
+        on_audits_requested(audit_tasks_open_more)
         register_store(ReviewDecisionStore())

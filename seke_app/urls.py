@@ -48,5 +48,7 @@ urlpatterns += [
 urlpatterns += [
     path("runs/<uuid:code>/dashboard", insight_views.run_dashboard_view, name="run_dashboard"),
     path("runs/<uuid:code>/threshold", insight_views.run_threshold_view, name="run_threshold"),
+    path("runs/<uuid:code>/certify", insight_views.run_certify_view, name="run_certify"),
+    path("runs/<uuid:code>/audits", insight_views.run_audits_view, name="run_audits"),
     path("compare", insight_views.compare_view, name="compare"),
 ]

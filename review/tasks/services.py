@@ -261,6 +261,39 @@ def tasks_follow_threshold(run: GenerationRun) -> tuple[int, int]:
     return opened, closed
 
 
+def audit_tasks_open_more(run: GenerationRun, n: int) -> int:
+    """Open up to ``n`` more blind audit tasks on the run; how many it opened.
+
+    Drawn uniformly at random (seeded by the run's audit seed and how many of its
+    images are audited already, so a repeat draws afresh) among the run's
+    annotations that are not audited yet, not held (flagged for a reason no
+    threshold changes, so never auto-accepted) and whose image is not rejected
+    and has no decision or live task: one image, one review. Each drawn image is
+    recorded as audited (``RunItem.audit``) in the same transaction.
+    """
+    if n <= 0:
+        return 0
+    with transaction.atomic():
+        items = RunItem.objects.filter(run=run)
+        audited = items.filter(audit=True)
+        candidates = list(
+            Annotation.objects.filter(run=run, held=False)
+            .exclude(image_id__in=audited.values("image_id"))
+            .exclude(image__rejected=True)
+            .exclude(image__in=busy_images())
+            .order_by("id")
+            .values_list("id", flat=True)
+        )
+        rng = random.Random(f"{run.audit_seed}:{audited.count()}")
+        drawn = rng.sample(candidates, min(n, len(candidates)))
+        opened = 0
+        for annotation in Annotation.objects.filter(id__in=drawn).select_related("run"):
+            if _open_first_task(annotation, audit=True):
+                items.filter(image_id=annotation.image_id).update(audit=True)
+                opened += 1
+        return opened
+
+
 def _available(now: Any) -> Q:
     # The first term repeats what the second implies so that the planner matches
     # the partial queue indexes (status in open, claimed) without having to prove it.

@@ -27,7 +27,8 @@ from seke_app.engine.formats.records import CuratedRecord
 from seke_app.exports.curation import candidate_images, curated_records
 from seke_app.exports.files import ExportFiles, JsonArrayFile
 from seke_app.exports.options import ExportOptions
-from seke_app.models import Dataset, PromptVersion
+from seke_app.insights.certificates import run_quality
+from seke_app.models import Dataset, GenerationRun, PromptVersion
 from seke_app.models.exports import Export, exports_dir
 
 PROGRESS_EVERY = 500
@@ -270,7 +271,11 @@ def _card(w: _Writer, manifest: dict[str, Any]) -> str:
         "Licence": w.dataset.licence_note or "see the source dataset's terms",
     }
     title = f"{w.dataset.name}: {w.export.get_kind_display()}"
-    return card_markdown(w.stats, title=title, summary=summary, notes=w.notes)
+    runs = GenerationRun.objects.filter(code__in=list(w.stats.machine_runs)).select_related(
+        "dataset", "prompt_version"
+    )
+    quality = [run_quality(run) for run in runs.order_by("created_at", "id")]
+    return card_markdown(w.stats, title=title, summary=summary, notes=w.notes, quality=quality)
 
 
 def write_export(export: Export, options: ExportOptions, progress: Progress) -> Path:

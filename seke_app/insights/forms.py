@@ -84,3 +84,44 @@ class CompareForm(forms.Form):
         if unchecked and versions and (data.get("va") is None or data.get("vb") is None):
             raise forms.ValidationError("Choose both prompt versions.")
         return data
+
+
+class CertifyForm(forms.Form):
+    """The targets of a certificate: grains that must be right, error and level in percent."""
+
+    grains = forms.MultipleChoiceField(
+        choices=[
+            ("expression", "Expression"),
+            ("va", "Valence-arousal"),
+            ("aus", "Action units"),
+        ],
+        widget=forms.CheckboxSelectMultiple,
+        initial=["expression"],
+        error_messages={"required": "Choose at least one grain that must be right."},
+    )
+    alpha = forms.FloatField(min_value=0.1, max_value=50.0, initial=20.0, label="Error allowed (%)")
+    confidence = forms.FloatField(
+        min_value=50.0, max_value=99.9, initial=95.0, label="Confidence level (%)"
+    )
+    va_distance = forms.FloatField(
+        min_value=0.01,
+        max_value=2.0,
+        initial=0.2,
+        label="Valence-arousal: largest difference on each axis",
+    )
+
+    def targets(self) -> dict[str, Any]:
+        """The keywords of ``certificates.Targets``, as fractions."""
+        data = self.cleaned_data
+        return {
+            "grains": tuple(data["grains"]),
+            "alpha": data["alpha"] / 100.0,
+            "delta": 1.0 - data["confidence"] / 100.0,
+            "va_distance": data["va_distance"],
+        }
+
+
+class AuditsForm(forms.Form):
+    """How many more blind audit reviews to open."""
+
+    n = forms.IntegerField(min_value=1, max_value=100_000, label="Audit reviews")

@@ -12,13 +12,21 @@ from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from seke_app.insights.certificates import (
+    CertificateRefused,
+    Targets,
+    run_audits_request,
+    run_certificate_latest,
+    run_certify,
+    run_recalibration,
+)
 from seke_app.insights.comparisons import Side, compare
 from seke_app.insights.dashboards import (
     run_dashboard,
     run_set_threshold,
     run_set_threshold_from_curve,
 )
-from seke_app.insights.forms import CompareForm, ThresholdForm
+from seke_app.insights.forms import AuditsForm, CertifyForm, CompareForm, ThresholdForm
 from seke_app.models import GenerationRun
 from seke_app.models.runs import ThresholdChange
 from seke_app.roles import admin_required, request_user
@@ -40,8 +48,61 @@ def run_dashboard_view(request: HttpRequest, code: UUID) -> HttpResponse:
         "dashboard": dashboard,
         "charts": dashboard.chart_data(),
         "threshold_form": ThresholdForm(),
+        "certify_form": CertifyForm(),
+        "certificate": run_certificate_latest(run),
+        "recalibration": run_recalibration(run),
     }
     return render(request, "insights/run_dashboard.html", context)
+
+
+@require_POST
+@admin_required
+def run_certify_view(request: HttpRequest, code: UUID) -> HttpResponse:
+    run = _get_run(code)
+    back = reverse("run_dashboard", args=[run.code]) + "#certificate"
+    form = CertifyForm(request.POST)
+    if not form.is_valid():
+        problems = "; ".join(str(e) for errors in form.errors.values() for e in errors)
+        messages.error(request, f"Not certified: {problems}")
+        return redirect(back)
+    try:
+        certificate = run_certify(
+            run=run, targets=Targets(**form.targets()), user=request_user(request)
+        )
+    except (CertificateRefused, ThresholdRefused) as exc:
+        messages.error(request, f"Not certified: {exc}")
+        return redirect(back)
+    if certificate.certified:
+        assert certificate.change is not None
+        messages.success(
+            request,
+            f"{certificate.sentence()} The threshold is set: {_tasks_moved(certificate.change)}",
+        )
+    else:
+        messages.warning(request, certificate.sentence())
+    return redirect(back)
+
+
+@require_POST
+@admin_required
+def run_audits_view(request: HttpRequest, code: UUID) -> HttpResponse:
+    run = _get_run(code)
+    back = reverse("run_dashboard", args=[run.code]) + "#certificate"
+    form = AuditsForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Nothing opened: give a whole number of audit reviews, at least 1.")
+        return redirect(back)
+    try:
+        opened = run_audits_request(run=run, n=form.cleaned_data["n"])
+    except CertificateRefused as exc:
+        messages.error(request, f"Nothing opened: {exc}")
+        return redirect(back)
+    messages.success(
+        request,
+        f"{opened} blind audit task{pluralize(opened)} opened on images drawn at random from "
+        "this run; certify again once they are reviewed.",
+    )
+    return redirect(back)
 
 
 @require_POST

@@ -16,8 +16,10 @@ from seke_app.models.jobs import TrackedJob
 from seke_app.models.runs import (
     Annotation,
     AnnotationSample,
+    CalibrationFit,
     GenerationRun,
     PromptVersion,
+    RunCertificate,
     RunItem,
 )
 
@@ -26,11 +28,13 @@ __all__ = [
     "EXPRESSION_CHOICES",
     "Annotation",
     "AnnotationSample",
+    "CalibrationFit",
     "Dataset",
     "Export",
     "FaceImage",
     "GenerationRun",
     "PromptVersion",
+    "RunCertificate",
     "RunItem",
     "TrackedJob",
     "exports_dir",

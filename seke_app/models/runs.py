@@ -402,3 +402,139 @@ class AnnotationSample(models.Model):
             "parsed": self.parsed,
             "error": self.parse_error,
         }
+
+
+class RunCertificate(models.Model):
+    """A certified auto-accept threshold for one run, or the finding that none can be.
+
+    The admin states the grains that must be right, the error ``alpha`` allowed
+    among auto-accepted annotations and the confidence level ``1 - delta``;
+    ``insights.certificates`` certifies the run's overall confidence on its blind
+    audit references (``engine.certify``). An audit reference counts as an error
+    when any stated grain is wrong. ``threshold`` is None when nothing could be
+    certified; ``needed`` then says how many audit references in all would be.
+
+    A certificate belongs to the model and prompt version it was made for
+    (``model_name``, ``prompt_version``), which are the run's: a run of another
+    model or version has none until certified itself. It is *in force* while the
+    run's latest threshold change is the one it made (``change``).
+    """
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    run = models.ForeignKey(GenerationRun, on_delete=models.CASCADE, related_name="certificates")
+    model_name = models.CharField(max_length=100)
+    prompt_version = models.ForeignKey(PromptVersion, on_delete=models.PROTECT, related_name="+")
+    grains = models.JSONField(default=list)
+    alpha = models.FloatField()
+    delta = models.FloatField()
+    # The largest valence or arousal difference an answer may have and be right.
+    va_distance = models.FloatField(null=True, blank=True)
+    threshold = models.FloatField(null=True, blank=True)
+    # Share of all the run's annotations auto-accepted at the threshold.
+    coverage = models.FloatField(default=0.0)
+    upper_bound = models.FloatField(null=True, blank=True)
+    n_references = models.PositiveIntegerField(default=0)
+    n_accepted_references = models.PositiveIntegerField(default=0)
+    errors_accepted = models.PositiveIntegerField(default=0)
+    # Audit references on which a stated grain was left unscored because the
+    # model had been given it as a known label.
+    n_given = models.PositiveIntegerField(default=0)
+    needed = models.PositiveIntegerField(null=True, blank=True)
+    method = models.CharField(max_length=300)
+    change = models.OneToOneField(
+        ThresholdChange, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    GRAIN_NAMES = {"expression": "expression", "va": "valence-arousal", "aus": "action units"}
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"certificate {self.code} of run {self.run_id}"
+
+    def in_force(self) -> bool:
+        """Whether the run's threshold is still the one this certificate set."""
+        if self.change_id is None:
+            return False
+        latest = self.run.threshold_changes.values_list("id", flat=True).first()
+        return bool(latest == self.change_id)
+
+    def sentence(self) -> str:
+        """The certificate in one sentence, as the run page and the dataset card state it."""
+        grains = ", ".join(self.GRAIN_NAMES[g] for g in self.grains)
+        if self.va_distance is not None:
+            grains += f" (valence and arousal each within {self.va_distance:g})"
+        level = f"{1 - self.delta:.0%}"
+        if self.threshold is None or self.upper_bound is None:
+            more = self.more_needed
+            need = (
+                f"about {more} more blind audit reviews would be needed"
+                if more is not None
+                else "the audit's error rate is too close to the target, or above it, to say "
+                "how many more audit reviews would be needed"
+            )
+            return (
+                f"Nothing certified for an error of at most {self.alpha:.1%} on {grains} "
+                f"at {level} confidence from {self.n_references} audit references: {need}."
+            )
+        return (
+            f"Threshold {self.threshold:.3f} certified: among auto-accepted annotations the "
+            f"share with any of {grains} wrong is at most {self.alpha:.1%} with {level} "
+            f"confidence (upper bound {self.upper_bound:.1%}; {self.errors_accepted} errors "
+            f"among the {self.n_accepted_references} accepted of {self.n_references} audit "
+            f"references); {self.coverage:.1%} of the run's annotations auto-accepted. "
+            f"{self.method}; made {self.created_at:%Y-%m-%d %H:%M} for {self.model_name}, "
+            f"prompt v{self.prompt_version.number}."
+        )
+
+    @property
+    def certified(self) -> bool:
+        return self.threshold is not None
+
+    @property
+    def more_needed(self) -> int | None:
+        """Audit references needed beyond those the certificate used."""
+        return None if self.needed is None else max(0, self.needed - self.n_references)
+
+    @property
+    def audits_offered(self) -> int:
+        """How many more audit reviews the page offers to open when nothing is certified."""
+        return self.more_needed or GenerationRun.MIN_AUDIT
+
+
+class CalibrationFit(models.Model):
+    """A recalibration map for one model and prompt version, fitted on blind audits.
+
+    It maps the raw overall confidence to the estimated probability that every
+    grain in ``grains`` is right (``engine.calibration``). The raw confidence stays
+    stored on the annotation; the map only changes what is shown. The latest fit
+    for a (model, prompt version) pair is the one that applies.
+    """
+
+    model_name = models.CharField(max_length=100)
+    prompt_version = models.ForeignKey(PromptVersion, on_delete=models.PROTECT, related_name="+")
+    grains = models.JSONField(default=list)
+    va_distance = models.FloatField(null=True, blank=True)
+    # ``engine.calibration.CalibrationMap.to_json``.
+    calibration = models.JSONField(default=dict)
+    n_references = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(
+                fields=["model_name", "prompt_version", "-created_at"], name="calibration_latest"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"calibration of {self.model_name} v{self.prompt_version_id}"

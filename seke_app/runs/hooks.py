@@ -6,7 +6,9 @@ review threshold changes; SEKE calls them inside the same transaction. These are
 explicit lists, not signals: the one place that calls ``annotation_written`` is
 ``seke_app.runs.services``, and the one that calls ``threshold_changed`` is
 ``seke_app.runs.threshold``. A threshold hook returns how many review tasks it
-opened and closed.
+opened and closed. ``audits_requested`` opens more blind audit tasks on a run
+(called by ``seke_app.insights.certificates`` when an audit is too small to
+certify anything) and returns how many it opened.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ if TYPE_CHECKING:
 
 AnnotationHook = Callable[["Annotation"], object]
 ThresholdHook = Callable[["GenerationRun"], tuple[int, int]]
+AuditHook = Callable[["GenerationRun", int], int]
 
 annotation_written: list[AnnotationHook] = []
 threshold_changed: list[ThresholdHook] = []
+audits_requested: list[AuditHook] = []
 
 
 def on_annotation_written(hook: AnnotationHook) -> AnnotationHook:
@@ -33,4 +37,10 @@ def on_annotation_written(hook: AnnotationHook) -> AnnotationHook:
 def on_threshold_changed(hook: ThresholdHook) -> ThresholdHook:
     if hook not in threshold_changed:
         threshold_changed.append(hook)
+    return hook
+
+
+def on_audits_requested(hook: AuditHook) -> AuditHook:
+    if hook not in audits_requested:
+        audits_requested.append(hook)
     return hook

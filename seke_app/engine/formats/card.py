@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seke_app.engine.formats.records import GRAIN_TITLES, GRAINS, SOURCES, CuratedRecord
+from seke_app.engine.ppi import Interval
 from seke_app.engine.vocab import AU_NAMES, EXPRESSIONS
 
 N_BINS = 10
@@ -60,6 +61,8 @@ class CardStats:
     )
     splits: Counter[str] = field(default_factory=Counter)
     prompt_versions: Counter[int] = field(default_factory=Counter)
+    # The runs whose machine labels are in the export (by code), and how many.
+    machine_runs: Counter[str] = field(default_factory=Counter)
 
     def add(self, record: CuratedRecord) -> None:
         self.n_records += 1
@@ -72,6 +75,8 @@ class CardStats:
                 self.confidence[grain][_bin(provenance.confidence, 0.0, 1.0)] += 1
             if provenance.prompt_version is not None:
                 self.prompt_versions[provenance.prompt_version] += 1
+            if provenance.source == "machine" and provenance.run is not None:
+                self.machine_runs[provenance.run] += 1
         if record.expression is not None:
             self.expressions[record.expression] += 1
         if record.valence is not None and record.arousal is not None:
@@ -195,8 +200,76 @@ def _confidence_section(stats: CardStats) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class Stated:
+    """A figure the card states: a PPI++ interval and the audit-only one beside it."""
+
+    what: str
+    ppi: Interval | None
+    classical: Interval | None
+
+
+@dataclass(frozen=True)
+class RunQuality:
+    """What the card states about one run whose machine labels are in the export.
+
+    ``certificate`` is the certificate in force in one sentence, or None; ``note``
+    then says why there is none.
+    """
+
+    run: str
+    model: str
+    prompt_version: int
+    certificate: str | None
+    note: str
+    n_audit: int
+    n_annotations: int
+    accuracy: Sequence[Stated] = ()
+    distribution: Sequence[Stated] = ()
+
+
+def _interval(found: Interval | None) -> str:
+    if found is None:
+        return "too few audit references"
+    return f"{found.estimate:.3f} [{found.low:.3f}, {found.high:.3f}] (width {found.width:.3f})"
+
+
+def _quality_section(runs: Sequence[RunQuality]) -> list[str]:
+    lines = ["## Certified quality of the machine labels", ""]
+    if not runs:
+        return [*lines, "No machine label in this export: no certificate applies.", ""]
+    lines += [
+        "Per run whose machine labels are in this export: its certificate, then 95 %"
+        " intervals from its blind audit. PPI++ (Angelopoulos, Duchi, Zrnic 2023) combines"
+        " the audit references with the machine's labels on every annotation; the"
+        " audit-only interval (Wilson) is beside it.",
+        "",
+    ]
+    for run in runs:
+        lines += [
+            f"### Run {escape_markdown(run.run)} ({escape_markdown(run.model)},"
+            f" prompt v{run.prompt_version})",
+            "",
+            escape_markdown(run.certificate or run.note),
+            "",
+            f"{run.n_audit} blind audit references among {run.n_annotations} annotations.",
+            "",
+        ]
+        rows = [
+            [s.what, _interval(s.ppi), _interval(s.classical)]
+            for s in (*run.accuracy, *run.distribution)
+        ]
+        lines += _table(["figure", "PPI++ (95 %)", "audit only (95 %)"], rows)
+    return lines
+
+
 def card_markdown(
-    stats: CardStats, *, title: str, summary: Mapping[str, Any], notes: Sequence[str] = ()
+    stats: CardStats,
+    *,
+    title: str,
+    summary: Mapping[str, Any],
+    notes: Sequence[str] = (),
+    quality: Sequence[RunQuality] = (),
 ) -> str:
     """The dataset card: what is in the export, where the labels came from, statistics."""
     lines = [f"# {escape_markdown(title)}", ""]
@@ -208,6 +281,7 @@ def card_markdown(
     lines += _provenance_section(stats)
     lines += _distribution_sections(stats)
     lines += _confidence_section(stats)
+    lines += _quality_section(quality)
     lines += [
         "## Splits",
         "",

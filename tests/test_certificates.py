@@ -1,0 +1,344 @@
+"""Certified auto-accept thresholds: certification on blind audits, more audits, the card."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+import django_rq
+import pytest
+from django.contrib.auth.models import User
+from django.urls import reverse
+from rq import SimpleWorker
+
+from review.models import ReviewDecision, ReviewTask
+from seke_app.engine.calibration import CalibrationMap
+from seke_app.exports.options import ExportOptions
+from seke_app.exports.services import export_create
+from seke_app.insights.certificates import (
+    CertificateRefused,
+    Targets,
+    _monotone,
+    audit_rows,
+    calibration_current,
+    run_audits_request,
+    run_certificate_latest,
+    run_certify,
+    run_quality,
+    run_recalibration,
+)
+from seke_app.models import Annotation, GenerationRun, RunCertificate, RunItem
+from seke_app.models.runs import ThresholdChange, confident
+from seke_app.queue import get_queue
+from tests.conftest import client_for
+from tests.factories import record_decision
+from tests.test_curation import annotate, make_images, make_run
+
+pytestmark = pytest.mark.django_db
+
+EXPRESSION = Targets(grains=("expression",), alpha=0.1, delta=0.1)
+
+
+@pytest.fixture(autouse=True)
+def _no_gold(settings: Any) -> None:
+    settings.GOLD_RATE = 0.0
+
+
+def audit(annotation: Annotation, reviewer: User, **values: Any) -> ReviewDecision:
+    """A blind audit decision on the annotation (the reviewer labels every grain)."""
+    labels = {"expression": "happiness", "valence": 0.6, "arousal": 0.2, "aus": {}}
+    decision = record_decision(annotation, reviewer, "correct", **{**labels, **values})
+    ReviewDecision.objects.filter(id=decision.id).update(audit=True)
+    ReviewTask.objects.filter(id=decision.task_id).update(audit=True)
+    RunItem.objects.update_or_create(
+        run=annotation.run, image=annotation.image, defaults={"audit": True}
+    )
+    return decision
+
+
+def audited_run(
+    reviewer: User, n: int = 300, every: int = 2, wrong_below: float = 0.4, **fields: Any
+) -> tuple[GenerationRun, list[Annotation]]:
+    """``n`` annotations of overall confidence i/n, every ``every``-th audited blind.
+
+    The machine says happiness everywhere; the audit says so where its confidence is
+    at least ``wrong_below`` and sadness under it.
+    """
+    dataset, images = make_images(n, name=f"cert{n}")
+    run = make_run(dataset)
+    GenerationRun.objects.filter(id=run.id).update(review_threshold=0.7)
+    run.refresh_from_db()
+    annotations = []
+    for i, image in enumerate(images):
+        # ``annotate`` stores an overall confidence 0.2 under the one it is given.
+        annotation = annotate(image, run, confidence=i / n + 0.2)
+        if fields:
+            Annotation.objects.filter(id=annotation.id).update(**fields)
+        annotations.append(annotation)
+        RunItem.objects.create(run=run, image=image, status=RunItem.Status.DONE)
+        if i % every == 0:
+            truth = "happiness" if annotation.confidence >= wrong_below else "sadness"
+            audit(annotation, reviewer, expression=truth)
+    return run, annotations
+
+
+def test_it_certifies_a_threshold_and_sets_it_as_an_operation(
+    annotator: User, admin_user: User
+) -> None:
+    run, _ = audited_run(annotator)
+    certificate = run_certify(run=run, targets=EXPRESSION, user=admin_user)
+    assert certificate.certified and certificate.threshold is not None
+    # Every audited error lies under 0.4; the certified threshold keeps most of them out.
+    assert 0.3 <= certificate.threshold < 0.6
+    assert certificate.upper_bound is not None and certificate.upper_bound <= 0.1
+    assert certificate.n_references == 150 and certificate.n_accepted_references > 50
+    assert certificate.model_name == "gpt-4o" and certificate.prompt_version == run.prompt_version
+    run.refresh_from_db()
+    assert run.review_threshold == certificate.threshold
+    change = run.threshold_changes.get()
+    assert (change.source, change.changed_by, certificate.change) == (
+        ThresholdChange.Source.CERTIFICATE,
+        admin_user,
+        change,
+    )
+    assert certificate.in_force()
+    accepted = Annotation.objects.filter(run=run).filter(confident()).count()
+    assert run.n_accepted == accepted
+    assert certificate.coverage == pytest.approx(accepted / 300)
+    # The annotations under the certified threshold, not audited, went to review.
+    waiting = ReviewTask.objects.filter(annotation__run=run, status="open", audit=False)
+    under = Annotation.objects.filter(run=run).exclude(confident())
+    assert waiting.count() == under.exclude(image__run_items__audit=True).count() > 0
+    assert "certified" in certificate.sentence() and "Learn then Test" in certificate.sentence()
+
+
+def test_it_rests_only_on_blind_audits(annotator: User, teammate: User) -> None:
+    run, annotations = audited_run(annotator)
+    first = run_certify(run=run, targets=EXPRESSION)
+    # Reviews that are not audits, all saying the confident machine labels are wrong,
+    # change nothing: they were not drawn at random.
+    for annotation in annotations[201::2]:
+        record_decision(annotation, teammate, "correct", expression="anger")
+    second = run_certify(run=run, targets=EXPRESSION)
+    assert (second.threshold, second.n_references) == (first.threshold, first.n_references)
+
+
+def test_it_says_how_many_more_audits_are_needed_and_opens_them(
+    annotator: User, admin_user: User
+) -> None:
+    run, _ = audited_run(annotator, n=100, every=5, wrong_below=0.0)
+    certificate = run_certify(run=run, targets=EXPRESSION, user=admin_user)
+    assert not certificate.certified and certificate.n_references == 20
+    assert certificate.more_needed is not None and certificate.more_needed > 0
+    assert "more blind audit reviews would be needed" in certificate.sentence()
+    run.refresh_from_db()
+    assert run.review_threshold == 0.7 and not run.threshold_changes.exists()
+    opened = run_audits_request(run=run, n=10)
+    assert opened == 10
+    tasks = ReviewTask.objects.filter(annotation__run=run, status="open")
+    assert tasks.count() == 10 and all(t.audit for t in tasks)
+    assert RunItem.objects.filter(run=run, audit=True).count() == 30
+    # A second request draws among the images not audited yet.
+    assert run_audits_request(run=run, n=1000) == 70
+    with pytest.raises(CertificateRefused):
+        run_audits_request(run=run, n=0)
+
+
+def test_it_never_scores_a_grain_given_as_a_known_label(annotator: User) -> None:
+    # The audit says the expression is wrong everywhere, but the model was given
+    # the expression as a known label: only valence-arousal is scored.
+    run, _ = audited_run(annotator, wrong_below=2.0, known_grains=["expression"])
+    with pytest.raises(CertificateRefused, match="no annotation"):
+        run_certify(run=run, targets=EXPRESSION)
+    both = Targets(grains=("expression", "va"), alpha=0.1, delta=0.1)
+    certificate = run_certify(run=run, targets=both)
+    assert certificate.certified and certificate.errors_accepted == 0
+    assert certificate.n_given == certificate.n_references == 150
+    assert all(row.right["expression"] is None for row in audit_rows(run))
+
+
+def test_it_counts_rejected_images_and_unticked_aus_against_the_machine(annotator: User) -> None:
+    dataset, images = make_images(3, name="strict")
+    run = make_run(dataset)
+    rejected = annotate(images[0], run)
+    record_decision(rejected, annotator, "reject_image", reject_reason="not a face")
+    ReviewDecision.objects.filter(annotation=rejected).update(audit=True)
+    with_aus = annotate(images[1], run, aus={"12": True})
+    audit(with_aus, annotator, aus={})
+    without = annotate(images[2], run, aus={"12": False})
+    audit(without, annotator, aus={})
+    rows = {row.annotation_id: row for row in audit_rows(run)}
+    assert rows[rejected.id].right == {"expression": False, "va": False, "aus": False}
+    # A blind audit that ticks no AU says none is present, whatever the machine said.
+    assert rows[with_aus.id].right["aus"] is False
+    assert rows[without.id].right["aus"] is True
+
+
+def test_it_refuses_bad_targets() -> None:
+    for bad in (
+        {"grains": (), "alpha": 0.1, "delta": 0.1},
+        {"grains": ("mood",), "alpha": 0.1, "delta": 0.1},
+        {"grains": ("va",), "alpha": 0.0, "delta": 0.1},
+        {"grains": ("va",), "alpha": 0.1, "delta": 1.0},
+        {"grains": ("va",), "alpha": 0.1, "delta": 0.1, "va_distance": 0.0},
+    ):
+        with pytest.raises(CertificateRefused):
+            Targets(**bad)
+
+
+def test_it_belongs_to_its_run_model_and_prompt_version(annotator: User) -> None:
+    run, _ = audited_run(annotator)
+    run_certify(run=run, targets=EXPRESSION)
+    other = make_run(run.dataset, model_name="another-model")
+    assert run_certificate_latest(other) is None
+    assert run_quality(other).note.startswith("No certificate: this run was never certified")
+
+
+def test_it_is_no_longer_in_force_after_a_change_by_hand(annotator: User) -> None:
+    from seke_app.runs.threshold import run_threshold_set
+
+    run, _ = audited_run(annotator)
+    certificate = run_certify(run=run, targets=EXPRESSION)
+    run_threshold_set(run=run, threshold=0.1)
+    certificate.refresh_from_db()
+    assert not certificate.in_force()
+    quality = run_quality(run)
+    assert quality.certificate is None and "changed after the last certificate" in quality.note
+
+
+def test_it_states_ppi_and_audit_only_intervals(annotator: User) -> None:
+    run, _ = audited_run(annotator)
+    run_certify(run=run, targets=EXPRESSION)
+    quality = run_quality(run)
+    assert quality.certificate is not None and quality.n_audit == 150
+    accuracy = {s.what: s for s in quality.accuracy}["accuracy of accepted expression"]
+    assert accuracy.ppi is not None and accuracy.classical is not None
+    # The audited errors lie under 0.4, mostly under the certified threshold.
+    assert accuracy.classical.estimate > 0.9 and accuracy.ppi.n_unlabelled > 0
+    shares = {s.what: s for s in quality.distribution}
+    sadness = shares["share of sadness"]
+    assert sadness.ppi is not None and sadness.classical is not None
+    assert sadness.classical.covers(0.4) and sadness.ppi.covers(0.4)
+
+
+# --- Pages -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("who", ["annotator", "outsider", None])
+def test_it_lets_only_admins_certify_and_open_audits(
+    who: str | None, request: pytest.FixtureRequest
+) -> None:
+    dataset, images = make_images(4, name="guarded")
+    run = make_run(dataset)
+    for image in images:
+        annotate(image, run)
+    user = request.getfixturevalue(who) if who else None
+    client = client_for(user)
+    targets = {"grains": ["expression"], "alpha": "20", "confidence": "95", "va_distance": "0.2"}
+    client.post(reverse("run_certify", args=[run.code]), targets)
+    client.post(reverse("run_audits", args=[run.code]), {"n": "2"})
+    assert not RunCertificate.objects.exists() and not ReviewTask.objects.exists()
+
+
+def test_it_certifies_from_the_dashboard_and_refuses_bad_input(
+    annotator: User, admin_user: User
+) -> None:
+    run, _ = audited_run(annotator)
+    client = client_for(admin_user)
+    url = reverse("run_certify", args=[run.code])
+    page = client.post(url, {"grains": ["expression"], "alpha": "0", "confidence": "95",
+                             "va_distance": "0.2"}, follow=True).content.decode()  # fmt: skip
+    assert "Not certified" in page and not RunCertificate.objects.exists()
+    page = client.post(url, {"alpha": "10", "confidence": "90", "va_distance": "0.2"}, follow=True)
+    assert "Choose at least one grain" in page.content.decode()
+    data = {"grains": ["expression"], "alpha": "10", "confidence": "90", "va_distance": "0.2"}
+    page = client.post(url, data, follow=True).content.decode()
+    certificate = RunCertificate.objects.get()
+    assert "certified" in page and 'id="certificate-in-force"' in page
+    run_page = client.get(reverse("run_detail", args=[run.code])).content.decode()
+    assert f"Threshold {certificate.threshold:.3f} certified" in run_page
+    assert 'id="certify-form"' not in run_page
+
+
+def test_it_offers_more_audits_when_nothing_is_certified(annotator: User, admin_user: User) -> None:
+    run, _ = audited_run(annotator, n=100, every=5, wrong_below=0.0)
+    client = client_for(admin_user)
+    data = {"grains": ["expression"], "alpha": "10", "confidence": "90", "va_distance": "0.2"}
+    page = client.post(reverse("run_certify", args=[run.code]), data, follow=True).content.decode()
+    assert 'id="audits-form"' in page and "more blind audit reviews would be needed" in page
+    page = client.post(reverse("run_audits", args=[run.code]), {"n": "x"}, follow=True)
+    assert (
+        "Nothing opened" in page.content.decode()
+        and not ReviewTask.objects.filter(status="open").exists()
+    )
+    page = client.post(reverse("run_audits", args=[run.code]), {"n": "3"}, follow=True)
+    assert "3 blind audit tasks opened" in page.content.decode()
+
+
+# --- The dataset card ------------------------------------------------------------------
+
+
+@pytest.fixture
+def exports_queue() -> Iterator[None]:
+    queue = get_queue("exports")
+    queue.empty()
+    yield
+    queue.empty()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_prints_the_certificate_in_the_export_card(annotator: User, exports_queue: None) -> None:
+    run, _ = audited_run(annotator)
+    certificate = run_certify(run=run, targets=EXPRESSION)
+    assert certificate.certified and certificate.threshold is not None
+    never = make_run(run.dataset, model_name="uncertified")
+    image = run.dataset.images.order_by("id").last()
+    assert image is not None
+    annotate(image, never, confidence=1.1)
+    export = export_create(dataset=run.dataset, kind="feid", options=ExportOptions())
+    connection = django_rq.get_connection("exports")
+    SimpleWorker([get_queue("exports")], connection=connection).work(burst=True)
+    export.refresh_from_db()
+    assert export.status == "done", export.error
+    path = export.absolute_path()
+    assert path is not None
+    with zipfile.ZipFile(path) as archive:
+        card = archive.read("README.md").decode()
+    assert "## Certified quality of the machine labels" in card
+    assert f"Threshold {certificate.threshold:.3f} certified" in card
+    assert f"Run {run.code}" in card and "PPI++ (95 %)" in card
+    assert "accuracy of accepted expression" in card and "share of sadness" in card
+    # The other run's machine label is exported too, and the card says it has none.
+    assert f"Run {never.code}" in card and "this run was never certified" in card
+
+
+# --- Recalibration ---------------------------------------------------------------------
+
+
+def test_it_fits_a_calibration_map_per_model_and_prompt_version(
+    annotator: User, admin_user: User
+) -> None:
+    run, annotations = audited_run(annotator)
+    run_certify(run=run, targets=EXPRESSION, user=admin_user)
+    fit = calibration_current(run)
+    assert fit is not None and fit.n_references == 150 and fit.grains == ["expression"]
+    mapped = CalibrationMap.from_json(fit.calibration).apply([0.1, 0.35, 0.5, 0.9])
+    # The audit says wrong under 0.4 and right above it.
+    assert mapped[0] < 0.2 and mapped[2] > 0.8 and list(mapped) == sorted(mapped)
+    # The raw confidence stays as the machine wrote it.
+    assert Annotation.objects.get(id=annotations[30].id).confidence == pytest.approx(0.1)
+    assert calibration_current(make_run(run.dataset, model_name="another-model")) is None
+    recalibration = run_recalibration(run)
+    assert recalibration is not None and recalibration.before and recalibration.after
+    assert recalibration.after.ece < recalibration.before.ece
+    page = client_for(admin_user).get(reverse("run_dashboard", args=[run.code])).content.decode()
+    assert 'id="reliability-before"' in page and 'id="reliability-after"' in page
+    assert f"(calibrated {recalibration.calibrated_threshold:.3f})" in page
+
+
+def test_it_never_applies_a_map_that_decreases() -> None:
+    decreasing = CalibrationMap("platt", {"a": -1.0, "b": 0.0}, 40)
+    assert _monotone(decreasing).method == "identity"
+    increasing = CalibrationMap("platt", {"a": 2.0, "b": 0.0}, 40)
+    assert _monotone(increasing) is increasing
