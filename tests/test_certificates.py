@@ -6,11 +6,9 @@ import zipfile
 from collections.abc import Iterator
 from typing import Any
 
-import django_rq
 import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
-from rq import SimpleWorker
 
 from review.models import ReviewDecision, ReviewTask
 from seke_app.engine.calibration import CalibrationMap
@@ -34,6 +32,7 @@ from seke_app.queue import get_queue
 from tests.conftest import client_for
 from tests.factories import record_decision
 from tests.test_curation import annotate, make_images, make_run
+from tests.workers import work_in_process
 
 pytestmark = pytest.mark.django_db
 
@@ -297,8 +296,7 @@ def test_it_prints_the_certificate_in_the_export_card(annotator: User, exports_q
     assert image is not None
     annotate(image, never, confidence=1.1)
     export = export_create(dataset=run.dataset, kind="feid", options=ExportOptions())
-    connection = django_rq.get_connection("exports")
-    SimpleWorker([get_queue("exports")], connection=connection).work(burst=True)
+    work_in_process("exports")
     export.refresh_from_db()
     assert export.status == "done", export.error
     path = export.absolute_path()

@@ -12,14 +12,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import django_rq
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 from playwright.sync_api import expect
-from rq import SimpleWorker
 
 import seke_app
 from seke_app.exports import writers as export_writers
@@ -37,23 +35,18 @@ from tests.browser import BrowserPage
 from tests.conftest import PASSWORD, client_for
 from tests.factories import record_decision
 from tests.test_curation import annotate, make_images, make_run
+from tests.workers import emptied_queue, work_in_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 EXPRESSIONS = ("happiness", "sadness", "fear", "anger", "surprise", "neutral")
 
 
-@pytest.fixture(autouse=True)
-def _own_queue() -> Iterator[None]:
-    queue = get_queue("exports")
-    queue.empty()
-    yield
-    queue.empty()
+_own_queue = emptied_queue("exports")
 
 
 def work() -> None:
-    worker = SimpleWorker([get_queue("exports")], connection=django_rq.get_connection("exports"))
-    worker.work(burst=True)
+    work_in_process("exports")
 
 
 @pytest.fixture

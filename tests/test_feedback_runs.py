@@ -6,10 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import django_rq
 import pytest
 from django.contrib.auth.models import User
-from rq import SimpleWorker
 
 from review.feedback.services import gold_check_create, prompt_version_create
 from review.models import GoldCheck
@@ -21,6 +19,7 @@ from seke_app.runs.prompts import prompt_version_active
 from seke_app.runs.services import ImageFilter, run_create
 from tests.factories import make_dataset
 from tests.fake_openai import FakeOpenAI
+from tests.workers import work_in_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,7 +32,7 @@ def _queues() -> Any:
 
 
 def work(queue: str = "generation") -> None:
-    SimpleWorker([get_queue(queue)], connection=django_rq.get_connection(queue)).work(burst=True)
+    work_in_process(queue)
 
 
 def test_it_sends_the_new_versions_exemplars_and_notes_to_the_model(

@@ -13,12 +13,10 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-import django_rq
 import pytest
 from django.apps import apps
 from django.contrib.auth.models import User
 from django.urls import reverse
-from rq import SimpleWorker
 
 from review.feedback.services import (
     FeedbackRefused,
@@ -40,6 +38,7 @@ from seke_app.runs.services import known_grains, run_create
 from tests.conftest import client_for, draw_face
 from tests.factories import record_decision, scripted_images
 from tests.fake_openai import FakeOpenAI
+from tests.workers import work_in_process
 
 MIGRATION = "seke_app.migrations.0008_known_grains_and_what_versions_learned_from"
 
@@ -338,8 +337,7 @@ def known_dataset(tmp_path: Path) -> Dataset:
 
 
 def work() -> None:
-    queue = get_queue("generation")
-    SimpleWorker([queue], connection=django_rq.get_connection("generation")).work(burst=True)
+    work_in_process("generation")
 
 
 @pytest.mark.django_db(transaction=True)

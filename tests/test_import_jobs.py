@@ -6,11 +6,10 @@ import io
 import random
 import re
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import django_rq
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -18,7 +17,6 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http.multipartparser import MultiPartParser
 from django.test import Client
 from django.urls import reverse
-from rq import SimpleWorker
 
 from seke_app.datasets import services
 from seke_app.datasets.services import (
@@ -29,26 +27,20 @@ from seke_app.datasets.services import (
 )
 from seke_app.models import Dataset, FaceImage
 from seke_app.models.datasets import DatasetImport, imports_dir
-from seke_app.queue import get_queue
 from tests.browser import BrowserPage
 from tests.conftest import PASSWORD, client_for, draw_face
+from tests.workers import emptied_queue, work_in_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 Status = DatasetImport.Status
 
 
-@pytest.fixture(autouse=True)
-def _own_queue() -> Iterator[None]:
-    queue = get_queue("default")
-    queue.empty()
-    yield
-    queue.empty()
+_own_queue = emptied_queue("default")
 
 
 def work() -> None:
-    worker = SimpleWorker([get_queue("default")], connection=django_rq.get_connection("default"))
-    worker.work(burst=True)
+    work_in_process("default")
 
 
 def zip_bytes(entries: dict[str, bytes | str]) -> bytes:

@@ -13,12 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import django_rq
 import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from rq import SimpleWorker
 
 from seke_app.engine.llm.client import VLLMError
 from seke_app.engine.types import AnnotationRequest, Sample, Usage, VerificationRequest
@@ -38,6 +36,7 @@ from seke_app.runs.ratelimit import (
 from seke_app.runs.services import RunRefused, run_create
 from tests.factories import make_dataset
 from tests.fake_openai import FakeOpenAI
+from tests.workers import work_in_process
 
 # Ten seconds into a calendar minute, so that a fixed window's boundary falls
 # inside the tests' scenarios.
@@ -378,7 +377,7 @@ def test_it_fails_an_image_whose_request_can_never_fit_with_the_reason(
         params=UAMCParams(),
         concurrency=1,
     )
-    SimpleWorker([queue], connection=django_rq.get_connection("generation")).work(burst=True)
+    work_in_process("generation")
 
     reasons = list(RunItem.objects.filter(run=run).values_list("status", "error"))
     assert len(reasons) == 2

@@ -10,25 +10,22 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import django_rq
 import pytest
 from django.utils import timezone
-from rq import SimpleWorker
 
 from review.models import ReviewDecision, ReviewTask
 from seke_app.datasets.services import dataset_import
 from seke_app.engine.uamc import UAMCParams
 from seke_app.models import Annotation, FaceImage, GenerationRun
-from seke_app.queue import get_queue
 from seke_app.roles import user_create
 from seke_app.runs.services import run_create
 from tests.browser import BrowserPage
 from tests.conftest import draw_face
+from tests.workers import emptied_queue, work_in_process
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -37,12 +34,7 @@ TASK_URL = re.compile(r"/review/task/([0-9a-f-]{36})/$")
 XSS = '<script>window.__pwned = "evidence"</script>'
 
 
-@pytest.fixture(autouse=True)
-def _own_queue() -> Iterator[None]:
-    queue: Any = get_queue("generation")
-    queue.empty()
-    yield
-    queue.empty()
+_own_queue = emptied_queue("generation")
 
 
 def reviewable_run(tmp_path: Path, n: int = 6) -> GenerationRun:
@@ -60,9 +52,7 @@ def reviewable_run(tmp_path: Path, n: int = 6) -> GenerationRun:
         concurrency=1,
         audit_share=0.0,
     )
-    SimpleWorker([get_queue("generation")], connection=django_rq.get_connection("generation")).work(
-        burst=True
-    )
+    work_in_process("generation")
     run.refresh_from_db()
     assert run.status == "completed"
     assert ReviewTask.objects.filter(status="open").count() == n

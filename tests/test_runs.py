@@ -22,17 +22,12 @@ from seke_app.runs.services import ImageFilter, RunRefused, run_create
 from tests.conftest import client_for
 from tests.factories import make_dataset
 from tests.fake_openai import FakeOpenAI
-from tests.workers import work_in_process
+from tests.workers import emptied_queue, work_in_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(autouse=True)
-def _own_queue() -> Any:
-    queue = get_queue("generation")
-    queue.empty()
-    yield
-    queue.empty()
+_own_queue = emptied_queue("generation")
 
 
 def work() -> None:

@@ -21,6 +21,7 @@ from seke_app.runs.calls import ImageCalls, LeaseLost
 from seke_app.runs.leases import LeaseKeeper
 from seke_app.runs.services import run_create
 from tests.factories import make_dataset
+from tests.workers import emptied_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,12 +29,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 TWO_CALLS = UAMCParams(strategy="fixed", k0=3, kmax=3)
 
 
-@pytest.fixture(autouse=True)
-def _own_queue() -> Any:
-    queue = get_queue("generation")
-    queue.empty()
-    yield
-    queue.empty()
+_own_queue = emptied_queue("generation")
 
 
 def wait_until(condition: Callable[[], bool], *, timeout: float, what: str) -> None:

@@ -19,17 +19,12 @@ from seke_app.runs.services import RunRefused, run_create, run_throughput
 from seke_app.runs.views import REQUEUE, RESUME
 from tests.conftest import client_for
 from tests.factories import make_dataset
-from tests.workers import work_in_process
+from tests.workers import emptied_queue, work_in_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(autouse=True)
-def _own_queue() -> Any:
-    queue = get_queue("generation")
-    queue.empty()
-    yield
-    queue.empty()
+_own_queue = emptied_queue("generation")
 
 
 def test_it_keeps_a_running_job_working_when_resume_is_pressed(

@@ -13,12 +13,11 @@ import pytest
 from seke_app.engine.llm.client import DEFAULT_PRICES
 from seke_app.engine.uamc import UAMCParams
 from seke_app.models import Annotation, GenerationRun, RunItem
-from seke_app.queue import get_queue
 from seke_app.runs import services as runs
 from seke_app.runs.services import run_create
 from tests.factories import make_dataset
 from tests.fake_openai import FakeOpenAI, Fault
-from tests.workers import work_in_process
+from tests.workers import emptied_queue, work_in_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,12 +27,7 @@ OK = Fault("hang", hang_s=0)
 UAMC = UAMCParams()
 
 
-@pytest.fixture(autouse=True)
-def _own_queue() -> Any:
-    queue = get_queue("generation")
-    queue.empty()
-    yield
-    queue.empty()
+_own_queue = emptied_queue("generation")
 
 
 def work() -> None:

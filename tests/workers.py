@@ -58,6 +58,22 @@ class BurstWorker(SimpleWorker):
         pass
 
 
+def emptied_queue(queue_name: str) -> Any:
+    """An autouse fixture that empties the queue before and after each test of a module.
+
+    Assign it in the module: ``_own_queue = emptied_queue("exports")``.
+    """
+
+    @pytest.fixture(autouse=True)
+    def _own_queue() -> Iterator[None]:
+        own = queue.get_queue(queue_name)
+        own.empty()
+        yield
+        own.empty()
+
+    return _own_queue
+
+
 def work_in_process(queue_name: str = "generation") -> None:
     """Run the queue's jobs here, one after another, until it is empty."""
     worker = BurstWorker(
