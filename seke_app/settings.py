@@ -64,10 +64,29 @@ def _secret_key() -> str:
         return _checked_secret_key(configured, "SECRET_KEY")
     key_file = DATA_DIR / "secret_key"
     if not key_file.exists():
-        DATA_DIR.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(secrets.token_urlsafe(50))
-        key_file.chmod(0o600)
+        _publish_new_key(key_file)
     return _checked_secret_key(key_file.read_text().strip(), f"SECRET_KEY in {key_file}")
+
+
+def _publish_new_key(key_file: Path) -> None:
+    """Write a new key to ``key_file`` unless another process got there first.
+
+    Processes that start together (a web process and its workers) must neither
+    read a half-written file nor each keep a key of their own: the key is written
+    in full to a private file, then linked into place, which succeeds for exactly
+    one of them; the others read the winner's key.
+    """
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    draft = key_file.with_name(f".{key_file.name}.{os.getpid()}")
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secrets.token_urlsafe(50))
+    try:
+        os.link(draft, key_file)
+    except FileExistsError:
+        pass
+    finally:
+        draft.unlink()
 
 
 SECRET_KEY = _secret_key()

@@ -202,3 +202,38 @@ def test_an_empty_data_dir_is_not_the_current_directory(tmp_path: Path) -> None:
 def test_it_accepts_a_sqlite_database_url(tmp_path: Path) -> None:
     result = start({"DATABASE_URL": f"sqlite:///{tmp_path}/other.sqlite3"}, tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_it_gives_processes_starting_together_one_generated_key(tmp_path: Path) -> None:
+    """A web process and its workers started at once in a new data folder."""
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    env.pop("SECRET_KEY", None)
+    data = tmp_path / "data"
+    env.update({"SEKE_DATA_DIR": str(data), "DJANGO_SETTINGS_MODULE": "seke_app.settings"})
+    script = "from django.conf import settings; print(settings.SECRET_KEY)"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    results = [process.communicate(timeout=60) for process in processes]
+    assert [process.returncode for process in processes] == [0] * 8, results
+    keys = {out.strip() for out, _ in results}
+    assert keys == {(data / "secret_key").read_text().strip()}
+    assert sorted(p.name for p in data.iterdir()) == ["secret_key"]
+
+
+def test_it_never_replaces_a_key_another_process_published(tmp_path: Path) -> None:
+    from seke_app import settings as seke_settings
+
+    key_file = tmp_path / "secret_key"
+    key_file.write_text("published by the process that came first")
+    seke_settings._publish_new_key(key_file)
+    assert key_file.read_text() == "published by the process that came first"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
