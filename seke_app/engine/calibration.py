@@ -110,10 +110,6 @@ class CalibrationMap:
         )
 
 
-def identity() -> CalibrationMap:
-    return CalibrationMap(method="identity", reason="no recalibration")
-
-
 def _fit_platt(conf: FloatArray, right: FloatArray) -> dict[str, Any]:
     z = _logit(conf)
     n_right = right.sum()
