@@ -118,11 +118,19 @@ def record_decision(
     undone: bool = False,
     **values: Any,
 ) -> ReviewDecision:
-    """A decision as the review app records it: accept copies the machine values."""
+    """A decision as the review app records it: accept copies the machine values.
+
+    ``audit=True`` records a blind audit review (task and decision).
+    """
+    audit = bool(values.pop("audit", False))
     task, _ = ReviewTask.objects.get_or_create(
         annotation=annotation,
         kind=kind,
-        defaults={"priority": annotation.confidence, "status": ReviewTask.Status.DONE},
+        defaults={
+            "priority": annotation.confidence,
+            "status": ReviewTask.Status.DONE,
+            "audit": audit,
+        },
     )
     if action == "accept":
         values = {
@@ -139,5 +147,6 @@ def record_decision(
         action=action,
         kind=kind,
         undone_at=timezone.now() if undone else None,
+        audit=audit,
         **values,
     )

@@ -207,14 +207,34 @@ def spearman(x: npt.ArrayLike, y: npt.ArrayLike) -> float:
     return float(np.sum(dx * dy)) / denominator if denominator > 0 else float("nan")
 
 
+def item_weights(weights: npt.ArrayLike | None, size: int) -> FloatArray:
+    """Item weights: ones when none are given; otherwise finite, non-negative, one per item."""
+    if weights is None:
+        return np.ones(size)
+    array = _floats(weights, "weights")
+    if array.size != size:
+        raise ValueError(f"weights and items differ in length ({array.size} and {size})")
+    if np.any(array < 0):
+        raise ValueError("weights must not be negative")
+    return array
+
+
 def expected_calibration_error(
-    correct: npt.ArrayLike, confidence: npt.ArrayLike, n_bins: int = 10
+    correct: npt.ArrayLike,
+    confidence: npt.ArrayLike,
+    n_bins: int = 10,
+    weights: npt.ArrayLike | None = None,
 ) -> float:
     """Expected calibration error over ``n_bins`` equal-width bins of [0, 1].
 
     ``sum_b |accuracy_b - mean confidence_b| * n_b / N``. Bin edges follow
     ``sklearn.calibration.calibration_curve(strategy="uniform")``: a confidence on
     an inner edge falls into the lower bin.
+
+    With ``weights``, each item counts for its weight in the accuracies, the mean
+    confidences and the bins' shares (``n_b`` and ``N`` are sums of weights): an
+    estimate for a population the items were drawn from with unequal chances, each
+    weight the inverse of an item's chance of having been drawn.
     """
     right = np.asarray(correct, dtype=np.float64).ravel()
     conf = _floats(confidence, "confidence")
@@ -225,13 +245,22 @@ def expected_calibration_error(
         raise ValueError("the number of bins must be at least 1")
     if conf.min() < 0 or conf.max() > 1:
         raise ValueError("confidences must lie in [0, 1]")
+    weight = item_weights(weights, conf.size)
+    if weight.sum() <= 0:
+        raise ValueError("the weights sum to zero")
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.searchsorted(edges[1:-1], conf)
     total = 0.0
     for b in np.unique(bins):
         members = bins == b
-        total += abs(float(right[members].mean() - conf[members].mean())) * int(members.sum())
-    return total / conf.size
+        mass = float(weight[members].sum())
+        if mass <= 0:
+            continue
+        gap = np.average(right[members], weights=weight[members]) - np.average(
+            conf[members], weights=weight[members]
+        )
+        total += abs(float(gap)) * mass
+    return total / float(weight.sum())
 
 
 def accepted_error_rate(correct: npt.ArrayLike, confidence: npt.ArrayLike, budget: float) -> float:

@@ -184,27 +184,36 @@ class Reliability:
 
 
 def reliability_diagram(
-    correct: npt.ArrayLike, confidence: npt.ArrayLike, n_bins: int = DEFAULT_BINS
+    correct: npt.ArrayLike,
+    confidence: npt.ArrayLike,
+    n_bins: int = DEFAULT_BINS,
+    weights: npt.ArrayLike | None = None,
 ) -> Reliability:
     """Accuracy against mean confidence in ``n_bins`` equal-width bins of [0, 1].
 
     The bins are those of ``metrics.expected_calibration_error`` (a confidence on
     an inner edge falls into the lower bin), whose value is returned with them.
+    With ``weights`` (inverse chances of having been drawn, see
+    ``metrics.expected_calibration_error``) each bin's accuracy and mean confidence
+    are weighted means; its ``count`` stays the number of items in it.
     """
     right = np.asarray(correct, dtype=np.float64).ravel()
     conf = _floats(confidence, "confidence").ravel()
-    ece = metrics.expected_calibration_error(right, conf, n_bins)
+    weight = metrics.item_weights(weights, conf.size)
+    ece = metrics.expected_calibration_error(right, conf, n_bins, weight)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     index = np.searchsorted(edges[1:-1], conf)
     bins = []
     for b in np.unique(index):
         members = index == b
+        if weight[members].sum() <= 0:
+            continue
         bins.append(
             ReliabilityBin(
                 lower=float(edges[b]),
                 upper=float(edges[b + 1]),
-                mean_confidence=float(conf[members].mean()),
-                accuracy=float(right[members].mean()),
+                mean_confidence=float(np.average(conf[members], weights=weight[members])),
+                accuracy=float(np.average(right[members], weights=weight[members])),
                 count=int(members.sum()),
             )
         )
@@ -216,8 +225,11 @@ class RiskPoint:
     """The outcome of one review threshold.
 
     Items whose confidence is under ``threshold`` go to review (as SV-UAMC flags
-    them); the rest are auto-accepted. ``error_rate`` is the share of wrong
-    answers among the auto-accepted, None when nothing is accepted.
+    them); the rest are auto-accepted. ``n_review``, ``n_accepted`` and
+    ``n_errors`` count items; ``review_share`` and ``error_rate`` (the share of
+    wrong answers among the auto-accepted, None when nothing is accepted) are
+    weighted by the items' weights when the curve was given some, so that they
+    estimate the population the items were drawn from.
     """
 
     threshold: float
@@ -232,24 +244,42 @@ class RiskPoint:
         return 1.0 - self.review_share
 
 
-def risk_coverage(correct: npt.ArrayLike, confidence: npt.ArrayLike) -> list[RiskPoint]:
+def _checked(
+    correct: npt.ArrayLike, confidence: npt.ArrayLike, weights: npt.ArrayLike | None, what: str
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    right = np.asarray(correct, dtype=bool).ravel()
+    conf = _floats(confidence, "confidence").ravel()
+    _same_length(right, conf)
+    if conf.size == 0:
+        raise ValueError(f"{what} of an empty set is undefined")
+    weight = metrics.item_weights(weights, conf.size)
+    if weight.sum() <= 0:
+        raise ValueError("the weights sum to zero")
+    return right, conf, weight
+
+
+def risk_coverage(
+    correct: npt.ArrayLike, confidence: npt.ArrayLike, weights: npt.ArrayLike | None = None
+) -> list[RiskPoint]:
     """One point per distinct split of the items, from threshold 0 (review nothing) upwards.
 
     The candidate thresholds are 0, every distinct confidence and 1; any other
     threshold splits the items as the next candidate above it does. Of candidates
     that split the items alike (0 and a smallest confidence above 0), the lower is kept.
+    ``weights`` as in ``RiskPoint``.
     """
-    right = np.asarray(correct, dtype=bool).ravel()
-    conf = _floats(confidence, "confidence").ravel()
-    _same_length(right, conf)
-    if conf.size == 0:
-        raise ValueError("the risk-coverage curve of an empty set is undefined")
+    right, conf, weight = _checked(correct, confidence, weights, "the risk-coverage curve")
     if conf.min() < 0 or conf.max() > 1:
         raise ValueError("confidences must lie in [0, 1]")
     order = np.argsort(conf, kind="stable")
     sorted_conf = conf[order]
-    # Errors among the items from position i on (the accepted ones when i go to review).
-    errors_from = np.r_[np.cumsum((~right[order])[::-1])[::-1], 0]
+    wrong = ~right[order]
+    # Errors (and their weight) among the items from position i on: the accepted
+    # ones when the first i go to review.
+    errors_from = np.r_[np.cumsum(wrong[::-1])[::-1], 0]
+    weight_from = np.r_[np.cumsum(weight[order][::-1])[::-1], 0.0]
+    wrong_weight_from = np.r_[np.cumsum((weight[order] * wrong)[::-1])[::-1], 0.0]
+    total = float(weight_from[0])
     thresholds = np.unique(np.r_[0.0, conf, 1.0])
     n = conf.size
     points: list[RiskPoint] = []
@@ -257,38 +287,39 @@ def risk_coverage(correct: npt.ArrayLike, confidence: npt.ArrayLike) -> list[Ris
         n_review = int(np.searchsorted(sorted_conf, threshold, side="left"))
         if points and points[-1].n_review == n_review:
             continue
-        n_accepted = n - n_review
-        n_errors = int(errors_from[n_review])
+        accepted = float(weight_from[n_review])
         points.append(
             RiskPoint(
                 threshold=float(threshold),
-                review_share=n_review / n,
+                review_share=(total - accepted) / total,
                 n_review=n_review,
-                n_accepted=n_accepted,
-                n_errors=n_errors,
-                error_rate=n_errors / n_accepted if n_accepted else None,
+                n_accepted=n - n_review,
+                n_errors=int(errors_from[n_review]),
+                error_rate=float(wrong_weight_from[n_review]) / accepted if accepted > 0 else None,
             )
         )
     return points
 
 
-def risk_point(correct: npt.ArrayLike, confidence: npt.ArrayLike, threshold: float) -> RiskPoint:
+def risk_point(
+    correct: npt.ArrayLike,
+    confidence: npt.ArrayLike,
+    threshold: float,
+    weights: npt.ArrayLike | None = None,
+) -> RiskPoint:
     """The outcome of one review threshold: items under it are reviewed, the rest accepted."""
-    right = np.asarray(correct, dtype=bool).ravel()
-    conf = _floats(confidence, "confidence").ravel()
-    _same_length(right, conf)
-    if conf.size == 0:
-        raise ValueError("the risk of an empty set is undefined")
+    right, conf, weight = _checked(correct, confidence, weights, "the risk")
     accepted = conf >= threshold
     n_accepted = int(accepted.sum())
-    n_errors = int((~right[accepted]).sum())
+    mass = float(weight[accepted].sum())
+    total = float(weight.sum())
     return RiskPoint(
         threshold=float(threshold),
-        review_share=(conf.size - n_accepted) / conf.size,
+        review_share=(total - mass) / total,
         n_review=conf.size - n_accepted,
         n_accepted=n_accepted,
-        n_errors=n_errors,
-        error_rate=n_errors / n_accepted if n_accepted else None,
+        n_errors=int((~right[accepted]).sum()),
+        error_rate=float(weight[accepted][~right[accepted]].sum()) / mass if mass > 0 else None,
     )
 
 

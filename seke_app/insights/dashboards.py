@@ -90,6 +90,7 @@ _STREAM_FIELDS = (
     "image__known_aus",
     "known_grains",
     "in_sample",
+    "held",
 )
 
 
@@ -108,6 +109,11 @@ class AnnotationRow:
     known: Labels
     given: frozenset[str] = frozenset()
     in_sample: bool = False
+    held: bool = False
+
+    def confident(self, threshold: float) -> bool:
+        """Auto-accepted under ``threshold`` (the rule of ``models.runs.confident``)."""
+        return not self.held and self.confidences["overall"] >= threshold
 
     @classmethod
     def from_values(cls, values: tuple[Any, ...]) -> AnnotationRow:
@@ -122,6 +128,7 @@ class AnnotationRow:
             known=Labels.of(*values[10:14]),
             given=frozenset(values[14] or ()),
             in_sample=bool(values[15]),
+            held=bool(values[16]),
         )
 
     def reference(self, references: Mapping[int, Reference]) -> Reference | None:
@@ -149,6 +156,27 @@ def stream_rows(
     return (AnnotationRow.from_values(values) for values in rows)
 
 
+CONFIDENT, FLAGGED = "confident", "flagged"
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """One side of the review threshold: its annotations, and how many have a reference.
+
+    ``n_referenced`` counts the annotations scored on the grain plus those whose
+    image a review rejected (see ``Scorer._strata``).
+    """
+
+    name: str
+    n_annotations: int
+    n_referenced: int
+
+    @property
+    def weight(self) -> float:
+        """What one scored annotation stands for: the side's annotations per referenced one."""
+        return self.n_annotations / self.n_referenced if self.n_referenced else 0.0
+
+
 @dataclass
 class GrainCalibration:
     grain: str
@@ -157,11 +185,32 @@ class GrainCalibration:
     sources: dict[str, int]
     # How many of the scored labels are on images the prompt version learned from.
     in_sample: int = 0
+    # The two sides of the threshold, for the weights (see ``Scorer``).
+    strata: list[Stratum] = field(default_factory=list)
 
     @property
     def n_reviews(self) -> int:
-        """Scored labels whose reference includes a review: mostly of flagged annotations."""
+        """Scored labels whose reference includes a review of a flagged annotation."""
         return sum(n for key, n in self.sources.items() if "review" in key.split("+"))
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the two sides are scored at different rates, so weights matter."""
+        return _weighted(self.strata)
+
+    @property
+    def uncovered(self) -> list[str]:
+        return _uncovered(self.strata)
+
+
+def _weighted(strata: list[Stratum]) -> bool:
+    rates = {s.n_referenced / s.n_annotations for s in strata if s.n_annotations}
+    return len(rates) > 1
+
+
+def _uncovered(strata: list[Stratum]) -> list[str]:
+    """The sides with annotations but no scored one: the figure says nothing of them."""
+    return [s.name for s in strata if s.n_annotations and not s.n_referenced]
 
 
 @dataclass
@@ -177,21 +226,51 @@ class Calibration:
     # Per grain, how many annotations were given it as a known label (never scored
     # against the dataset's label).
     given: dict[str, int] = field(default_factory=dict)
+    # The overall grain's sides of the threshold (the risk-coverage curve's weights).
+    strata: list[Stratum] = field(default_factory=list)
+    # Where the overall grain's references came from (the curve's).
+    sources: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_scored(self) -> int:
         return self.risk[0].n_accepted if self.risk else 0
+
+    @property
+    def weighted(self) -> bool:
+        return _weighted(self.strata)
+
+    @property
+    def uncovered(self) -> list[str]:
+        return _uncovered(self.strata)
 
     def grain(self, name: str) -> GrainCalibration | None:
         return next((g for g in self.grains if g.grain == name), None)
 
 
 class Scorer:
-    """Collects, per grain, whether each machine label agrees with its reference."""
+    """Collects, per grain, whether each machine label agrees with its reference.
+
+    The references are not a uniform sample of the annotations: every flagged
+    annotation is sent to review, while among the confident ones only blind
+    audits (a uniform random share of all annotations), gold questions and
+    dataset labels give a reference. Scoring them all alike would let the flagged
+    side, chosen by the very confidence being judged, dominate the figures.
+    ``calibration`` therefore post-stratifies by the two sides of the review
+    threshold: each scored annotation is weighted by its side's number of
+    annotations over its number of scored ones, the inverse of its chance of
+    having a reference if references fall at random within a side. Within the
+    confident side that holds for audits and for dataset labels; within the
+    flagged side it holds when reviewers work through the flagged annotations in
+    an order unrelated to their correctness. Where both sides are scored at the
+    same rate (a dataset labelled throughout), every weight is 1.
+    """
 
     def __init__(self) -> None:
         self.correct: dict[str, list[bool]] = {g: [] for g in CALIBRATED_GRAINS}
         self.confidence: dict[str, list[float]] = {g: [] for g in CALIBRATED_GRAINS}
+        # Per scored label: the annotation's overall confidence (None when held),
+        # which places it on one side of a threshold.
+        self.side: dict[str, list[float | None]] = {g: [] for g in CALIBRATED_GRAINS}
         self.sources: dict[str, Counter[str]] = {g: Counter() for g in CALIBRATED_GRAINS}
         # Right answers per grain and reference source, for accuracy on gold questions alone.
         self.right_by_source: dict[str, Counter[str]] = {g: Counter() for g in CALIBRATED_GRAINS}
@@ -199,15 +278,20 @@ class Scorer:
         self.in_sample: Counter[str] = Counter()
         # Annotations given each grain as a known label.
         self.given: Counter[str] = Counter()
+        # Every annotation's side key, scored or not (the strata's sizes), and those
+        # of annotations whose image a review rejected: reviewed, yet never scored.
+        self.population: list[float | None] = []
+        self.rejected: list[float | None] = []
 
     def _record(
-        self, grain: str, right: bool, confidence: float, source: str, in_sample: bool
+        self, grain: str, right: bool, confidence: float, source: str, row: AnnotationRow
     ) -> None:
         self.correct[grain].append(right)
         self.confidence[grain].append(min(max(confidence, 0.0), 1.0))
+        self.side[grain].append(_side_key(row))
         self.sources[grain][source] += 1
         self.right_by_source[grain][source] += right
-        self.in_sample[grain] += in_sample
+        self.in_sample[grain] += row.in_sample
 
     def add(self, row: AnnotationRow, reference: Reference) -> None:
         all_right = True
@@ -218,13 +302,11 @@ class Scorer:
             source = reference.sources[grain]
             right = grain_agrees(grain, row.labels.grain(grain), wanted)
             all_right = all_right and right
-            self._record(grain, right, row.confidences[grain], source, row.in_sample)
+            self._record(grain, right, row.confidences[grain], source, row)
             if grain == "aus":
                 self._add_each_au(row, wanted, source)
         overall_source = "+".join(sorted(set(reference.sources.values())))
-        self._record(
-            "overall", all_right, row.confidences["overall"], overall_source, row.in_sample
-        )
+        self._record("overall", all_right, row.confidences["overall"], overall_source, row)
 
     def _add_each_au(self, row: AnnotationRow, wanted: Mapping[int, bool], source: str) -> None:
         machine = row.labels.aus or {}
@@ -232,49 +314,91 @@ class Scorer:
             rate = row.au_rates.get(str(au))
             # The share of samples that agreed on the AU, whichever way they agreed.
             confidence = max(rate, 1.0 - rate) if rate is not None else row.confidences["aus"]
-            self._record("au_each", bool(machine.get(au)) == on, confidence, source, row.in_sample)
+            self._record("au_each", bool(machine.get(au)) == on, confidence, source, row)
 
     def score(self, row: AnnotationRow, references: Mapping[int, Reference]) -> None:
         """Score the row against its reference, if it has one."""
         self.given.update(row.given)
+        self.population.append(_side_key(row))
+        found = references.get(row.image_id)
+        if found is not None and found.rejected:
+            self.rejected.append(_side_key(row))
         reference = row.reference(references)
         if reference is not None:
             self.add(row, reference)
 
     def accuracy(self, grain: str, source: str | None = None) -> tuple[int, float | None]:
-        """How many labels were scored, and the share that agreed (of one source if given)."""
+        """How many labels were scored, and the share that agreed (of one source if given).
+
+        Unweighted: the share among the scored labels themselves.
+        """
         if source is None:
             n, right = len(self.correct[grain]), sum(self.correct[grain])
         else:
             n, right = self.sources[grain][source], self.right_by_source[grain][source]
         return n, (right / n if n else None)
 
-    def calibration(self, threshold: float) -> Calibration:
-        grains = [
-            GrainCalibration(
-                grain=g,
-                label=GRAIN_LABELS[g],
-                reliability=quality.reliability_diagram(
-                    self.correct[g], self.confidence[g], CALIBRATION_BINS
-                ),
-                sources=dict(self.sources[g]),
-                in_sample=self.in_sample[g],
-            )
-            for g in CALIBRATED_GRAINS
-            if self.correct[g]
+    def _strata(self, grain: str, threshold: float) -> tuple[list[Stratum], list[float]]:
+        """The two sides for one grain, and each scored label's weight.
+
+        An annotation whose image a review rejected was drawn for review like the
+        others but has nothing to score; it counts among the side's reviewed ones,
+        so that the weights estimate the side's images that are not rejected.
+        "Each action unit" scores several labels per annotation; its sides count
+        annotations, as the action units' do.
+        """
+        keyed = "aus" if grain == "au_each" else grain
+        population = [_is_confident(k, threshold) for k in self.population]
+        scored = [_is_confident(k, threshold) for k in (*self.side[keyed], *self.rejected)]
+        strata = [
+            Stratum(name, sum(p == side for p in population), sum(s == side for s in scored))
+            for name, side in ((CONFIDENT, True), (FLAGGED, False))
         ]
+        weight = {True: strata[0].weight, False: strata[1].weight}
+        return strata, [weight[_is_confident(k, threshold)] for k in self.side[grain]]
+
+    def calibration(self, threshold: float) -> Calibration:
+        grains = []
+        weights: dict[str, list[float]] = {}
+        for g in CALIBRATED_GRAINS:
+            if not self.correct[g]:
+                continue
+            strata, weights[g] = self._strata(g, threshold)
+            grains.append(
+                GrainCalibration(
+                    grain=g,
+                    label=GRAIN_LABELS[g],
+                    reliability=quality.reliability_diagram(
+                        self.correct[g], self.confidence[g], CALIBRATION_BINS, weights[g]
+                    ),
+                    sources=dict(self.sources[g]),
+                    in_sample=self.in_sample[g],
+                    strata=strata,
+                )
+            )
         right, confidence = self.correct["overall"], self.confidence["overall"]
         given = {g: self.given[g] for g in GRAINS if self.given[g]}
         if not right:
             return Calibration(grains, [], None, threshold, given=given)
+        overall = next(g for g in grains if g.grain == "overall")
         return Calibration(
             grains=grains,
-            risk=quality.risk_coverage(right, confidence),
-            current=quality.risk_point(right, confidence, threshold),
+            risk=quality.risk_coverage(right, confidence, weights["overall"]),
+            current=quality.risk_point(right, confidence, threshold, weights["overall"]),
             threshold=threshold,
             n_in_sample=self.in_sample["overall"],
             given=given,
+            strata=overall.strata,
+            sources=overall.sources,
         )
+
+
+def _side_key(row: AnnotationRow) -> float | None:
+    return None if row.held else row.confidences["overall"]
+
+
+def _is_confident(key: float | None, threshold: float) -> bool:
+    return key is not None and key >= threshold
 
 
 @dataclass

@@ -49,8 +49,10 @@ from seke_app.engine import quality
 from seke_app.models import Annotation
 
 GRAINS = ("expression", "va", "aus")
-# Where a reference label came from, as shown on the pages.
-SOURCES = ("gold", "review", "dataset")
+# Where a reference label came from, as shown on the pages. "audit" is a review of
+# a blind audit task (``Decision.audit``), "review" any other review: the two are
+# told apart because only the first is free of selection by confidence.
+SOURCES = ("gold", "audit", "review", "dataset")
 
 VA = tuple[float, float]
 AUs = dict[int, bool]
@@ -304,7 +306,7 @@ def settle(decisions: Iterable[Decision], reference: Reference) -> None:
     labels = deciding.labels
     for name in reference.unresolved:
         setattr(labels, name, None)
-    reference.fill(labels, "review", deciding)
+    reference.fill(labels, "audit" if deciding.audit else "review", deciding)
 
 
 def human_references(image_ids: models.QuerySet[Any], *, gold: bool = True) -> dict[int, Reference]:

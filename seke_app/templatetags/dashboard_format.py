@@ -9,7 +9,12 @@ from django import template
 
 register = template.Library()
 
-SOURCE_NAMES = {"gold": "gold questions", "review": "reviews", "dataset": "dataset labels"}
+SOURCE_NAMES = {
+    "gold": "gold questions",
+    "audit": "blind audits",
+    "review": "reviews of flagged annotations",
+    "dataset": "dataset labels",
+}
 
 
 def _missing(value: float | None) -> bool:
