@@ -4,8 +4,11 @@ from review.models import GoldCheck, GoldQuestion, ReviewDecision, ReviewTask
 from seke_app.admin import ViewOnlyAdmin
 
 
+# Tasks change only through the review services (claim, decide, skip, close on a
+# threshold change, re-review), which keep one live review per image; an edit here
+# could break that, so the admin shows them and never writes them.
 @admin.register(ReviewTask)
-class ReviewTaskAdmin(admin.ModelAdmin[ReviewTask]):
+class ReviewTaskAdmin(ViewOnlyAdmin[ReviewTask]):
     list_display = ["code", "kind", "audit", "status", "priority", "holder", "closed_reason"]
     list_filter = ["status", "kind", "audit"]
     raw_id_fields = ["annotation", "holder", "opened_by"]

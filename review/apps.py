@@ -9,6 +9,7 @@ class ReviewConfig(AppConfig):
         from review.tasks.services import (
             audit_tasks_open_more,
             task_create_for,
+            tasks_follow_calibration,
             tasks_follow_threshold,
         )
         from review.tasks.store import ReviewDecisionStore
@@ -16,6 +17,7 @@ class ReviewConfig(AppConfig):
         from seke_app.runs.hooks import (
             on_annotation_written,
             on_audits_requested,
+            on_calibration_fitted,
             on_threshold_changed,
         )
 
@@ -25,4 +27,6 @@ class ReviewConfig(AppConfig):
         on_threshold_changed(tasks_follow_threshold)
         # An audit too small to certify anything can be extended from the dashboard.
         on_audits_requested(audit_tasks_open_more)
+        # The queue ranks by calibrated confidence: a new map re-ranks waiting tasks.
+        on_calibration_fitted(tasks_follow_calibration)
         register_store(ReviewDecisionStore())

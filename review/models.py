@@ -74,8 +74,10 @@ class ReviewTask(models.Model):
     opened_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    # Lower is reviewed first: the annotation's overall confidence, copied here along
-    # with the per-grain confidences so that the queue is ordered by one index.
+    # Lower is reviewed first: the annotation's overall confidence, calibrated where
+    # its model and prompt version have a map (``services._task_values``; an audit
+    # task takes a random place instead), copied here along with the per-grain
+    # confidences so that the queue is ordered by one index.
     priority = models.FloatField()
     expression_confidence = models.FloatField(default=0.0)
     va_confidence = models.FloatField(default=0.0)

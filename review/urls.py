@@ -13,6 +13,9 @@ urlpatterns = [
     path("task/<uuid:code>/", views.task_page, name="task"),
     path("task/<uuid:code>/decide", views.decide, name="decide"),
     path("task/<uuid:code>/skip", views.skip, name="skip"),
+    path("task/<uuid:code>/panel", views.task_panel, name="panel"),
+    path("task/<uuid:code>/ahead", views.ahead, name="ahead"),
+    path("release", views.release, name="release"),
     path("image/<uuid:code>/rereview", views.rereview, name="rereview"),
     path("quality/", quality_views.quality, name="quality"),
     path("gold/image/<uuid:code>", quality_views.gold_mark, name="gold_mark"),
@@ -26,4 +29,5 @@ urlpatterns = [
         name="version_gold_check",
     ),
     path("versions/<uuid:code>/promote", feedback_views.version_promote, name="version_promote"),
+    path("versions/<uuid:code>/checks", feedback_views.version_checks, name="version_checks"),
 ]

@@ -61,9 +61,10 @@ class PromptVersionAdmin(admin.ModelAdmin[PromptVersion]):
 
 @admin.register(GenerationRun)
 class GenerationRunAdmin(admin.ModelAdmin[GenerationRun]):
-    list_display = ["code", "dataset", "backend", "model_name", "status", "n_done", "n_total"]
+    list_display = ["label", "backend", "model_name", "status", "n_done", "n_total"]
     list_filter = ["status", "backend"]
-    readonly_fields = ["code", "job_id"]
+    list_select_related = ["dataset"]
+    readonly_fields = ["code", "number", "job_id"]
 
 
 @admin.register(RunItem)

@@ -86,8 +86,6 @@ def _record_console(result: BrowserPage, message: Any) -> None:
     if message.type != "error":
         return
     url = (message.location or {}).get("url", "")
-    # Chromium asks for /favicon.ico on its own, whatever the page says; SEKE has
-    # none, and the 404 is no error of the page's.
-    if url.endswith("/favicon.ico"):
-        return
+    # Every page links SEKE's favicon, and /favicon.ico leads to it: a failed
+    # request for it is an error like any other.
     result.console_errors.append(f"console error: {message.text} ({url})")

@@ -9,7 +9,7 @@ from django.contrib.auth.models import User
 from django.db.models import Model
 from django.urls import reverse
 
-from review.models import ReviewDecision
+from review.models import ReviewDecision, ReviewTask
 from seke_app.insights.references import DecisionAction
 from seke_app.models import Annotation, AnnotationSample
 from tests.conftest import client_for
@@ -99,3 +99,24 @@ def test_it_sends_annotators_and_outsiders_to_the_admin_login(
     for user in (decision.reviewer, outsider):
         page = client_for(user).get(admin_url(ReviewDecision, "changelist"))
         assert page.status_code == 302 and "/admin/login/" in page["Location"]
+
+
+def test_it_shows_review_tasks_and_never_writes_them(
+    decision: ReviewDecision, admin_user: User, superuser: User
+) -> None:
+    task = decision.task
+    before = list(ReviewTask.objects.order_by("id").values())
+    for user in (admin_user, superuser):
+        client = client_for(user)
+        assert client.get(admin_url(ReviewTask, "changelist")).status_code == 200
+        page = client.get(admin_url(ReviewTask, "change", task.pk))
+        assert page.status_code == 200 and b'name="_save"' not in page.content
+        reopened = {"annotation": task.annotation_id, "kind": "first", "status": "open",
+                    "priority": "0.0", "expression_confidence": "0", "va_confidence": "0",
+                    "au_confidence": "0", "_save": "Save"}  # fmt: skip
+        assert client.post(admin_url(ReviewTask, "change", task.pk), reopened).status_code == 403
+        assert client.get(admin_url(ReviewTask, "add")).status_code == 403
+        assert client.post(admin_url(ReviewTask, "add"), reopened).status_code == 403
+        url = admin_url(ReviewTask, "delete", task.pk)
+        assert client.post(url, {"post": "yes"}).status_code == 403
+    assert list(ReviewTask.objects.order_by("id").values()) == before

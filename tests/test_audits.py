@@ -92,3 +92,42 @@ def test_it_refuses_to_accept_a_blind_audit_and_records_labels_as_audit(annotato
         decision=Decision("correct", "fear", valence=-0.5, arousal=0.6, aus={1: True}),
     )
     assert row.audit and row.expression == "fear"
+
+
+def drawn_again(annotation: Annotation) -> Annotation:
+    """Another run's annotation of the same image, drawn for that run's audit."""
+    run = GenerationRun.objects.create(
+        dataset=annotation.run.dataset,
+        backend="offline",
+        model_name="other",
+        prompt_version=annotation.prompt_version,
+        status=GenerationRun.Status.COMPLETED,
+    )
+    RunItem.objects.create(run=run, image=annotation.image, audit=True)
+    again = Annotation.objects.create(
+        run=run, image=annotation.image, prompt_version=run.prompt_version, confidence=0.95
+    )
+    task_create_for(Annotation.objects.select_related("run").get(id=again.id))
+    return again
+
+
+def test_it_makes_a_waiting_task_blind_when_another_run_draws_its_image() -> None:
+    (annotation,) = make_flagged_annotations(1)
+    waiting = ReviewTask.objects.get()
+    assert not waiting.audit and waiting.priority == annotation.confidence
+    drawn_again(annotation)
+    # One image, one review: no second task, but the waiting one is now blind, at
+    # an audit's place in the queue.
+    task = ReviewTask.objects.get()
+    assert task.id == waiting.id and task.audit and task.status == "open"
+    assert task.priority != annotation.confidence
+
+
+def test_it_leaves_a_claimed_task_as_it_is(annotator: User) -> None:
+    (annotation,) = make_flagged_annotations(1)
+    task = ReviewTask.objects.get()
+    claimed_by(task, annotator)
+    drawn_again(annotation)
+    # Its reviewer may have seen the machine's answer: it serves once decided.
+    task.refresh_from_db()
+    assert ReviewTask.objects.count() == 1 and not task.audit and task.status == "claimed"

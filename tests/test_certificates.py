@@ -11,22 +11,32 @@ from django.contrib.auth.models import User
 from django.urls import reverse
 
 from review.models import ReviewDecision, ReviewTask
+from review.tasks.services import (
+    Decision,
+    QueueFilter,
+    decision_record,
+    queue_tasks,
+    task_claim_next,
+    task_create_for,
+)
 from seke_app.engine.calibration import CalibrationMap
 from seke_app.exports.options import ExportOptions
 from seke_app.exports.services import export_create
+from seke_app.insights import certificates
 from seke_app.insights.certificates import (
     CertificateRefused,
     Targets,
     _monotone,
     audit_rows,
     calibration_current,
+    calibration_fit,
     run_audits_request,
     run_certificate_latest,
     run_certify,
     run_quality,
     run_recalibration,
 )
-from seke_app.models import Annotation, GenerationRun, RunCertificate, RunItem
+from seke_app.models import Annotation, CalibrationFit, GenerationRun, RunCertificate, RunItem
 from seke_app.models.runs import ThresholdChange, confident
 from seke_app.queue import get_queue
 from tests.conftest import client_for
@@ -163,6 +173,7 @@ def test_it_counts_rejected_images_and_unticked_aus_against_the_machine(annotato
     rejected = annotate(images[0], run)
     record_decision(rejected, annotator, "reject_image", reject_reason="not a face")
     ReviewDecision.objects.filter(annotation=rejected).update(audit=True)
+    RunItem.objects.create(run=run, image=images[0], audit=True)
     with_aus = annotate(images[1], run, aus={"12": True})
     audit(with_aus, annotator, aus={})
     without = annotate(images[2], run, aus={"12": False})
@@ -172,6 +183,92 @@ def test_it_counts_rejected_images_and_unticked_aus_against_the_machine(annotato
     # A blind audit that ticks no AU says none is present, whatever the machine said.
     assert rows[with_aus.id].right["aus"] is False
     assert rows[without.id].right["aus"] is True
+
+
+def earlier_and_drawn(annotator: User) -> tuple[GenerationRun, dict[str, Annotation]]:
+    """Three images another run met first, then drawn for a new run's audit.
+
+    ``decided``: the other run's review (not blind) said sadness; ``waiting``: the
+    other run's review task was still open; ``fresh``: nothing yet.
+    """
+    dataset, images = make_images(3, name="met-before")
+    other = make_run(dataset)
+    GenerationRun.objects.filter(id=other.id).update(review_threshold=0.7)
+    earlier = {}
+    for name, image in zip(("decided", "waiting", "fresh"), images, strict=True):
+        earlier[name] = annotate(image, other, confidence=0.5)
+    record_decision(earlier["decided"], annotator, "correct", expression="sadness")
+    task_create_for(Annotation.objects.select_related("run").get(id=earlier["waiting"].id))
+    run = make_run(dataset, model_name="gpt-4.1")
+    drawn = {}
+    for name, image in zip(("decided", "waiting", "fresh"), images, strict=True):
+        RunItem.objects.create(run=run, image=image, audit=True)
+        drawn[name] = annotate(image, run, confidence=0.9)
+        task_create_for(Annotation.objects.select_related("run").get(id=drawn[name].id))
+    return run, drawn
+
+
+def decide_blind(task: ReviewTask, reviewer: User, expression: str) -> None:
+    claimed = task_claim_next(user=reviewer, queue_filter=QueueFilter(exclude_ids=()))
+    assert claimed == task and claimed.audit
+    labels = Decision("correct", expression, valence=0.5, arousal=0.1, aus={})
+    decision_record(task=claimed, user=reviewer, decision=labels)
+
+
+def test_it_keeps_audited_images_that_already_had_a_decision_or_a_task(
+    annotator: User, admin_user: User
+) -> None:
+    run, drawn = earlier_and_drawn(annotator)
+    # One image, one review: only the fresh image got an audit task of the run, and
+    # the other run's waiting task was made blind.
+    own = ReviewTask.objects.get(annotation__run=run)
+    waiting = ReviewTask.objects.get(annotation__image=drawn["waiting"].image, status="open",
+                                     audit=True, annotation__run__model_name="gpt-4o")  # fmt: skip
+    assert own.annotation == drawn["fresh"] and own.audit
+    # Until the waiting task is decided, its image is no reference yet.
+    assert {r.annotation_id for r in audit_rows(run)} == {drawn["decided"].id}
+    ReviewTask.objects.filter(id=own.id).update(priority=2.0)
+    decide_blind(waiting, annotator, "sadness")
+    decide_blind(own, annotator, "happiness")
+    rows = {r.annotation_id: r for r in audit_rows(run)}
+    assert set(rows) == {a.id for a in drawn.values()}
+    found = {name: (rows[a.id].earlier, rows[a.id].blind, rows[a.id].right["expression"])
+             for name, a in drawn.items()}  # fmt: skip
+    assert found == {
+        "decided": (True, False, False),
+        "waiting": (True, True, False),
+        "fresh": (False, True, True),
+    }
+    certificate = run_certify(run=run, targets=EXPRESSION, user=admin_user)
+    assert certificate.n_references == 3
+    assert (certificate.n_earlier, certificate.n_earlier_blind) == (2, 1)
+    page = client_for(admin_user).get(reverse("run_dashboard", args=[run.code])).content.decode()
+    assert "2 of the audited images already had a decision or a waiting review" in page
+    assert "of those, 1 rest on blind reviews only" in page
+    # A certified one says it too, wherever its sentence is printed (the card).
+    RunCertificate.objects.filter(id=certificate.id).update(threshold=0.5, upper_bound=0.1)
+    certificate.refresh_from_db()
+    said = "3 audit references, 2 of them decisions the image already had when the run drew it"
+    assert f"{said}, 1 of those blind)" in certificate.sentence()
+
+
+def test_it_draws_more_audits_among_decided_images_too(annotator: User) -> None:
+    dataset, images = make_images(10, name="more-audits")
+    run = make_run(dataset)
+    annotations = []
+    for image in images:
+        annotations.append(annotate(image, run))
+        RunItem.objects.create(run=run, image=image)
+    for annotation in annotations[:5]:
+        record_decision(annotation, annotator, "correct", expression="anger")
+    assert run_audits_request(run=run, n=10) == 10
+    assert RunItem.objects.filter(run=run, audit=True).count() == 10
+    # Decided images keep their one review and serve as references at once.
+    tasks = ReviewTask.objects.filter(annotation__run=run, status="open")
+    assert tasks.count() == 5 and all(t.audit for t in tasks)
+    rows = audit_rows(run)
+    assert {r.annotation_id for r in rows} == {a.id for a in annotations[:5]}
+    assert all(r.earlier and not r.blind and r.right["expression"] is False for r in rows)
 
 
 def test_it_refuses_bad_targets() -> None:
@@ -219,6 +316,23 @@ def test_it_states_ppi_and_audit_only_intervals(annotator: User) -> None:
     sadness = shares["share of sadness"]
     assert sadness.ppi is not None and sadness.classical is not None
     assert sadness.classical.covers(0.4) and sadness.ppi.covers(0.4)
+
+
+def test_it_offers_as_many_more_audits_as_a_nearly_error_free_audit_needs(
+    annotator: User, admin_user: User
+) -> None:
+    # Twenty audit references over the run's confidences, only the most confident wrong.
+    run, annotations = audited_run(annotator, n=100, every=5, wrong_below=0.0)
+    ReviewDecision.objects.filter(annotation=annotations[95]).update(expression="sadness")
+    client = client_for(admin_user)
+    data = {"grains": ["expression"], "alpha": "20", "confidence": "95", "va_distance": "0.2"}
+    page = client.post(reverse("run_certify", args=[run.code]), data, follow=True).content.decode()
+    certificate = RunCertificate.objects.get()
+    assert not certificate.certified and certificate.n_references == 20
+    assert certificate.needed is not None and 20 < certificate.needed <= 100
+    more = certificate.needed - 20
+    assert f"about {more} more blind audit reviews would be needed" in page
+    assert f'value="{more}" required id="id_n"' in page
 
 
 # --- Pages -----------------------------------------------------------------------------
@@ -272,7 +386,9 @@ def test_it_offers_more_audits_when_nothing_is_certified(annotator: User, admin_
         and not ReviewTask.objects.filter(status="open").exists()
     )
     page = client.post(reverse("run_audits", args=[run.code]), {"n": "3"}, follow=True)
-    assert "3 blind audit tasks opened" in page.content.decode()
+    assert "3 images drawn at random from this run added to the blind audit" in (
+        page.content.decode()
+    )
 
 
 # --- The dataset card ------------------------------------------------------------------
@@ -333,6 +449,69 @@ def test_it_fits_a_calibration_map_per_model_and_prompt_version(
     page = client_for(admin_user).get(reverse("run_dashboard", args=[run.code])).content.decode()
     assert 'id="reliability-before"' in page and 'id="reliability-after"' in page
     assert f"(calibrated {recalibration.calibrated_threshold:.3f})" in page
+
+
+def squashing(low: float, high: float) -> CalibrationMap:
+    """An isotonic map from [0, 1] onto [low, high]."""
+    return CalibrationMap("isotonic", {"x": [0.0, 1.0], "y": [low, high]}, 10, "test")
+
+
+def two_models_flagged() -> tuple[list[GenerationRun], dict[str, Annotation]]:
+    """Two runs of different models on one dataset, two unconfident annotations each."""
+    dataset, images = make_images(4, name="two-models")
+    runs = [make_run(dataset, model_name=m) for m in ("model-a", "model-b")]
+    GenerationRun.objects.filter(id__in=[r.id for r in runs]).update(review_threshold=0.95)
+    raw = {"a-high": 0.8, "a-low": 0.6, "b-low": 0.3, "b-high": 0.5}
+    annotations = {}
+    for image, (name, confidence) in zip(images, raw.items(), strict=True):
+        run = runs[0] if name.startswith("a") else runs[1]
+        # ``annotate`` stores an overall confidence 0.2 under the one it is given.
+        annotations[name] = annotate(image, run, confidence=confidence + 0.2)
+    return runs, annotations
+
+
+def open_tasks(annotations: dict[str, Annotation]) -> None:
+    for annotation in annotations.values():
+        assert task_create_for(Annotation.objects.select_related("run").get(id=annotation.id))
+
+
+def queue_order(annotations: dict[str, Annotation]) -> list[str]:
+    names = {a.id: name for name, a in annotations.items()}
+    return [names[t.annotation_id] for t in queue_tasks(QueueFilter())]
+
+
+def test_it_ranks_the_queue_by_calibrated_confidence_across_models(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runs, annotations = two_models_flagged()
+    open_tasks(annotations)
+    # Without maps, the raw confidences, although the models' scales differ.
+    assert queue_order(annotations) == ["b-low", "b-high", "a-low", "a-high"]
+    # Model a's raw values overstate how often it is right, model b's understate it.
+    for run, calibration in zip(runs, (squashing(0.0, 0.5), squashing(0.5, 1.0)), strict=True):
+        monkeypatch.setattr(certificates, "fit_calibration", lambda *_, found=calibration: found)
+        calibration_fit(run=run, targets=EXPRESSION)
+    assert queue_order(annotations) == ["a-low", "a-high", "b-low", "b-high"]
+    priority = dict(ReviewTask.objects.values_list("annotation_id", "priority"))
+    assert priority[annotations["a-high"].id] == pytest.approx(0.4)
+    assert priority[annotations["b-low"].id] == pytest.approx(0.65)
+    # The raw confidence stays as the machine wrote it.
+    assert Annotation.objects.get(id=annotations["a-high"].id).confidence == pytest.approx(0.8)
+
+
+def test_it_opens_tasks_at_their_calibrated_place(annotator: User) -> None:
+    runs, annotations = two_models_flagged()
+    for run, calibration in zip(runs, (squashing(0.0, 0.5), squashing(0.5, 1.0)), strict=True):
+        CalibrationFit.objects.create(
+            model_name=run.model_name,
+            prompt_version=run.prompt_version,
+            grains=["expression"],
+            calibration=calibration.to_json(),
+        )
+    open_tasks(annotations)
+    assert queue_order(annotations) == ["a-low", "a-high", "b-low", "b-high"]
+    claimed = task_claim_next(user=annotator)
+    assert claimed is not None and claimed.annotation_id == annotations["a-low"].id
 
 
 def test_it_never_applies_a_map_that_decreases() -> None:

@@ -141,6 +141,56 @@ def test_it_says_how_many_references_a_small_audit_needs() -> None:
     assert enough.threshold is not None
 
 
+@pytest.mark.parametrize("wrong_at", [19, 10, 0])
+def test_it_says_how_many_references_a_nearly_error_free_audit_needs(wrong_at: int) -> None:
+    # Twenty references spread over the confidences, one of them wrong: the audit
+    # shows an error rate of 5 %, well under a target of 20 %.
+    confidence = np.linspace(0.0, 1.0, 2000)
+    audit = np.argsort(confidence)[::100]
+    wrong = np.zeros(20, dtype=bool)
+    wrong[wrong_at] = True
+    small = certify(
+        audit_confidence=confidence[audit],
+        audit_error=wrong,
+        all_confidence=confidence,
+        alpha=0.2,
+        delta=0.05,
+    )
+    assert small.threshold is None
+    assert small.needed is not None and 20 < small.needed <= 2000
+    # Sound: audits of that size at the error rate shown certify with the chance
+    # promised (80 %; a little less allowed for the 400 draws).
+    rng = np.random.default_rng(11)
+    certified = 0
+    for _ in range(400):
+        drawn = rng.choice(2000, small.needed, replace=False)
+        certified += certify(
+            audit_confidence=confidence[drawn],
+            audit_error=rng.uniform(0.0, 1.0, small.needed) < 0.05,
+            all_confidence=confidence,
+            alpha=0.2,
+            delta=0.05,
+        ).certified
+    assert certified / 400 >= 0.75
+
+
+def test_it_never_asks_for_more_references_than_there_are_annotations() -> None:
+    # An audit of a run's 100 annotations holds at most 100 references.
+    confidence = np.linspace(0.0, 1.0, 100)
+    audit = np.linspace(0, 99, 30).round().astype(int)
+    wrong = np.zeros(30, dtype=bool)
+    wrong[6] = True
+    certificate = certify(
+        audit_confidence=confidence[audit],
+        audit_error=wrong,
+        all_confidence=confidence,
+        alpha=0.1,
+        delta=0.05,
+    )
+    assert certificate.threshold is None
+    assert certificate.needed is None or certificate.needed <= 100
+
+
 def test_it_stops_at_the_first_candidate_it_cannot_reject() -> None:
     # The most confident tenth is often wrong and the rest always right: the whole
     # set's error is low, but fixed-sequence testing may not skip the strict end.

@@ -174,19 +174,22 @@ def test_it_counts_the_figures_of_a_scripted_run(db: None) -> None:
 
 
 def test_it_buckets_throughput_per_minute(db: None) -> None:
-    images = scripted_images(5)
+    images = scripted_images(6)
     run = make_run([annotation_row(image) for image in images])
-    start = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=3)
-    # Two annotations in the first minute, none in the second, three in the third.
-    for annotation, minute in zip(annotations_of(run), [0, 0, 2, 2, 2], strict=True):
+    start = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=40)
+    # Over half an hour, in minute buckets: two annotations in the first minute,
+    # three in the third, one in the thirty-first.
+    for annotation, minute in zip(annotations_of(run), [0, 0, 2, 2, 2, 30], strict=True):
         Annotation.objects.filter(id=annotation.id).update(
             created_at=start + timedelta(minutes=minute, seconds=10)
         )
     board = run_dashboard(run=run)
-    assert board.bucket == "minute"
-    assert [(p.annotations, p.cumulative_annotations) for p in board.timeline] == [(2, 2), (3, 5)]
-    assert [p.per_minute for p in board.timeline] == [2.0, 3.0]
-    assert [p.cumulative_cost_usd for p in board.timeline] == pytest.approx([0.002, 0.005])
+    assert board.bucket == "1-minute"
+    counts = [(p.annotations, p.cumulative_annotations) for p in board.timeline]
+    assert counts == [(2, 2), (3, 5), (1, 6)]
+    assert [p.per_minute for p in board.timeline] == [2.0, 3.0, 1.0]
+    assert [p.at for p in board.timeline] == [start + timedelta(minutes=m) for m in (0, 2, 30)]
+    assert [p.cumulative_cost_usd for p in board.timeline] == pytest.approx([0.002, 0.005, 0.006])
 
 
 def test_it_samples_the_va_scatter_down_to_the_cap(db: None, monkeypatch: Any) -> None:

@@ -25,7 +25,8 @@ from review.feedback.services import (
     prompt_version_create,
 )
 from seke_app.datasets.services import dataset_import
-from seke_app.engine.types import AnnotationRequest, KnownLabels
+from seke_app.engine.prompts import anchors_text
+from seke_app.engine.types import KnownLabels
 from seke_app.engine.uamc import UAMCParams
 from seke_app.engine.vocab import Vocabulary
 from seke_app.insights.comparisons import Side, compare
@@ -34,7 +35,7 @@ from seke_app.insights.references import Labels, Reference, reference_for
 from seke_app.models import Annotation, Dataset, FaceImage, GenerationRun, PromptVersion
 from seke_app.queue import get_queue
 from seke_app.runs.prompts import prompt_version_active
-from seke_app.runs.services import known_grains, run_create
+from seke_app.runs.services import run_create
 from tests.conftest import client_for, draw_face
 from tests.factories import record_decision, scripted_images
 from tests.fake_openai import FakeOpenAI
@@ -139,24 +140,28 @@ def test_it_fills_no_dataset_reference_for_a_given_grain() -> None:
     assert reference_for({}, 1, Labels("fear"), given=["expression"]) is None
 
 
-@pytest.mark.django_db
-def test_it_records_the_grains_the_prompt_states(db: None) -> None:
-    dataset = Dataset.objects.create(name="d")
-    openai = GenerationRun(dataset=dataset, backend="openai")
-    offline = GenerationRun(dataset=dataset, backend="offline")
+@pytest.mark.parametrize(
+    ("known", "grains"),
+    [
+        (KnownLabels(expression="fear", valence=0.1, arousal=0.2), ("expression", "va")),
+        # A lone valence or arousal gives no grain and is not stated.
+        (KnownLabels(expression="fear", valence=0.1), ("expression",)),
+        (KnownLabels(arousal=0.3, aus={6: True}), ("aus",)),
+        # An AU coding outside the dataset's vocabulary is neither stated nor given.
+        (KnownLabels(aus={3: True}), ()),
+        (KnownLabels(), ()),
+    ],
+)
+def test_the_prompt_states_exactly_the_grains_taken_as_given(
+    known: KnownLabels, grains: tuple[str, ...]
+) -> None:
     vocabulary = Vocabulary.named("feid17")
-
-    def request(**known: Any) -> AnnotationRequest:
-        return AnnotationRequest(b"", vocabulary, known=KnownLabels(**known))
-
-    assert known_grains(openai, request(expression="fear", valence=0.1)) == ["expression", "va"]
-    assert known_grains(openai, request(arousal=0.3, aus={6: True})) == ["va", "aus"]
-    # An AU coding outside the dataset's vocabulary is not sent, so it is not given.
     assert 3 not in vocabulary.aus
-    assert known_grains(openai, request(aus={3: True})) == []
-    assert known_grains(openai, request()) == []
-    # The offline annotator reads no prompt: it is given nothing.
-    assert known_grains(offline, request(expression="fear")) == []
+    assert known.grains(vocabulary) == grains
+    text = anchors_text(known, vocabulary)
+    lines = {"expression": "- expression:", "va": "- valence:", "aus": "- action units:"}
+    assert tuple(g for g, line in lines.items() if line in text) == grains
+    assert ("- arousal:" in text) == ("va" in grains)
 
 
 @pytest.mark.django_db
@@ -359,4 +364,9 @@ def test_a_run_records_what_its_model_was_given(tmp_path: Path, settings: Any) -
     work()
     given = Annotation.objects.values_list("image__original_name", "known_grains")
     assert dict(given.filter(run=run)) == {"0.png": ["expression", "aus"], "1.png": []}
-    assert dict(given.filter(run=offline)) == {"0.png": [], "1.png": []}
+    # The offline annotator takes the known grains as inputs too.
+    assert dict(given.filter(run=offline)) == {"0.png": ["expression", "aus"], "1.png": []}
+    stored = Annotation.objects.get(run=offline, image__original_name="0.png")
+    assert stored.provenance == {"expression": "dataset", "va": "model", "aus": "dataset"}
+    assert stored.inferred_from == {}
+    assert stored.expression == stored.image.known_expression

@@ -111,6 +111,10 @@ def test_a_short_run_exports_weights_the_numpy_model_reproduces(
     assert model.metadata["per_source_prior"] is True
     assert model.metadata["affectnet_crop"] == 0.9
     assert model.metadata["training_data"]["ferplus_train"]["held_out"] == len(EXPRESSIONS)
+    # The weights say what they were learnt from, on what terms, and how to retrain.
+    assert "non-commercial research" in model.metadata["training_data_terms"]["affectnet_train"]
+    assert "FER+" in model.metadata["training_data_terms"]["ferplus_train"]
+    assert model.metadata["retrain"].startswith("python -m seke_app.engine.offline.train")
     held = result["held"]
     logits, va = train.predict(result["net"], held, result["norm"])
     torch_probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()

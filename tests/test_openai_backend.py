@@ -24,6 +24,7 @@ from seke_app.engine.types import (
     Usage,
     VerificationRequest,
 )
+from seke_app.engine.uamc import UAMCParams, run_uamc
 from seke_app.engine.vocab import FEID_AUS, Vocabulary
 from tests.fake_openai import FakeOpenAI, Fault, prompt_tokens_for
 
@@ -266,6 +267,32 @@ def test_it_sends_the_known_labels_as_anchors(fake_openai: FakeOpenAI, client: V
     OpenAIBackend(client, model="gpt-4o").sample(request, 1, 1.0)
 
     assert "- expression: happiness" in json.dumps(fake_openai.requests[0].body["messages"])
+
+
+def test_every_call_of_a_run_carries_the_anchors(
+    fake_openai: FakeOpenAI, client: VLLMClient
+) -> None:
+    # The known expression and AUs are inputs: the sampling and the verification
+    # prompts both state them, and the answer carries them whatever the model said.
+    known = KnownLabels(expression="surprise", aus={1: True, 2: True, 4: False})
+    backend = OpenAIBackend(client, model="gpt-4o")
+
+    def responder(body: dict[str, Any], index: int) -> str:
+        verifying = body["response_format"]["json_schema"]["name"] == "seke_verification"
+        return (_verifying_responder if verifying else _sampling_responder)(body, index)
+
+    fake_openai.responder = responder
+
+    result = run_uamc(backend, _request(known=known), UAMCParams(k0=2, kmax=2))
+
+    assert len(fake_openai.requests) == 2
+    for sent in fake_openai.requests:
+        messages = json.dumps(sent.body["messages"])
+        assert "- expression: surprise" in messages
+        assert "- action units: present AU1, AU2; absent AU4" in messages
+    assert result.given_grains == ("expression", "aus")
+    assert result.answer is not None and result.answer.expression == "surprise"
+    assert result.verification is not None and result.verification.ignored == ("expression",)
 
 
 def test_it_verifies_at_temperature_zero_and_returns_the_verdicts(

@@ -163,7 +163,7 @@ def _verification(**request_changes: Any) -> VerificationRequest:
 
 
 def test_it_shows_the_aggregate_and_the_disagreement_for_verification() -> None:
-    known = KnownLabels(arousal=0.8)
+    known = KnownLabels(valence=-0.1, arousal=0.8)
 
     messages = build_verification_messages(_verification(known=known), IMAGE_URL)
 
@@ -173,7 +173,8 @@ def test_it_shows_the_aggregate_and_the_disagreement_for_verification() -> None:
     assert "expression split 3/2 between surprise and fear" in text
     assert "confirm it or revise it" in text
     assert "- arousal: +0.80" in text
-    assert "- valence:" not in text
+    assert "- valence: -0.10" in text
+    assert "- expression:" not in text
     assert knowledge_text(FEID) in messages[0]["content"]
     assert _image_urls(messages) == [(IMAGE_URL, "high")]
 

@@ -226,6 +226,32 @@ def test_it_refuses_a_decision_once_the_lease_has_expired(
     assert any("expired" in m for m in messages_of(page))
 
 
+def test_it_shows_where_each_grain_comes_from(tmp_path: Path, annotator: User) -> None:
+    # The faces come with a known expression; the offline annotator does not observe AUs.
+    task = flagged_tasks(tmp_path, n=1)[0]
+    annotation = task.annotation
+    assert annotation.expression == "happiness" and annotation.known_grains == ["expression"]
+    assert annotation.inferred_from == {"aus": "expression"}
+    client = client_for(annotator)
+    client.post(reverse("review:start"))
+    page = client.get(reverse("review:task", args=[task.code])).content.decode()
+    assert (
+        '<span class="badge provenance human" id="provenance-expression">given by the dataset<'
+        in page
+    )
+    assert 'id="provenance-va">predicted by the model<' in page
+    assert 'id="provenance-aus">inferred from the expression<' in page
+    assert 'id="aus-inferred"' in page
+    # Only the predicted valence-arousal can flag it: nothing says the AUs are disputed,
+    # nor that the answer contradicts the label it was given.
+    assert annotation.flag_reasons
+    assert all(
+        r.startswith("valence/arousal") or r.startswith("knowledge")
+        for r in annotation.flag_reasons
+    )
+    assert "disputed" not in page and "contradicts" not in page
+
+
 # --- CSRF ------------------------------------------------------------------------------
 
 

@@ -37,3 +37,32 @@ def test_it_serves_collected_files_compressed_under_hashed_names(
     assert response.status_code == 200
     assert response["Content-Encoding"] == "gzip"
     assert "immutable" in response["Cache-Control"]
+
+
+def test_the_dashboard_loads_plotly_compressed_and_cached_once_collected(
+    db: None, settings: Any, tmp_path: Path
+) -> None:
+    from django.contrib.auth.models import Group, User
+    from django.urls import reverse
+
+    from tests.factories import make_flagged_annotations
+
+    settings.STATIC_ROOT = tmp_path / "collected"
+    call_command("collectstatic", interactive=False, verbosity=0)
+    run = make_flagged_annotations(1)[0].run
+    admin = User.objects.create_user("ada")
+    admin.groups.add(Group.objects.get_or_create(name="admins")[0])
+    client = Client()
+    client.force_login(admin)
+    page = client.get(reverse("run_dashboard", args=[run.code])).content.decode()
+    url = staticfiles_storage.url("plotly/plotly.min.js")
+    assert f'<script src="{url}" defer></script>' in page and url != "/static/plotly/plotly.min.js"
+    response = Client().get(url, HTTP_ACCEPT_ENCODING="gzip, deflate, br")
+    assert response["Content-Encoding"] in ("gzip", "br")
+    assert (
+        "max-age=315360000" in response["Cache-Control"]
+        and "immutable" in response["Cache-Control"]
+    )
+    sent = b"".join(response.streaming_content)  # type: ignore[attr-defined]
+    # Compressed, plotly.js is well under a third of its size.
+    assert len(sent) < PLOTLY.stat().st_size / 3

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
 
 from review.models import ReviewTask
 from review.tasks.services import task_create_for
+from seke_app.engine.types import AnnotationRequest
+from seke_app.engine.uamc import FlagReason, UAMCParams, run_uamc
 from seke_app.models import Annotation, GenerationRun
-from seke_app.models.runs import ThresholdChange, confident, held_reasons
+from seke_app.models.runs import ThresholdChange, confident
 from seke_app.runs.prompts import prompt_version_active
-from seke_app.runs.services import ImageFilter, select_images
+from seke_app.runs.services import ImageFilter, annotation_fields, select_images
 from seke_app.runs.threshold import ThresholdRefused, run_threshold_set
 from tests.conftest import client_for
 from tests.factories import scripted_images
+from tests.test_uamc import VOCAB, ScriptedBackend, answer
 
 pytestmark = pytest.mark.django_db
 
@@ -90,20 +95,36 @@ def test_it_refuses_while_the_run_is_at_work_and_changes_nothing() -> None:
     assert live(run) == {0.3}
 
 
-def test_it_tells_threshold_reasons_from_held_ones() -> None:
-    reasons = [
-        "expression confidence 0.41 under 0.70: split 3/2",
-        "valence/arousal confidence 0.10 under 0.70: spread",
-        "AU confidence 0.20 under 0.70: disputed AU4",
-        "knowledge: happiness rarely shows AU4",
-    ]
-    assert held_reasons(reasons) == []
-    firm = [
-        "verification revised the expression from fear to surprise",
-        "contradicts the known human label: expression sadness (answer fear)",
-        "all 3 samples were invalid",
-    ]
-    assert held_reasons(reasons + firm) == firm
+def test_it_holds_an_annotation_by_the_kind_of_its_reasons_not_their_words() -> None:
+    split = run_uamc(
+        ScriptedBackend([answer("fear"), answer("surprise"), answer("fear")]),
+        AnnotationRequest(b"face", VOCAB),
+        UAMCParams(kmax=3),
+    )
+    assert split.flagged and annotation_fields(split)["held"] is False
+    revised = run_uamc(
+        ScriptedBackend(
+            [answer("surprise")] * 3,
+            verdict={"expression": "revise", "va": "confirm", "aus": "confirm"},
+            revision=answer("fear"),
+        ),
+        AnnotationRequest(b"face", VOCAB),
+        UAMCParams(),
+    )
+    fields = annotation_fields(revised)
+    assert fields["held"] is True
+    assert "verification revised the expression from surprise to fear" in fields["flag_reasons"]
+    # Words that read like a held reason do not hold a threshold reason, nor the reverse.
+    reworded = replace(
+        split,
+        reasons=[
+            FlagReason("low_confidence", "verification revised the expression", "expression"),
+            FlagReason("knowledge", "knowledge: contradicts everything"),
+        ],
+    )
+    assert annotation_fields(reworded)["held"] is False
+    firm = replace(split, reasons=[FlagReason("revised", "expression confidence 0.41 under 0.70")])
+    assert annotation_fields(firm)["held"] is True
 
 
 @pytest.mark.parametrize("who", ["annotator", "outsider", None])

@@ -10,14 +10,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from seke_app.engine.knowledge import PROTOTYPES, VA_PRIORS
+from seke_app.engine.knowledge import AU_RATES, PROTOTYPES, VA_PRIORS
 from seke_app.engine.types import (
+    ALL_GRAINS,
     AnnotationRequest,
     Answer,
     KnownLabels,
     Sample,
     Usage,
     VerificationRequest,
+    observed_grains,
 )
 from seke_app.engine.uamc import (
     ConfidenceWeights,
@@ -57,6 +59,7 @@ class ScriptedBackend:
 
     name = "scripted"
     model = "script-1"
+    observed_grains = ALL_GRAINS
 
     def __init__(
         self,
@@ -362,20 +365,6 @@ def test_it_flags_a_failed_verification() -> None:
     assert result.samples[-1].kind == "verification"
 
 
-def test_it_flags_a_contradiction_with_a_known_human_label() -> None:
-    known = KnownLabels(expression="sadness", valence=-0.6, aus={12: False})
-    result = run(ScriptedBackend([answer("happiness")] * 3), known=known)
-    assert result.flagged
-    reasons = result.flag_reasons
-    assert any(
-        r.startswith("contradicts the known human label: expression sadness") for r in reasons
-    )
-    assert any("contradicts the known human label: valence -0.60" in r for r in reasons)
-    assert any("contradicts the known human label: AU12 absent" in r for r in reasons)
-    # Known labels only flag; they never change the answer.
-    assert result.answer is not None and result.answer.expression == "happiness"
-
-
 def test_it_flags_happiness_without_au12() -> None:
     result = run(ScriptedBackend([answer("happiness", aus=())] * 3))
     assert result.flagged
@@ -387,6 +376,183 @@ def test_it_does_not_flag_an_agreeing_known_label() -> None:
     known = KnownLabels(expression="happiness")
     result = run(ScriptedBackend([answer("happiness")] * 3), known=known)
     assert not result.flagged
+
+
+# --- Known grains ------------------------------------------------------------------
+
+
+def test_a_known_grain_is_carried_not_re_predicted_or_flagged() -> None:
+    known = KnownLabels(expression="sadness", valence=-0.6, arousal=-0.2)
+    result = run(ScriptedBackend([answer("happiness")] * 3), known=known)
+    assert result.answer is not None
+    assert (result.answer.expression, result.answer.valence, result.answer.arousal) == (
+        "sadness",
+        -0.6,
+        -0.2,
+    )
+    assert result.given_grains == ("expression", "va")
+    assert result.roles.provenance == {"expression": "dataset", "va": "dataset", "aus": "model"}
+    assert result.confidence.expression == result.confidence.va == 1.0
+    assert result.confidence.components["expression"] == {"given": 1.0}
+    assert result.answer.evidence["expression"] == "given: the dataset's label"
+    assert not any("contradicts" in r for r in result.flag_reasons)
+    assert not any(r.startswith(("expression", "valence/arousal")) for r in result.flag_reasons)
+    # The predicted AUs (a smile's) fit the known sadness badly: the knowledge lowers
+    # their confidence, which a known happiness would not.
+    agreeing = run(ScriptedBackend([answer("happiness")] * 3), known=KnownLabels("happiness"))
+    assert result.confidence.aus < agreeing.confidence.aus
+    assert result.confidence.components["aus"]["knowledge"] < 0.5
+
+
+def test_a_known_grain_does_not_keep_the_sampler_drawing() -> None:
+    shared = {"valence": 0.1, "arousal": 0.7, "aus": (1, 2, 5)}
+    script = [answer(e, **shared) for e in ["fear", "surprise"] * 10]  # type: ignore[arg-type]
+    unknown = ScriptedBackend(list(script))
+    run(unknown, futility=False)
+    assert len(unknown.calls) > 1
+    known = ScriptedBackend(list(script))
+    result = run(known, known=KnownLabels(expression="surprise"), futility=False)
+    assert known.calls == [3]
+    assert result.answer is not None and result.answer.expression == "surprise"
+    assert not result.flagged, result.flag_reasons
+
+
+def test_the_verification_never_revises_a_given_grain() -> None:
+    backend = ScriptedBackend(
+        [answer("fear")] * 3,
+        verdict={"expression": "revise", "va": "confirm", "aus": "confirm"},
+        revision=answer("surprise"),
+    )
+    result = run(backend, known=KnownLabels(expression="fear"))
+    assert result.answer is not None and result.answer.expression == "fear"
+    assert result.verification is not None
+    assert result.verification.revised == () and result.verification.ignored == ("expression",)
+    assert not result.flagged and not result.held
+    # The verifier was shown the known expression in the aggregate.
+    assert backend.verifications[0].aggregate.expression == "fear"
+    assert "expression is given by the dataset" in backend.verifications[0].disagreement
+
+
+def test_every_grain_given_needs_no_call() -> None:
+    known = KnownLabels("anger", -0.5, 0.6, {au: au in PROTOTYPES["anger"] for au in VOCAB.aus})
+    backend = ScriptedBackend([])
+    result = run(backend, known=known)
+    assert backend.calls == [] and not backend.verifications
+    assert result.n_samples == 0 and result.usage.requests == 0
+    assert result.answer is not None and result.answer.active_aus() == sorted(PROTOTYPES["anger"])
+    assert result.overall_confidence == 1.0 and not result.flagged
+    json.dumps(result.to_json())
+
+
+def test_partly_coded_aus_keep_the_models_answer_for_the_rest() -> None:
+    result = run(
+        ScriptedBackend([answer("happiness", aus=(6, 12, 25))] * 3),
+        known=KnownLabels(aus={6: False, 12: True}),
+    )
+    assert result.answer is not None
+    assert result.answer.active_aus() == [12, 25]
+    assert result.given_grains == ("aus",)
+    assert "AU25" in result.answer.evidence["aus"] and "not coded" in result.answer.evidence["aus"]
+
+
+def test_a_lone_valence_gives_no_grain() -> None:
+    result = run(ScriptedBackend([answer("happiness")] * 3), known=KnownLabels(valence=-0.9))
+    assert result.given_grains == ()
+    assert result.answer is not None and result.answer.valence == VA_PRIORS["happiness"].valence
+
+
+# --- Grains a backend does not observe ---------------------------------------------
+
+
+class ExpressionOnlyBackend(ScriptedBackend):
+    """Like the offline annotator: AUs follow the expression and are not observed."""
+
+    observed_grains = frozenset({"expression", "va"})
+
+
+def test_a_backend_that_does_not_say_observes_every_grain() -> None:
+    assert observed_grains(object()) == ALL_GRAINS
+    assert observed_grains(ExpressionOnlyBackend([])) == {"expression", "va"}
+
+
+def test_an_unobserved_grain_follows_its_source_and_raises_no_flag() -> None:
+    # AU14 in 2 of 5 samples, the expression unanimous.
+    script = [answer("neutral", aus=(14,) if i < 2 else ()) for i in range(5)]
+    observed = run(ScriptedBackend(list(script)), strategy="fixed", kmax=5)
+    assert observed.confidence.aus < 0.7 and any("AU14" in r for r in observed.flag_reasons)
+    result = run(ExpressionOnlyBackend(list(script)), strategy="fixed", kmax=5)
+    assert result.roles.inferred_from == {"aus": "expression"}
+    assert result.confidence.aus == result.confidence.expression
+    assert result.confidence.components["aus"] == {"inferred": result.confidence.expression}
+    assert not result.flagged, result.flag_reasons
+
+
+def test_an_inferred_grain_follows_the_expression_the_answer_gives() -> None:
+    # Two views drew happiness but leant to neutral; the probabilities choose neutral.
+    leaning = {"neutral": 0.6, "happiness": 0.4}
+    script = [(answer("happiness"), leaning)] * 2 + [(answer("neutral"), {"neutral": 0.9})]
+    observed = run(ScriptedBackend(list(script)), strategy="fixed", kmax=3)
+    inferred = run(ExpressionOnlyBackend(list(script)), strategy="fixed", kmax=3)
+    for result in (observed, inferred):
+        assert result.answer is not None and result.answer.expression == "neutral"
+    # Observed AUs are the votes' (a smile in 2 of 3); inferred ones are neutral's.
+    assert observed.answer is not None and observed.answer.active_aus() == [6, 12]
+    assert inferred.answer is not None and inferred.answer.active_aus() == []
+    # Nor do AUs made from the votes' expressions count as evidence against neutral.
+    assert inferred.consistency is not None and inferred.consistency.au_score == 1.0
+    assert not any("AU" in r for r in inferred.flag_reasons)
+    # Where no vote chose the answer's expression, the AUs are the knowledge's for it.
+    hesitant = [(answer("happiness"), {"surprise": 0.6, "happiness": 0.4})] * 3
+    drawn_by_none = run(ExpressionOnlyBackend(hesitant), strategy="fixed", kmax=3)
+    assert drawn_by_none.answer is not None and drawn_by_none.answer.expression == "surprise"
+    typical = [au for au in VOCAB.aus if AU_RATES["surprise"].get(au, 0.0) >= 0.5]
+    assert drawn_by_none.answer.active_aus() == typical
+    assert "no sample chose surprise" in drawn_by_none.answer.evidence["aus"]
+
+
+def test_an_unobserved_grain_is_revised_only_with_its_source() -> None:
+    verdict = {"expression": "revise", "va": "confirm", "aus": "revise"}
+    backend = ExpressionOnlyBackend(
+        [answer("surprise")] * 3, verdict=verdict, revision=answer("fear")
+    )
+    result = run(backend)
+    assert result.verification is not None and result.verification.revised == ("expression", "aus")
+    assert result.answer is not None and result.answer.active_aus() == sorted(PROTOTYPES["fear"])
+    assert (
+        "verification revised the expression from surprise to fear; "
+        "the AUs, inferred from it, follow it"
+    ) in result.flag_reasons
+    assert not any(
+        r.startswith(("AU", "verification revised the AUs")) for r in result.flag_reasons
+    )
+    known = ExpressionOnlyBackend(
+        [answer("surprise")] * 3, verdict=verdict, revision=answer("fear")
+    )
+    kept = run(known, known=KnownLabels(expression="surprise"))
+    assert kept.verification is not None and kept.verification.ignored == ("expression", "aus")
+    assert kept.answer is not None and kept.answer.active_aus() == sorted(PROTOTYPES["surprise"])
+
+
+# --- Held reasons ------------------------------------------------------------------
+
+
+def test_it_holds_only_for_reasons_no_threshold_lifts() -> None:
+    split = run(ScriptedBackend([answer("fear"), answer("surprise"), answer("fear")]), kmax=3)
+    assert split.flagged and not split.held
+    assert {r.kind for r in split.reasons} <= {"low_confidence", "knowledge"}
+    revised = run(
+        ScriptedBackend(
+            [answer("surprise")] * 3,
+            verdict={"expression": "revise", "va": "confirm", "aus": "confirm"},
+            revision=answer("fear"),
+        )
+    )
+    assert revised.held and "revised" in {r.kind for r in revised.reasons}
+    failed = run(ScriptedBackend([answer("happiness")] * 3, verification_error="timeout"))
+    assert failed.held and [r.kind for r in failed.reasons] == ["verification_failed"]
+    empty = run(ScriptedBackend(["refused"] * 10))
+    assert empty.held and [r.kind for r in empty.reasons] == ["no_answer"]
+    assert run(ScriptedBackend([answer("happiness")] * 3)).held is False
 
 
 # --- Invalid samples ---------------------------------------------------------------
@@ -622,8 +788,12 @@ def test_soft_votes_decide_the_plurality_by_summed_probability() -> None:
     assert stats.votes == {"fear": 3}
     assert stats.mass == {"surprise": 1.65, "fear": 1.35}
     assert result.aggregate is not None and result.aggregate.expression == "surprise"
-    assert "largest summed probability" in result.aggregate.evidence["expression"]
-    assert any("summed probabilities surprise 1.65" in r for r in result.flag_reasons)
+    assert "largest mean probability" in result.aggregate.evidence["expression"]
+    assert any(
+        "mean probabilities over the 3 samples surprise 0.55, fear 0.45" in r
+        and "surprise chosen by the largest mean probability" in r
+        for r in result.flag_reasons
+    )
 
 
 def test_soft_votes_make_confidence_follow_the_backends_certainty() -> None:

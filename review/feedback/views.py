@@ -34,6 +34,10 @@ def _get_version(code: UUID) -> PromptVersion:
     )
 
 
+# The runs the form offers to learn from: the latest ones.
+RUN_CHOICES = 50
+
+
 @admin_required
 def version_list(request: HttpRequest) -> HttpResponse:
     prompt_version_active()
@@ -56,19 +60,32 @@ def _diff(parent: PromptVersion | None, version: PromptVersion) -> list[str]:
     )
 
 
+def _checks_context(version: PromptVersion) -> dict[str, Any]:
+    checks = list(version.gold_checks.select_related("parent", "promoted_by"))
+    return {
+        "version": version,
+        "checks": checks,
+        "checks_polling": any(not check.is_settled() for check in checks),
+    }
+
+
 @admin_required
 def version_detail(request: HttpRequest, code: UUID) -> HttpResponse:
     version = _get_version(code)
-    checks = version.gold_checks.select_related("parent", "promoted_by")
     rerun = reverse("run_new") + f"?prompt_version={version.code}&only_unconfident=1"
-    context = {
-        "version": version,
+    context = _checks_context(version) | {
         "diff": _diff(version.parent, version),
-        "checks": checks,
         "rerun_url": rerun,
         "default_model": default_model("offline"),
     }
     return render(request, "review/feedback/version_detail.html", context)
+
+
+@admin_required
+def version_checks(request: HttpRequest, code: UUID) -> HttpResponse:
+    """The version's gold-set checks, polled by htmx until every one has ended."""
+    context = _checks_context(_get_version(code))
+    return render(request, "review/feedback/_gold_checks.html", context)
 
 
 def _runs_from(request: HttpRequest) -> list[GenerationRun]:
@@ -93,7 +110,7 @@ def version_new(request: HttpRequest) -> HttpResponse:
     runs = _runs_from(request)
     context: dict[str, Any] = {
         "parent": parent,
-        "all_runs": GenerationRun.objects.select_related("dataset")[:50],
+        "all_runs": GenerationRun.objects.select_related("dataset")[:RUN_CHOICES],
         "chosen": {str(r.code) for r in runs},
         "options": _options(request),
     }

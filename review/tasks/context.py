@@ -1,17 +1,33 @@
-"""Everything the review page shows, gathered in a fixed number of queries."""
+"""Everything the review page shows, gathered in a fixed number of queries.
+
+The page is two parts: the bar, which stays on screen from one face to the next
+(progress in the queue, undo, release), and one task's panel, which the page's
+script also fetches on its own for the next face (``panel_context``).
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import User
+from django.db.models import Count, Q
 
 from review.models import ReviewDecision, ReviewTask
-from review.tasks.services import last_undoable_decision
+from review.tasks.services import LIVE, QueueFilter
 from seke_app.engine.knowledge import VA_PRIORS
 from seke_app.engine.vocab import AU_NAMES
-from seke_app.models import Annotation, FaceImage
+from seke_app.models import Annotation, Dataset, FaceImage, GenerationRun
+
+# How SV-UAMC's reasons about one grain begin (``engine.uamc.reasons``).
+_GRAIN_OPENINGS = (
+    ("expression confidence", "expression"),
+    ("valence/arousal confidence", "va"),
+    ("au confidence", "aus"),
+    ("verification revised the expression", "expression"),
+    ("verification revised valence/arousal", "va"),
+    ("verification revised the aus", "aus"),
+)
 
 
 def _grain_reasons(annotation: Annotation) -> dict[str, list[str]]:
@@ -19,7 +35,10 @@ def _grain_reasons(annotation: Annotation) -> dict[str, list[str]]:
     grains: dict[str, list[str]] = {"expression": [], "va": [], "aus": [], "other": []}
     for reason in annotation.flag_reasons:
         text = reason.lower()
-        if "au" in text.split()[0:3] or " au" in text or text.startswith("au"):
+        opening = next((g for start, g in _GRAIN_OPENINGS if text.startswith(start)), None)
+        if opening is not None:
+            grains[opening].append(reason)
+        elif "au" in text.split()[0:3] or " au" in text or text.startswith("au"):
             grains["aus"].append(reason)
         elif "valence" in text or "arousal" in text or " va " in f" {text} ":
             grains["va"].append(reason)
@@ -28,6 +47,26 @@ def _grain_reasons(annotation: Annotation) -> dict[str, list[str]]:
         else:
             grains["other"].append(reason)
     return grains
+
+
+_GRAIN_WORDS = {"expression": "expression", "va": "valence-arousal", "aus": "AUs"}
+
+
+def provenance_of(annotation: Annotation) -> dict[str, dict[str, str]]:
+    """Where each grain of the machine answer comes from, as the page names it:
+    given by the dataset (a known label the answer carries), inferred from another
+    grain (one the backend does not observe), or predicted by the model."""
+    inferred = annotation.inferred_from
+    shown = {}
+    for grain, source in annotation.grain_provenance().items():
+        if source == "dataset":
+            kind, words = "dataset", "given by the dataset"
+        elif grain in inferred:
+            kind, words = "inferred", f"inferred from the {_GRAIN_WORDS[inferred[grain]]}"
+        else:
+            kind, words = "model", "predicted by the model"
+        shown[grain] = {"kind": kind, "words": words}
+    return shown
 
 
 def chart_data(
@@ -60,17 +99,40 @@ def earlier_decisions(image: FaceImage) -> list[ReviewDecision]:
     )
 
 
-def blind_task_page_context(task: ReviewTask, user: User) -> dict[str, Any]:
-    """An audit task's page: the face and empty fields, nothing the machine said.
+def va_value(value: float | None) -> str:
+    """A valence or arousal as its field shows it: at most three decimals, "" for none.
+
+    Machine values are means of samples (``-0.34945000000000004``); three decimals
+    are finer than anyone sets them, and the decision service takes a value that
+    rounds to the machine's as the machine's (``services.VA_TOLERANCE``).
+    """
+    if value is None:
+        return ""
+    return format(round(value, 3) + 0.0, "g")
+
+
+PANELS = {True: "review/tasks/_panel_blind.html", False: "review/tasks/_panel.html"}
+
+
+def panel_template(task: ReviewTask) -> str:
+    return PANELS[task.audit]
+
+
+def panel_context(task: ReviewTask) -> dict[str, Any]:
+    """The context of the task's panel: blind for an audit task, full otherwise."""
+    return blind_panel_context(task) if task.audit else full_panel_context(task)
+
+
+def blind_panel_context(task: ReviewTask) -> dict[str, Any]:
+    """An audit task's panel: the face and empty fields, nothing the machine said.
 
     No machine answer, confidence, flag reason, verification, sample chart or
     earlier decision: anything shown first pulls the reviewer's answer towards it
     (anchoring), and the audit exists to measure how often the machine is wrong.
-    The dataset's own labels are left out for the same reason.
+    The dataset's own labels are left out for the same reason. The panel is also
+    what the page fetches ahead for the next face, so this holds for that too.
     """
-    annotation = Annotation.objects.select_related("image__dataset", "run").get(
-        id=task.annotation_id
-    )
+    annotation = Annotation.objects.select_related("image__dataset").get(id=task.annotation_id)
     vocabulary = annotation.image.dataset.vocabulary()
     return {
         "task": task,
@@ -78,12 +140,11 @@ def blind_task_page_context(task: ReviewTask, user: User) -> dict[str, Any]:
         "dataset": annotation.image.dataset,
         "expressions": list(enumerate(vocabulary.expressions, start=1)),
         "au_rows": [{"au": au, "name": AU_NAMES[au]} for au in vocabulary.aus],
-        "undoable": last_undoable_decision(user),
         "lease_minutes": settings.REVIEW_LEASE_MINUTES,
     }
 
 
-def task_page_context(task: ReviewTask, user: User) -> dict[str, Any]:
+def full_panel_context(task: ReviewTask) -> dict[str, Any]:
     annotation = Annotation.objects.select_related("image__dataset", "run", "prompt_version").get(
         id=task.annotation_id
     )
@@ -97,6 +158,8 @@ def task_page_context(task: ReviewTask, user: User) -> dict[str, Any]:
         "image": image,
         "run": annotation.run,
         "expressions": list(enumerate(vocabulary.expressions, start=1)),
+        "valence_value": va_value(annotation.valence),
+        "arousal_value": va_value(annotation.arousal),
         "au_rows": [
             {
                 "au": au,
@@ -109,9 +172,56 @@ def task_page_context(task: ReviewTask, user: User) -> dict[str, Any]:
             for au in vocabulary.aus
         ],
         "reasons": _grain_reasons(annotation),
+        "provenance": provenance_of(annotation),
         "verification": annotation.verification,
         "charts": chart_data(annotation, vocabulary.expressions, vocabulary.aus),
-        "undoable": last_undoable_decision(user),
         "lease_minutes": settings.REVIEW_LEASE_MINUTES,
         "earlier": earlier_decisions(image),
+    }
+
+
+def queue_progress(queue_filter: QueueFilter) -> dict[str, int]:
+    """How far the queue under these filters is: tasks decided, tasks left, in one query.
+
+    Left counts every task still waiting, held or not, by anyone; skipped ones too
+    (they are skipped for one session, not done). Gold questions are no part of a
+    queue, and a task closed without a decision is neither done nor left.
+    """
+    tasks = replace(queue_filter, exclude_ids=()).apply(
+        ReviewTask.objects.exclude(kind=ReviewTask.Kind.GOLD)
+    )
+    counts = tasks.order_by().aggregate(
+        done=Count("id", filter=Q(status=ReviewTask.Status.DONE)),
+        left=Count("id", filter=Q(status__in=LIVE)),
+    )
+    return {
+        "done": counts["done"],
+        "left": counts["left"],
+        "total": counts["done"] + counts["left"],
+    }
+
+
+def filter_words(queue_filter: QueueFilter) -> str:
+    """The queue the filters select, in words: "this queue (run demo #2, happiness)"."""
+    parts = []
+    if queue_filter.run_code:
+        run = GenerationRun.objects.select_related("dataset").filter(code=queue_filter.run_code)
+        parts += [f"run {r.label}" for r in run]
+    if queue_filter.dataset_code:
+        parts += [
+            f"dataset {d.name}" for d in Dataset.objects.filter(code=queue_filter.dataset_code)
+        ]
+    if queue_filter.expression:
+        parts.append(f"machine expression {queue_filter.expression}")
+    if queue_filter.flag_reason:
+        parts.append(f"flag reason contains “{queue_filter.flag_reason}”")
+    return f"this queue ({', '.join(parts)})" if parts else "the whole queue"
+
+
+def bar_context(queue_filter: QueueFilter, *, undoable: bool) -> dict[str, Any]:
+    """What the bar above every face shows: progress in this queue, and whether undo can act."""
+    return {
+        "progress": queue_progress(queue_filter),
+        "filter_words": filter_words(queue_filter),
+        "undoable": undoable,
     }

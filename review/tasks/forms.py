@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from django.http import QueryDict
 
-from review.tasks.services import Decision
+from review.models import ReviewDecision
+from review.tasks.services import Decision, unchanged_grains
+from seke_app.models import Annotation
 
 
 class DecisionFormError(ValueError):
@@ -55,4 +57,29 @@ def decision_from_post(data: QueryDict, au_vocabulary: tuple[int, ...]) -> Decis
         note=data.get("note", ""),
         reject_reason=data.get("reject_reason", ""),
         time_spent_ms=spent,
+    )
+
+
+def va_confirmation_problem(
+    decision: Decision, annotation: Annotation, data: QueryDict
+) -> str | None:
+    """Why a correction cannot be taken as posted, or None.
+
+    A reviewer who changes the expression and leaves valence and arousal as the
+    machine gave them, for the machine's expression, has most likely not looked at
+    them ("happiness" with valence -0.25). Such a correction is taken once the
+    reviewer confirms them (``va_confirmed``); the page offers the new expression's
+    typical values instead.
+    """
+    if decision.action != ReviewDecision.Action.CORRECT or decision.expression is None:
+        return None
+    if annotation.valence is None or data.get("va_confirmed") in ("1", "on"):
+        return None
+    same = unchanged_grains(decision, annotation)
+    if "expression" in same or "va" not in same:
+        return None
+    return (
+        f"Valence and arousal are still the machine's, given for "
+        f"{annotation.expression or 'no expression'}: set them for {decision.expression}, "
+        "take its typical values (T), or keep them (C)"
     )

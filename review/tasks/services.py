@@ -10,7 +10,11 @@ annotations, open an adjudication (``image_disputes``, the rule the human
 label reads). Each run also draws a random share of all its images for a
 blind audit (``RunItem.audit``): their tasks are ``audit`` tasks, whose page
 shows no machine answer; an audited image that is also unconfident gets that
-one task.
+one task. An audited image that already has a decision or a live task gets no
+audit task either, yet stays in the audit, so that the audit stays a uniform
+draw: its standing decision is the reference (``insights.certificates.audit_rows``),
+and a task waiting for it that nobody has claimed is made blind (``audit``), so
+that its decision is free of anchoring; a claimed one serves once decided.
 
 Claiming is a conditional UPDATE (status open, or claimed with an expired lease)
 whose row count says whether this annotator won; on PostgreSQL the candidate is
@@ -24,7 +28,8 @@ anyway):
 
 - the reviewer's user row, taken first by every claim, decision, skip and undo,
   so one reviewer's requests (several tabs, a double click) act one at a time: a
-  reviewer holds at most one task, and the queue's rule that nobody gets both
+  reviewer holds at most one task (plus the next one, which the review page
+  claims ahead: ``task_claim_ahead``), and the queue's rule that nobody gets both
   independent reviews of an annotation reads that reviewer's latest claims;
 - the annotation row, taken by every decision and undo, so that the second of two
   simultaneous reviews sees the first and opens the adjudication they need;
@@ -42,7 +47,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -54,9 +60,11 @@ from django.utils import timezone
 
 from review.models import GoldQuestion, ReviewDecision, ReviewTask
 from review.tasks.store import ReviewDecisionStore
+from seke_app.engine.calibration import CalibrationMap
 from seke_app.engine.vocab import Vocabulary
+from seke_app.insights.certificates import calibrated_confidence, calibrated_confidences
 from seke_app.insights.references import human_references, image_disputes
-from seke_app.models import Annotation, FaceImage, GenerationRun, RunItem
+from seke_app.models import Annotation, CalibrationFit, FaceImage, GenerationRun, RunItem
 from seke_app.models.runs import confident
 from seke_app.roles import is_admin
 
@@ -104,8 +112,16 @@ REVIEW_ROUNDS = (ReviewTask.Kind.FIRST, ReviewTask.Kind.SECOND)
 
 
 def _task_values(annotation: Annotation) -> dict[str, float]:
+    """Queue positions for a task that shows the machine's answer.
+
+    The overall order (``priority``) is the calibrated confidence where the
+    annotation's model and prompt version have a recalibration map, the raw one
+    otherwise: the queue mixes runs whose raw confidences are not on one scale
+    (``insights.certificates``, "Recalibration"). The per-grain orders stay raw;
+    no map exists per grain.
+    """
     return {
-        "priority": annotation.confidence,
+        "priority": calibrated_confidence(annotation),
         "expression_confidence": annotation.expression_confidence,
         "va_confidence": annotation.va_confidence,
         "au_confidence": annotation.au_confidence,
@@ -167,7 +183,9 @@ def task_create_for(annotation: Annotation) -> bool:
     An audited annotation gets one blind audit task whatever its confidence; an
     unconfident one (``confident()``) a first-review task, and a second one in the
     double-review share. Neither when the image already has a decision or a live
-    task: one image, one review.
+    task: one image, one review. An audited image stays audited all the same: its
+    standing decision is the audit's reference, and a task waiting unclaimed on it
+    is made blind (``_make_waiting_tasks_blind``).
     """
     audit = _audited(annotation)
     if not audit and annotation.is_confident(annotation.run.review_threshold):
@@ -179,6 +197,8 @@ def task_create_for(annotation: Annotation) -> bool:
 def _open_first_task(annotation: Annotation, *, audit: bool) -> bool:
     _lock_images([annotation.image_id])
     if busy_images().filter(id=annotation.image_id).exists():
+        if audit:
+            _make_waiting_tasks_blind(annotation.image_id)
         return False
     if audit:
         ReviewTask.objects.create(
@@ -194,6 +214,34 @@ def _open_first_task(annotation: Annotation, *, audit: bool) -> bool:
     for kind in kinds:
         ReviewTask.objects.create(annotation=annotation, kind=kind, **_task_values(annotation))
     return True
+
+
+def _make_waiting_tasks_blind(image_id: int) -> int:
+    """Turn the image's open, unclaimed review tasks into blind audit tasks; how many.
+
+    Called, under the image's lock, when a run draws for its audit an image that
+    already has a task waiting (one image, one review): the waiting task's decision
+    will be the audit's reference, and made blind it is free of anchoring like any
+    audit's. The task also takes an audit's queue position, which says nothing
+    about the machine's confidence. Only a task still open changes: a reviewer who
+    has claimed it may have seen the machine's answer already.
+
+    It writes tasks after taking the image's lock, the reverse of a decision's
+    order; no cycle can form, because it only touches open tasks, which no decision
+    or undo holds, and a claim holds one only for its own update, taking no image.
+    """
+    waiting = ReviewTask.objects.filter(
+        annotation__image_id=image_id,
+        status=ReviewTask.Status.OPEN,
+        kind__in=REVIEW_ROUNDS,
+        audit=False,
+    ).select_related("annotation")
+    return sum(
+        ReviewTask.objects.filter(id=task.id, status=ReviewTask.Status.OPEN).update(
+            audit=True, **_blind_values(task.annotation)
+        )
+        for task in waiting
+    )
 
 
 def task_open_rereview(*, image: FaceImage, user: User) -> ReviewTask:
@@ -261,15 +309,49 @@ def tasks_follow_threshold(run: GenerationRun) -> tuple[int, int]:
     return opened, closed
 
 
+def tasks_follow_calibration(fit: CalibrationFit) -> int:
+    """Re-rank the waiting tasks of the fit's model and prompt version by its map; how many.
+
+    Called in the transaction that stored the map. Waiting (open or claimed) review
+    and adjudication tasks of annotations of the pair's runs take their calibrated
+    confidence as ``priority``, as a task opened from now on does; audit tasks keep
+    their blind position, and gold answers are not in the queue. On PostgreSQL a
+    task locked at that moment by a review in progress is skipped rather than
+    waited for (it is being decided or given back): the certification that fits a
+    map may hold image locks such a review waits for.
+    """
+    tasks = ReviewTask.objects.filter(
+        status__in=LIVE,
+        audit=False,
+        annotation__run__model_name=fit.model_name,
+        annotation__run__prompt_version_id=fit.prompt_version_id,
+    ).exclude(kind=ReviewTask.Kind.GOLD)
+    if connection.features.has_select_for_update_skip_locked:
+        tasks = tasks.select_for_update(skip_locked=True, of=("self",))
+    rows = list(tasks.order_by("id").values_list("id", "annotation__confidence"))
+    mapped = calibrated_confidences(
+        CalibrationMap.from_json(fit.calibration), [raw for _, raw in rows]
+    )
+    ReviewTask.objects.bulk_update(
+        [ReviewTask(id=pk, priority=p) for (pk, _), p in zip(rows, mapped, strict=True)],
+        ["priority"],
+        batch_size=1000,
+    )
+    return len(rows)
+
+
 def audit_tasks_open_more(run: GenerationRun, n: int) -> int:
-    """Open up to ``n`` more blind audit tasks on the run; how many it opened.
+    """Add up to ``n`` more of the run's images to its blind audit; how many it added.
 
     Drawn uniformly at random (seeded by the run's audit seed and how many of its
     images are audited already, so a repeat draws afresh) among the run's
-    annotations that are not audited yet, not held (flagged for a reason no
-    threshold changes, so never auto-accepted) and whose image is not rejected
-    and has no decision or live task: one image, one review. Each drawn image is
-    recorded as audited (``RunItem.audit``) in the same transaction.
+    annotations that are not audited yet and not held (flagged for a reason no
+    threshold changes, so never auto-accepted), whatever their image's state, so
+    that the audit stays a uniform sample of what a certificate covers. Each drawn
+    image is recorded as audited (``RunItem.audit``) in the same transaction and
+    gets a blind audit task, unless it already has a decision or a live task (one
+    image, one review): then its standing decision is the reference, and a task
+    waiting unclaimed is made blind (``_open_first_task``).
     """
     if n <= 0:
         return 0
@@ -279,19 +361,15 @@ def audit_tasks_open_more(run: GenerationRun, n: int) -> int:
         candidates = list(
             Annotation.objects.filter(run=run, held=False)
             .exclude(image_id__in=audited.values("image_id"))
-            .exclude(image__rejected=True)
-            .exclude(image__in=busy_images())
             .order_by("id")
             .values_list("id", flat=True)
         )
         rng = random.Random(f"{run.audit_seed}:{audited.count()}")
         drawn = rng.sample(candidates, min(n, len(candidates)))
-        opened = 0
         for annotation in Annotation.objects.filter(id__in=drawn).select_related("run"):
-            if _open_first_task(annotation, audit=True):
-                items.filter(image_id=annotation.image_id).update(audit=True)
-                opened += 1
-        return opened
+            _open_first_task(annotation, audit=True)
+            items.filter(image_id=annotation.image_id).update(audit=True)
+        return len(drawn)
 
 
 def _available(now: Any) -> Q:
@@ -360,10 +438,66 @@ def task_claim_next(*, user: User, queue_filter: QueueFilter | None = None) -> R
     held = task_held_by(user)
     if held is not None:
         return held
+    return _claim_new(user, queue_filter or QueueFilter())
+
+
+def task_claim_ahead(
+    *, user: User, current: ReviewTask, queue_filter: QueueFilter | None = None
+) -> ReviewTask | None:
+    """The task this reviewer gets after ``current``, claimed now; None when none is left.
+
+    The review page fetches it while the reviewer looks at ``current``, so that the
+    next face is on screen the moment ``current`` is decided. A reviewer thus holds
+    at most two tasks: the one on screen and the next. Asked again, it returns the
+    same next task; ``current``'s lease starts again, since it is the one being
+    looked at. Refused (nothing changes) when ``current`` is no longer this
+    reviewer's.
+    """
+    with transaction.atomic():
+        _lock_reviewer(user)
+        held = _held_task(current.id, user)
+        now = timezone.now()
+        ReviewTask.objects.filter(id=held.id).update(lease_until=now + lease())
+        ahead = (
+            ReviewTask.objects.filter(
+                holder=user, status=ReviewTask.Status.CLAIMED, lease_until__gte=now
+            )
+            .exclude(id=held.id)
+            .order_by("claimed_at", "id")
+            .first()
+        )
+        return ahead or _claim_new(user, queue_filter or QueueFilter())
+
+
+def tasks_release(
+    *, user: User, codes: Sequence[str] = (), keep: QueueFilter | None = None
+) -> list[ReviewTask]:
+    """Give back tasks this reviewer holds (all, or those named by ``codes``); the ones given back.
+
+    With ``keep``, a task that this queue filter admits stays held, and so does a
+    gold question (it is unannounced, and belongs to no filter): starting again with
+    other filters gives back only what they leave out.
+    """
+    with transaction.atomic():
+        _lock_reviewer(user)
+        held = ReviewTask.objects.filter(holder=user, status=ReviewTask.Status.CLAIMED)
+        if codes:
+            held = held.filter(code__in=codes)
+        if keep is not None:
+            kept = keep.apply(held).values("id")
+            held = held.exclude(id__in=kept).exclude(kind=ReviewTask.Kind.GOLD)
+        released = list(held.select_related("annotation__image").order_by("claimed_at", "id"))
+        ReviewTask.objects.filter(id__in=[t.id for t in released]).update(
+            status=ReviewTask.Status.OPEN, holder=None, lease_until=None
+        )
+    return released
+
+
+def _claim_new(user: User, queue_filter: QueueFilter) -> ReviewTask | None:
+    """Claim a gold question now and then, else the next task of the queue (call locked)."""
     gold = _gold_task(user)
     if gold is not None:
         return gold
-    queue_filter = queue_filter or QueueFilter()
     if is_admin(user):
         # Disagreements wait for an admin: they come first in an admin's queue.
         adjudication = _claim_from(
@@ -460,6 +594,30 @@ def task_skip(*, task: ReviewTask, user: User) -> None:
         held.save(update_fields=["status", "holder", "lease_until"])
 
 
+def task_skip_undo(*, task: ReviewTask, user: User) -> ReviewTask:
+    """Take back one's skip: the skipped task is this reviewer's again.
+
+    Refused when it is no longer waiting (another reviewer took it, or it was closed).
+    As with undoing a decision, the tasks held since (the next one) go back to the
+    queue, so that the task brought back is the one on screen.
+    """
+    with transaction.atomic():
+        _lock_reviewer(user)
+        now = timezone.now()
+        row = ReviewTask.objects.select_for_update().get(id=task.id)
+        if not ReviewTask.objects.filter(_available(now), id=row.id).exists():
+            raise ReviewRefused("The face you skipped is no longer waiting: someone took it.")
+        ReviewTask.objects.filter(holder=user, status=ReviewTask.Status.CLAIMED).exclude(
+            id=row.id
+        ).exclude(kind=ReviewTask.Kind.GOLD).update(
+            status=ReviewTask.Status.OPEN, holder=None, lease_until=None
+        )
+        ReviewTask.objects.filter(id=row.id).update(
+            status=ReviewTask.Status.CLAIMED, holder=user, lease_until=now + lease(), claimed_at=now
+        )
+    return ReviewTask.objects.select_related("annotation__image").get(id=row.id)
+
+
 @dataclass(frozen=True)
 class Decision:
     """What an annotator decided; values are validated by ``decision_record``."""
@@ -484,6 +642,46 @@ def _machine_values(annotation: Annotation) -> dict[str, Any]:
         "au_intensity": annotation.au_intensity,
         "confidence": annotation.confidence,
     }
+
+
+# The review page shows valence and arousal to three decimals: values that round to
+# the machine's there are the machine's.
+VA_TOLERANCE = 0.0005
+GRAINS = frozenset({"expression", "va", "aus"})
+
+
+def _same_value(given: float | None, machine: float | None) -> bool:
+    if given is None or machine is None:
+        return given is None and machine is None
+    return abs(given - machine) <= VA_TOLERANCE + 1e-9
+
+
+def unchanged_grains(decision: Decision, annotation: Annotation) -> set[str]:
+    """The grains (expression, va, aus) whose decided values are the machine's.
+
+    AUs are unchanged when every AU is on or off as the machine said and the present
+    ones have its intensities; a decision that states no AUs (``aus`` None) has not
+    kept them.
+    """
+    same = set()
+    if decision.expression == annotation.expression:
+        same.add("expression")
+    if _same_value(decision.valence, annotation.valence) and _same_value(
+        decision.arousal, annotation.arousal
+    ):
+        same.add("va")
+    machine = annotation.aus_dict()
+    if decision.aus is not None and all(
+        bool(decision.aus.get(au)) == machine.get(au, False) for au in {*decision.aus, *machine}
+    ):
+        intensity = {
+            int(au): level
+            for au, level in annotation.au_intensity.items()
+            if machine.get(int(au)) and level
+        }
+        if {au: level for au, level in decision.au_intensity.items() if level} == intensity:
+            same.add("aus")
+    return same
 
 
 def validate_decision(
@@ -529,6 +727,8 @@ def validate_decision(
 def decision_record(*, task: ReviewTask, user: User, decision: Decision) -> ReviewDecision:
     """Record a decision on a task the user holds; refuse (changing nothing) otherwise.
 
+    A correction that changes nothing (``unchanged_grains``) is recorded as an accept.
+
     The annotation's row stays locked until the decision commits, so that when the
     two independent reviews of an annotation are decided at the same moment, the
     later one sees the earlier and opens the adjudication a disagreement needs.
@@ -537,6 +737,15 @@ def decision_record(*, task: ReviewTask, user: User, decision: Decision) -> Revi
     problems = validate_decision(decision, annotation.image.dataset.vocabulary(), blind=task.audit)
     if problems:
         raise ReviewRefused("; ".join(problems).capitalize() + ".")
+    # A correction that keeps every machine value is an accept: recorded as
+    # "corrected" with before = after, it would count as a machine error. A blind
+    # audit's labels are the reviewer's own, whatever they are.
+    if (
+        not task.audit
+        and decision.action == ReviewDecision.Action.CORRECT
+        and unchanged_grains(decision, annotation) == GRAINS
+    ):
+        decision = replace(decision, action=ReviewDecision.Action.ACCEPT)
     with transaction.atomic():
         _lock_reviewer(user)
         held = _held_task(task.id, user)

@@ -12,7 +12,7 @@ from typing import Any
 from django.db import models
 from django.db.models import Exists, OuterRef
 
-from review.models import GoldQuestion, ReviewDecision
+from review.models import GoldQuestion, ReviewDecision, ReviewTask
 from seke_app.insights.references import (
     Decision,
     DecisionAction,
@@ -115,3 +115,15 @@ class ReviewDecisionStore:
         if image is not None:
             rows = rows.filter(image=image)
         return Exists(rows)
+
+    def review_waiting(
+        self, *, annotation: OuterRef | None = None, image: OuterRef | None = None
+    ) -> Exists:
+        tasks = ReviewTask.objects.filter(
+            status__in=[ReviewTask.Status.OPEN, ReviewTask.Status.CLAIMED]
+        ).exclude(kind=DecisionKind.GOLD)
+        if annotation is not None:
+            tasks = tasks.filter(annotation=annotation)
+        if image is not None:
+            tasks = tasks.filter(annotation__image=image)
+        return Exists(tasks)

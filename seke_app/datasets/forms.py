@@ -41,6 +41,7 @@ class UploadForm(forms.Form):
         choices=[("", "— keep the dataset's (feid17 for a new one) —")]
         + [(name, name) for name in sorted(AU_VOCABULARIES)],
         required=False,
+        label="AU vocabulary",
     )
     licence_note = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
 

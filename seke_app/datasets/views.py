@@ -10,9 +10,11 @@ from django.core.paginator import Paginator
 from django.db.models import Count, Q
 from django.http import FileResponse, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.templatetags.static import static
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
 
+from seke_app.datasets.faces import face_rows
 from seke_app.datasets.forms import UploadForm
 from seke_app.datasets.services import (
     ImportRefused,
@@ -28,12 +30,14 @@ from seke_app.datasets.uploads import (
 )
 from seke_app.engine.ingest import mib
 from seke_app.engine.vocab import AU_NAMES
+from seke_app.insights.overview import home_overview
 from seke_app.models import Dataset, FaceImage
 from seke_app.models.datasets import DatasetImport
 from seke_app.queue import QueueUnavailable
-from seke_app.roles import admin_required, annotator_required, request_user
+from seke_app.roles import admin_required, annotator_required, is_admin, request_user
 
 RECENT_IMPORTS = 20
+FACES_PER_PAGE = 60
 
 
 def _get_image(code: UUID) -> FaceImage:
@@ -42,8 +46,19 @@ def _get_image(code: UUID) -> FaceImage:
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    datasets = Dataset.objects.annotate(n_images=Count("images"))[:20]
-    return render(request, "home.html", {"datasets": datasets})
+    overview = home_overview(admin=is_admin(request.user))
+    return render(request, "home.html", {"overview": overview})
+
+
+def favicon(request: HttpRequest) -> HttpResponse:
+    """/favicon.ico, which browsers ask for whatever a page links: the SVG icon."""
+    return redirect(static("favicon.svg"))
+
+
+@admin_required
+def home_live(request: HttpRequest) -> HttpResponse:
+    """The home page's live part (runs at work, review, exports), polled by htmx."""
+    return render(request, "_home_live.html", {"overview": home_overview(admin=True)})
 
 
 @admin_required
@@ -64,9 +79,15 @@ def dataset_detail(request: HttpRequest, code: UUID) -> HttpResponse:
     split = request.GET.get("split", "")
     if split:
         images = images.filter(split=split)
-    page = Paginator(images, 60).get_page(request.GET.get("page"))
+    page = Paginator(images, FACES_PER_PAGE).get_page(request.GET.get("page"))
     splits = dataset.images.exclude(split="").values_list("split", flat=True).distinct().order_by()
-    context = {"dataset": dataset, "page": page, "splits": sorted(splits), "split": split}
+    context = {
+        "dataset": dataset,
+        "page": page,
+        "faces": face_rows(list(page)),
+        "splits": sorted(splits),
+        "split": split,
+    }
     return render(request, "datasets/dataset_detail.html", context)
 
 
@@ -74,12 +95,22 @@ def _get_import(code: UUID) -> DatasetImport:
     return get_object_or_404(DatasetImport.objects.select_related("created_by"), code=code)
 
 
+def _recent_imports() -> dict[str, object]:
+    imports = list(DatasetImport.objects.select_related("created_by", "dataset")[:RECENT_IMPORTS])
+    return {"imports": imports, "polling": any(not job.is_settled() for job in imports)}
+
+
 def _upload_page(
     request: HttpRequest, form: UploadForm, *, refusal: str = "", status: int = 200
 ) -> HttpResponse:
-    imports = DatasetImport.objects.select_related("created_by")[:RECENT_IMPORTS]
-    context = {"form": form, "imports": imports, "refusal": refusal}
+    context = {"form": form, "refusal": refusal, **_recent_imports()}
     return render(request, "datasets/dataset_upload.html", context, status=status)
+
+
+@admin_required
+def import_rows(request: HttpRequest) -> HttpResponse:
+    """The recent imports on the import page, polled by htmx while one is at work."""
+    return render(request, "datasets/_import_rows.html", _recent_imports())
 
 
 # The CSRF check reads the form, which makes Django read the whole body through
@@ -128,6 +159,7 @@ def _import_context(job: DatasetImport) -> dict[str, object]:
     return {
         "job": job,
         "dataset": dataset,
+        "settled": job.is_settled(),
         "percent": round(job.progress * 100, 1),
         # In MiB, the unit SEKE_MAX_UPLOAD_MB is set in.
         "upload_size": mib(job.upload_size),

@@ -58,8 +58,6 @@ METHOD = (
 # synthetic confidences and on the held-out training images, never on the
 # evaluation sets (bench/README.md, "bench/certify.py").
 START_FACTOR = 3.0
-# The largest audit `needed` may ask for before it says no audit size would do.
-MAX_NEEDED = 1_000_000
 # The chance of certifying that `needed` asks for, under its assumption.
 NEEDED_POWER = 0.8
 
@@ -73,8 +71,9 @@ class Certificate:
     ``threshold`` is ``None`` when nothing could be certified; ``needed`` then says
     how many audit references in all (not how many more) would certify at least one
     candidate with an 80 % chance, assuming the error rates the audit shows at each
-    candidate stay as they are (``None`` if no audit size would, or if something was
-    certified).
+    candidate stay as they are, a stricter candidate's being no higher than a more
+    permissive one's (``None`` if no audit size up to the number of annotations
+    would, or if something was certified; see ``_needed``).
     ``upper_bound`` is the Clopper-Pearson upper bound at ``1 - delta`` on the error
     among accepted at the threshold, from ``errors_accepted`` errors among the
     ``n_accepted_references`` audit references it accepts. ``coverage`` is the share
@@ -181,42 +180,69 @@ def _needed(
 
     The assumption: at each candidate, the share of all annotations accepted is
     what the unlabelled confidences say, and the error rate among accepted is the
-    current audit's estimate ``(errors + 0.5) / (n + 1)`` (never zero, so that a
-    few lucky references do not promise too much). A sequence certifies something
-    exactly when its first candidate is rejected; the audit size is doubled, then
-    bisected, until that happens with probability ``NEEDED_POWER`` under the
-    assumption. ``None`` when no candidate's estimate is below ``alpha``.
+    one the current audit shows there, ``errors / n`` among the ``n`` references
+    the candidate accepts (half an error when there is none, so that a few lucky
+    references do not promise too much), unless a more permissive candidate shows
+    a lower one, which it then takes. That is the premise of auto-accepting the
+    confident end: a stricter threshold accepts no larger a share of errors. It
+    matters because a larger audit starts at a stricter candidate (see the module
+    docstring), where the current audit holds few references or none; judged on
+    those alone, every larger audit looked hopeless.
+
+    A sequence certifies something exactly when its first candidate is rejected,
+    and the first candidate is expected to accept about ``START_FACTOR`` times
+    :func:`min_references` references whatever the audit's size. A larger audit
+    therefore helps by holding more references at the first candidate while it
+    is smaller than that, and beyond it only by starting at a stricter candidate,
+    whose assumed error must be low enough for that many references to reject
+    it. The size is doubled, then bisected, and the size returned is one at which
+    the first candidate is rejected with probability ``NEEDED_POWER`` under the
+    assumption. ``None`` when no candidate's assumed error is below ``alpha``,
+    or when none is low enough for an audit of every annotation to do it.
     """
-    order = np.argsort(-conf, kind="stable")
-    sorted_conf = -conf[order]
-    cumulative_errors = np.r_[0, np.cumsum(errors[order])]
-
-    def rate(t: float) -> float:
-        n = int(np.searchsorted(sorted_conf, -t, side="right"))
-        return (float(cumulative_errors[n]) + 0.5) / (n + 1.0)
-
-    if min(rate(float(t)) for t in np.unique(all_conf)) >= alpha:
+    thresholds, rates = _assumed_error_rates(conf, errors, all_conf)
+    largest = all_conf.size
+    if rates.min() >= alpha or conf.size >= largest:
         return None
 
     def certifies(size: int) -> bool:
-        tested = candidate_thresholds(all_conf, size, alpha, delta, n_candidates)
-        t = float(tested[0])
+        t = float(candidate_thresholds(all_conf, size, alpha, delta, n_candidates)[0])
         n = math.floor(size * float(np.mean(all_conf >= t)))
         # The most errors among n that still reject, then the chance of no more.
         critical = int(stats.binom.ppf(delta, n, alpha))
         while critical >= 0 and stats.binom.cdf(critical, n, alpha) > delta:
             critical -= 1
-        return critical >= 0 and bool(stats.binom.cdf(critical, n, rate(t)) >= NEEDED_POWER)
+        rate = float(rates[np.searchsorted(thresholds, t)])
+        return critical >= 0 and bool(stats.binom.cdf(critical, n, rate) >= NEEDED_POWER)
 
-    low, high = max(1, conf.size), max(2, conf.size * 2)
+    low, high = max(1, conf.size), min(max(2, conf.size * 2), largest)
     while not certifies(high):
-        if high > MAX_NEEDED:
+        if high >= largest:
             return None
-        low, high = high, high * 2
+        low, high = high, min(high * 2, largest)
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (low, middle) if certifies(middle) else (middle, high)
     return high
+
+
+def _assumed_error_rates(
+    conf: FloatArray, errors: npt.NDArray[np.bool_], all_conf: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """The distinct unlabelled confidences (ascending) and the error rate ``_needed``
+    assumes among the annotations each accepts as a threshold."""
+    thresholds = np.unique(all_conf)
+    order = np.argsort(-conf, kind="stable")
+    cumulative_errors = np.r_[0, np.cumsum(errors[order])]
+    accepted = np.searchsorted(-conf[order], -thresholds, side="right")
+    shown = np.where(
+        accepted > 0,
+        np.maximum(cumulative_errors[accepted], 0.5) / np.maximum(accepted, 1),
+        1.0,
+    )
+    # Ascending thresholds run from the most permissive: a running minimum gives
+    # each threshold the lowest rate shown at it or at a more permissive one.
+    return thresholds, np.minimum.accumulate(shown)
 
 
 def certify(

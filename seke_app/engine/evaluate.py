@@ -1,8 +1,15 @@
 """The evaluation harness: run SV-UAMC on labelled images and score what comes back.
 
-The truth read from a manifest is used only for scoring; the backend sees each
-image exactly as it would see an unlabelled one (no known labels in the request),
-so the figures measure the machine, not the anchors.
+By default the truth read from a manifest is used only for scoring; the backend
+sees each image exactly as it would see an unlabelled one (no known labels in the
+request), so the figures measure the machine, not the anchors.
+
+Completion (``given``): the listed grains (any of ``expression``, ``va``,
+``aus``) of each image's manifest labels are handed to the backend as known
+labels, as a source dataset's labels would be, and only the other grains are
+scored; the report names what was given and on how many images it existed. An
+image whose manifest lacks a given grain gets nothing for it (the CK+ onset
+frames code no AUs), so its other grains are predicted from the image alone.
 
 Choices made here:
 
@@ -15,8 +22,8 @@ Choices made here:
   vocabulary.
 * Right-versus-wrong separation (AUROC), calibration error and the review-budget
   error rates use the *expression* confidence, since the expression is what the
-  truth can check; a budget ``b`` sends the least confident ``round(b * N)``
-  images to review.
+  truth can check (so they are not computed when the expression is given); a
+  budget ``b`` sends the least confident ``round(b * N)`` images to review.
 * The FER+ vote share of an image is the plurality label's votes over all its
   votes (10 per image), the human agreement that a good confidence should track.
 """
@@ -31,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from seke_app.engine import metrics
-from seke_app.engine.types import AnnotationRequest, Backend
+from seke_app.engine.types import GRAINS, AnnotationRequest, Backend, KnownLabels
 from seke_app.engine.uamc import UAMCParams, UAMCResult, run_uamc
 from seke_app.engine.vocab import Vocabulary
 
@@ -51,6 +58,24 @@ class EvalItem:
     arousal: float | None = None
     aus: dict[int, bool] | None = None
     votes: dict[str, int] | None = None
+
+    def known(self, given: Iterable[str]) -> KnownLabels:
+        """The labels of the ``given`` grains, as a source dataset would give them."""
+        grains = set(given)
+        return KnownLabels(
+            expression=self.expression if "expression" in grains else None,
+            valence=self.valence if "va" in grains else None,
+            arousal=self.arousal if "va" in grains else None,
+            aus=self.aus if "aus" in grains else None,
+        )
+
+    def has(self, grain: str) -> bool:
+        """Whether the manifest labels ``grain`` for this image (VA: both values)."""
+        if grain == "expression":
+            return self.expression is not None
+        if grain == "va":
+            return self.valence is not None and self.arousal is not None
+        return bool(self.aus)
 
     def vote_share(self) -> float | None:
         """The plurality label's share of the human votes, when votes exist."""
@@ -161,6 +186,10 @@ class EvalReport:
     params: dict[str, Any]
     n_items: int
     n_answered: int
+    # The grains handed to the backend as known labels, and on how many images
+    # the manifest had each; given grains are not scored (a given expression's
+    # scores are ``{"given": True}``, given VA or AUs have none).
+    given: dict[str, int]
     expression: dict[str, Any]
     va: dict[str, Any] | None
     aus: dict[str, Any] | None
@@ -246,8 +275,9 @@ def _none_if_nan(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _confidence_scores(outcomes: list[ItemOutcome]) -> dict[str, Any]:
-    scored = [o for o in outcomes if o.truth is not None]
+def _confidence_scores(outcomes: list[ItemOutcome], *, expression: bool) -> dict[str, Any]:
+    """Confidence figures; those about the expression only when it was predicted."""
+    scored = [o for o in outcomes if o.truth is not None] if expression else []
     correct = [o.correct for o in scored]
     conf = [o.expression_confidence for o in scored]
     scores: dict[str, Any] = {
@@ -275,25 +305,42 @@ def _confidence_scores(outcomes: list[ItemOutcome]) -> dict[str, Any]:
     return scores
 
 
+def check_given(given: Iterable[str]) -> tuple[str, ...]:
+    """The given grains in ``GRAINS`` order; ValueError naming any unknown one."""
+    grains = set(given)
+    unknown = sorted(grains - set(GRAINS))
+    if unknown:
+        raise ValueError(
+            f"unknown grain(s) to give: {', '.join(unknown)}; choose from {', '.join(GRAINS)}"
+        )
+    return tuple(g for g in GRAINS if g in grains)
+
+
 def evaluate(
     backend: Backend,
     items: Iterable[EvalItem],
     params: UAMCParams,
     vocabulary: Vocabulary,
     *,
+    given: Iterable[str] = (),
     progress: Progress | None = None,
 ) -> EvalReport:
-    """Annotate every item without its labels, then score the answers against them."""
+    """Annotate every item with the ``given`` grains of its labels as known labels
+    (none by default), then score the other grains against the labels."""
+    grains = check_given(given)
     todo = list(items)
     outcomes: list[ItemOutcome] = []
     pairs = _Pairs()
     for done, item in enumerate(todo, start=1):
-        request = AnnotationRequest(item.image_bytes, vocabulary, image_id=item.name)
+        request = AnnotationRequest(
+            item.image_bytes, vocabulary, known=item.known(grains), image_id=item.name
+        )
         result = run_uamc(backend, request, params)
         outcomes.append(_outcome(item, result))
         pairs.add(item, result, vocabulary)
         if progress is not None:
             progress(done, len(todo))
+    scored_expression = "expression" not in grains
     return EvalReport(
         backend=backend.name,
         model=backend.model,
@@ -301,11 +348,14 @@ def evaluate(
         params=params.to_json(),
         n_items=len(outcomes),
         n_answered=sum(o.predicted is not None for o in outcomes),
-        expression=_expression_scores(outcomes, vocabulary),
-        va=_va_scores(pairs),
-        aus=_au_scores(pairs),
+        given={g: sum(item.has(g) for item in todo) for g in grains},
+        expression=(
+            _expression_scores(outcomes, vocabulary) if scored_expression else {"given": True}
+        ),
+        va=_va_scores(pairs) if "va" not in grains else None,
+        aus=_au_scores(pairs) if "aus" not in grains else None,
         cost=_cost_scores(outcomes),
-        confidence=_confidence_scores(outcomes),
+        confidence=_confidence_scores(outcomes, expression=scored_expression),
         items=outcomes,
     )
 
@@ -321,18 +371,44 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+_GRAIN_WORDS = {"expression": "expression", "va": "valence/arousal", "aus": "AUs"}
+
+
+def _given_line(report: EvalReport) -> str:
+    if not report.given:
+        return "Nothing given: every grain is predicted from the image alone and scored."
+    given = ", ".join(
+        f"{_GRAIN_WORDS[g]} ({n} of {report.n_items} images)" for g, n in report.given.items()
+    )
+    scored = [_GRAIN_WORDS[g] for g in GRAINS if g not in report.given]
+    return (
+        f"Given as known labels: {given}. Scored: {', '.join(scored) or 'nothing'}; "
+        "given grains are not scored."
+    )
+
+
 def _markdown(report: EvalReport) -> str:
-    expression, confidence, cost = report.expression, report.confidence, report.cost
+    confidence, cost = report.confidence, report.cost
+    expression = report.expression
     lines = [
         f"# Evaluation: {report.backend} ({report.model}), strategy {report.strategy}",
         "",
         f"{report.n_items} images, {report.n_answered} answered.",
         "",
+        _given_line(report),
+        "",
         "| measure | value |",
         "|---|---|",
-        f"| expression accuracy | {_fmt(expression.get('accuracy'))} |",
-        f"| expression macro-F1 | {_fmt(expression.get('macro_f1'))} |",
     ]
+    if expression.get("given"):
+        lines.append("| expression | given |")
+    else:
+        lines += [
+            f"| expression accuracy | {_fmt(expression.get('accuracy'))} |",
+            f"| expression macro-F1 | {_fmt(expression.get('macro_f1'))} |",
+        ]
+    if report.va is None and "va" in report.given:
+        lines.append("| valence/arousal | given |")
     if report.va is not None:
         lines += [
             f"| valence CCC / RMSE | {_fmt(report.va['ccc_valence'])} / "
@@ -344,6 +420,8 @@ def _markdown(report: EvalReport) -> str:
         lines.append(
             f"| AU mean F1 ({len(report.aus['f1'])} AUs) | {_fmt(report.aus['mean_f1'])} |"
         )
+    elif "aus" in report.given:
+        lines.append("| AUs | given |")
     lines += [
         f"| samples per image | {_fmt(cost['samples_per_image'], 2)} |",
         f"| requests per image | {_fmt(cost['requests_per_image'], 2)} |",

@@ -120,15 +120,19 @@ def _active_aus(aus: Any) -> list[int]:
 
 
 def anchors_text(known: KnownLabels, vocabulary: Vocabulary) -> str:
-    """The image's known human labels, one line per grain present; empty when none."""
+    """The image's known human labels, one line per grain they give; empty when none.
+
+    Exactly the grains SV-UAMC takes as given (``KnownLabels.grains``): valence and
+    arousal only together, the expression and AUs only those of the vocabulary.
+    """
     lines = []
-    if known.expression is not None:
+    if known.expression is not None and known.expression in vocabulary.expressions:
         lines.append(f"- expression: {known.expression}")
-    if known.valence is not None:
-        lines.append(f"- valence: {known.valence:+.2f}")
-    if known.arousal is not None:
-        lines.append(f"- arousal: {known.arousal:+.2f}")
-    coded = {au: on for au, on in (known.aus or {}).items() if au in vocabulary.aus}
+    va = known.va()
+    if va is not None:
+        lines.append(f"- valence: {va[0]:+.2f}")
+        lines.append(f"- arousal: {va[1]:+.2f}")
+    coded = known.coded_aus(vocabulary)
     if coded:
         lines.append(f"- action units: {_aus_anchor(coded)}")
     if not lines:

@@ -14,6 +14,9 @@ from seke_app.engine.vocab import Vocabulary
 
 SampleKind = Literal["sample", "verification"]
 Intensity = Literal["A", "B", "C", "D", "E"]
+# The three grains of an answer, in the order SEKE lists them.
+GRAINS: tuple[str, ...] = ("expression", "va", "aus")
+ALL_GRAINS: frozenset[str] = frozenset(GRAINS)
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,15 @@ class Answer:
 
 @dataclass(frozen=True)
 class KnownLabels:
-    """Human labels a source dataset already has for one image; any grain may be missing."""
+    """Human labels a source dataset already has for one image; any grain may be missing.
+
+    A grain the labels give (``grains``) is an input, not a question: SV-UAMC's
+    answer carries it as given. Valence and arousal form one grain, given only when
+    both are known; a lone valence or arousal gives no grain and is not stated in
+    a prompt (the import refuses one anyway). The AU grain is given when the labels
+    code at least one AU of the vocabulary; AUs they leave uncoded keep the
+    model's answer.
+    """
 
     expression: str | None = None
     valence: float | None = None
@@ -61,6 +72,25 @@ class KnownLabels:
             and self.arousal is None
             and self.aus is None
         )
+
+    def va(self) -> tuple[float, float] | None:
+        """Valence and arousal when both are known, else None."""
+        if self.valence is None or self.arousal is None:
+            return None
+        return self.valence, self.arousal
+
+    def coded_aus(self, vocabulary: Vocabulary) -> dict[int, bool]:
+        """The AUs of the vocabulary that the labels code, present or absent."""
+        return {au: bool(on) for au, on in (self.aus or {}).items() if au in vocabulary.aus}
+
+    def grains(self, vocabulary: Vocabulary) -> tuple[str, ...]:
+        """The grains these labels give for a task of ``vocabulary``, in ``GRAINS`` order."""
+        given = {
+            "expression": self.expression is not None and self.expression in vocabulary.expressions,
+            "va": self.va() is not None,
+            "aus": bool(self.coded_aus(vocabulary)),
+        }
+        return tuple(grain for grain in GRAINS if given[grain])
 
 
 @dataclass(frozen=True)
@@ -102,6 +132,12 @@ class Sample:
     # verification reply, the verifier's probabilities: SV-UAMC's verification
     # component of the expression is then its probability of the final expression.
     expression_probs: dict[str, float] | None = None
+    # The backend's own standard deviation of this sample's valence and arousal,
+    # when it knows one: the offline annotator completing VA from a known
+    # expression reads the class's VA with an error it measured on held-out faces
+    # (``likelihoods.HeadModel.residual_sd``), which its samples' spread cannot show
+    # (every sample starts from the same class). SV-UAMC adds it to the spread.
+    va_sd: tuple[float, float] | None = None
 
     @property
     def valid(self) -> bool:
@@ -130,10 +166,18 @@ class VerificationRequest:
 
 
 class Backend(Protocol):
-    """Anything that can draw samples and verify an aggregate."""
+    """Anything that can draw samples and verify an aggregate.
+
+    ``observed_grains`` names the grains the backend reads from the image; any
+    other grain of its answers is inferred from those (the offline annotator's AUs
+    follow its expression). SV-UAMC lets an inferred grain carry the confidence of
+    what it was inferred from and never flags it on its own (``observed_grains()``
+    gives every grain for a backend that does not say).
+    """
 
     name: str
     model: str
+    observed_grains: frozenset[str]
 
     def sample(self, request: AnnotationRequest, k: int, temperature: float) -> list[Sample]:
         """Draw ``k`` independent structured answers for one image."""
@@ -142,6 +186,12 @@ class Backend(Protocol):
     def verify(self, verification: VerificationRequest) -> Sample:
         """Ask the model to confirm or revise each grain of the aggregate."""
         ...
+
+
+def observed_grains(backend: object) -> frozenset[str]:
+    """The grains ``backend`` observes: its ``observed_grains``, or all three."""
+    observed = getattr(backend, "observed_grains", ALL_GRAINS)
+    return frozenset(observed) & ALL_GRAINS
 
 
 class ClosableBackend(Backend, Protocol):

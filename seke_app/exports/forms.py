@@ -7,21 +7,26 @@ from typing import Any
 from django import forms
 
 from seke_app.engine.formats.records import GRAIN_TITLES, GRAINS, SOURCES
-from seke_app.exports.options import ExportOptions
+from seke_app.exports.options import (
+    FORMAT_NAMES,
+    IMAGE_MODE_NAMES,
+    OPENAI_IMAGE_NAMES,
+    OPTION_KINDS,
+    SOURCE_NAMES,
+    ExportOptions,
+    benchmark_label,
+)
 from seke_app.models import Dataset
 from seke_app.models.exports import Export
 
 _DEFAULTS = ExportOptions()
-_SOURCE_CHOICES = [
-    ("human", "human review"),
-    ("dataset", "imported dataset label"),
-    ("machine", "machine (accepted by its run)"),
-]
-_FORMAT_CHOICES = [
-    ("llava", "LLaVA conversations"),
-    ("openai", "OpenAI chat fine-tuning"),
-    ("sharegpt", "ShareGPT (LLaMA-Factory)"),
-]
+_KIND_SHORT: dict[str, str] = {
+    Export.Kind.FEID: "FEID",
+    Export.Kind.FEAB: "FEAB",
+    Export.Kind.LABELSTUDIO: "Label Studio",
+}
+_SOURCE_CHOICES = list(SOURCE_NAMES.items())
+_FORMAT_CHOICES = list(FORMAT_NAMES.items())
 
 
 def _checkboxes(choices: list[tuple[str, str]], initial: Any, **kwargs: Any) -> forms.Field:
@@ -32,9 +37,7 @@ def _checkboxes(choices: list[tuple[str, str]], initial: Any, **kwargs: Any) -> 
 
 class ExportForm(forms.Form):
     kind = forms.ChoiceField(choices=Export.Kind.choices, initial=Export.Kind.FEID)
-    formats = _checkboxes(
-        _FORMAT_CHOICES, _DEFAULTS.formats, required=False, help_text="FEID only."
-    )
+    formats = _checkboxes(_FORMAT_CHOICES, _DEFAULTS.formats, required=False)
     grains = _checkboxes([(g, GRAIN_TITLES[g]) for g in GRAINS], GRAINS)
     expression_sources = _checkboxes(
         _SOURCE_CHOICES, SOURCES, required=False, label="Expression labels from"
@@ -52,7 +55,7 @@ class ExportForm(forms.Form):
     )
     split = forms.ChoiceField(required=False, label="Only the split")
     images = forms.ChoiceField(
-        choices=[("reference", "referenced by path"), ("copy", "copied into the archive")],
+        choices=list(IMAGE_MODE_NAMES.items()),
         initial="reference",
         help_text="Reference only when the images may not be redistributed.",
     )
@@ -63,7 +66,7 @@ class ExportForm(forms.Form):
         help_text="E.g. a URL or /data/local-files/?d= for Label Studio; empty: media-relative.",
     )
     openai_images = forms.ChoiceField(
-        choices=[("url", "URL or path"), ("data_url", "embedded data URL")],
+        choices=list(OPENAI_IMAGE_NAMES.items()),
         initial="url",
         label="OpenAI image parts",
     )
@@ -74,7 +77,7 @@ class ExportForm(forms.Form):
     holdout = forms.ChoiceField(
         required=False,
         label="Leave out the images of benchmark",
-        help_text="FEID only: a finished FEAB export of this dataset.",
+        help_text="A finished FEAB export of this dataset.",
     )
     archive = forms.BooleanField(
         required=False, initial=True, label="Zip archive with manifest and dataset card"
@@ -92,9 +95,20 @@ class ExportForm(forms.Form):
         ]
         benchmarks = dataset.exports.filter(kind=Export.Kind.FEAB, status=Export.Status.DONE)
         holdout_field.choices = [("", "none")] + [
-            (str(b.code), f"{b.created_at:%Y-%m-%d %H:%M} ({b.n_written} test images)")
-            for b in benchmarks[:50]
+            (str(b.code), benchmark_label(b)) for b in benchmarks[:50]
         ]
+
+    def rows(self) -> list[tuple[forms.BoundField, str, str]]:
+        """Each field with the kinds it applies to: codes (for the page's script) and names.
+
+        Both are empty for a field that applies to every kind.
+        """
+        found = []
+        for field in self:
+            kinds = OPTION_KINDS.get(field.name, ())
+            words = " and ".join(_KIND_SHORT[k] for k in kinds)
+            found.append((field, " ".join(kinds), f"{words} only" if kinds else ""))
+        return found
 
     def options(self) -> ExportOptions:
         data = self.cleaned_data

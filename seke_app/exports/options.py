@@ -7,11 +7,39 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from seke_app.engine.formats.feid import FORMATS
-from seke_app.engine.formats.records import GRAINS, SOURCES, LabelFilter
+from seke_app.engine.formats.records import GRAIN_TITLES, GRAINS, SOURCES, LabelFilter
 from seke_app.models.exports import Export
 
 IMAGE_MODES = ("reference", "copy")
 OPENAI_IMAGE_MODES = ("url", "data_url")
+
+# The options' values in words, as the form offers them and the export's page shows them.
+FORMAT_NAMES = {
+    "llava": "LLaVA conversations",
+    "openai": "OpenAI chat fine-tuning",
+    "sharegpt": "ShareGPT (LLaMA-Factory)",
+}
+SOURCE_NAMES = {
+    "human": "human review",
+    "dataset": "imported dataset label",
+    "machine": "machine (accepted by its run)",
+}
+IMAGE_MODE_NAMES = {"reference": "referenced by path", "copy": "copied into the archive"}
+OPENAI_IMAGE_NAMES = {"url": "URL or path", "data_url": "embedded data URL"}
+
+# The kinds of export an option applies to; an option not named applies to every kind.
+OPTION_KINDS: dict[str, tuple[str, ...]] = {
+    "formats": (Export.Kind.FEID,),
+    "openai_images": (Export.Kind.FEID,),
+    "holdout": (Export.Kind.FEID,),
+    "seed": (Export.Kind.FEID, Export.Kind.FEAB),
+    "test_fraction": (Export.Kind.FEAB,),
+}
+
+
+def option_applies(name: str, kind: str) -> bool:
+    """Whether the option ``name`` changes an export of this kind."""
+    return kind in OPTION_KINDS.get(name, (kind,))
 
 
 class ExportRefused(Exception):
@@ -71,6 +99,44 @@ class ExportOptions:
             values["sources"] = {g: tuple(s) for g, s in values["sources"].items()}
         return cls(**values)
 
+    def described(self, kind: str, *, holdout: str = "") -> list[tuple[str, str]]:
+        """(option, value) in words, for the options that apply to ``kind``.
+
+        ``holdout`` names the held-out benchmark as the page shows it.
+        """
+        rows = []
+        if option_applies("formats", kind):
+            rows.append(("Formats", ", ".join(FORMAT_NAMES.get(f, f) for f in self.formats)))
+        rows.append(("Grains", ", ".join(GRAIN_TITLES.get(g, g) for g in self.grains)))
+        for grain in self.grains:
+            admitted = self.sources.get(grain, ())
+            names = ", ".join(SOURCE_NAMES.get(s, s) for s in admitted) or "none"
+            rows.append((f"{GRAIN_TITLES.get(grain, grain).capitalize()} labels from", names))
+        minimum = f"{self.min_confidence:g}" if self.min_confidence else "none"
+        rows.append(("Minimum machine confidence", minimum))
+        rows.append(("Images", f"only the split “{self.split}”" if self.split else "all images"))
+        files = IMAGE_MODE_NAMES.get(self.images, self.images)
+        if self.images == "reference":
+            files += f", prefixed with {self.image_root}" if self.image_root else ", media-relative"
+        rows.append(("Image files", files))
+        if option_applies("openai_images", kind) and "openai" in self.formats:
+            rows.append(("OpenAI image parts", OPENAI_IMAGE_NAMES.get(self.openai_images, "")))
+        if option_applies("test_fraction", kind):
+            rows.append(("Test fraction", f"{self.test_fraction:.0%}"))
+        if option_applies("seed", kind):
+            rows.append(("Seed", str(self.seed)))
+        if option_applies("holdout", kind):
+            rows.append(
+                ("Benchmark left out", (holdout or self.holdout) if self.holdout else "none")
+            )
+        rows.append(
+            (
+                "Packaging",
+                "zip archive with manifest and dataset card" if self.archive else "one file",
+            )
+        )
+        return rows
+
     def problems(self, kind: str) -> list[str]:
         """Everything wrong with these options for an export of this kind."""
         found = _grain_problems(self)
@@ -88,6 +154,24 @@ class ExportOptions:
         if self.images == "copy" and not self.archive:
             found.append("copied images need an archive")
         return found
+
+
+def benchmark_label(benchmark: Export) -> str:
+    """How the form and the pages name a finished FEAB export."""
+    return f"FEAB of {benchmark.created_at:%Y-%m-%d %H:%M} ({benchmark.n_written} test images)"
+
+
+def describe_options(export: Export) -> list[tuple[str, str]]:
+    """The export's options in words (its holdout named as the form named it)."""
+    try:
+        options = ExportOptions.from_json(export.options)
+    except (ExportRefused, TypeError) as exc:
+        return [("Options", f"not readable: {exc}")]
+    holdout = ""
+    if options.holdout:
+        benchmark = Export.objects.filter(code=options.holdout).first()
+        holdout = benchmark_label(benchmark) if benchmark else "a FEAB export since deleted"
+    return options.described(export.kind, holdout=holdout)
 
 
 def _grain_problems(options: ExportOptions) -> list[str]:

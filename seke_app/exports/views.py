@@ -11,8 +11,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from seke_app.exports.forms import ExportForm
+from seke_app.exports.options import describe_options
 from seke_app.exports.services import ExportRefused, export_cancel, export_create, export_file
-from seke_app.models import Dataset
+from seke_app.insights.references import waiting_images
+from seke_app.models import Dataset, FaceImage
 from seke_app.models.exports import Export
 from seke_app.queue import QueueUnavailable
 from seke_app.roles import admin_required
@@ -30,7 +32,7 @@ def _recent_exports() -> list[Export]:
 
 def _list_context() -> dict[str, object]:
     exports = _recent_exports()
-    return {"exports": exports, "polling": any(not e.is_finished() for e in exports)}
+    return {"exports": exports, "polling": any(not e.is_settled() for e in exports)}
 
 
 @admin_required
@@ -66,7 +68,19 @@ def export_new(request: HttpRequest, code: UUID) -> HttpResponse:
 
 
 def _progress_context(export: Export) -> dict[str, object]:
-    return {"export": export, "percent": round(export.progress * 100, 1)}
+    # A FEAB export reads its images twice: once to split them, once to write.
+    passes = 2 if export.kind == Export.Kind.FEAB else 1
+    context: dict[str, object] = {
+        "export": export,
+        "settled": export.is_settled(),
+        "percent": round(export.progress * 100, 1),
+        "n_images": export.n_total // passes,
+        "options": describe_options(export),
+    }
+    if export.status == Export.Status.DONE and export.n_skipped:
+        images = FaceImage.objects.filter(dataset=export.dataset).filter(waiting_images())
+        context["awaiting_review"] = images.count()
+    return context
 
 
 @admin_required

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,9 @@ from seke_app.models import Dataset, GenerationRun, PromptVersion
 from seke_app.models.exports import Export, exports_dir
 
 PROGRESS_EVERY = 500
+# Why an image is left out, besides the label filter's reasons (``LabelFilter.refusal``).
+REJECTED = "rejected by a reviewer"
+HELD_OUT = "in the benchmark held out"
 MIME_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp"}
 
 
@@ -50,7 +54,19 @@ class Progress:
         self.export_id = export_id
         self.every = every or PROGRESS_EVERY
         self.done = self.written = self.skipped = 0
+        # The skipped images by why they were left out, in words.
+        self.reasons: Counter[str] = Counter()
         self._saved = 0
+
+    def skip(self, reason: str) -> None:
+        """One image read and left out, for ``reason``."""
+        self.reasons[reason] += 1
+        self.advance(False)
+
+    def restart_skips(self) -> None:
+        """Forget the skips so far: a second pass meets the same images again."""
+        self.skipped = 0
+        self.reasons.clear()
 
     def advance(self, written: bool | None) -> None:
         """One image read: written, skipped (no admitted label), or neither (None)."""
@@ -63,7 +79,10 @@ class Progress:
     def save(self) -> None:
         self._saved = self.done
         updated = Export.objects.filter(id=self.export_id, status=Export.Status.RUNNING).update(
-            n_done=self.done, n_written=self.written, n_skipped=self.skipped
+            n_done=self.done,
+            n_written=self.written,
+            n_skipped=self.skipped,
+            skipped_by_reason=dict(self.reasons.most_common()),
         )
         if not updated:
             raise ExportCancelled()
@@ -97,11 +116,15 @@ class _Writer:
         label_filter = self.options.label_filter()
         for chunk in curated_records(dataset=self.dataset, split=self.options.split):
             for record in chunk:
-                kept = None
-                if record is not None and record.image not in self.exclude:
-                    kept = label_filter.apply(record)
+                if record is None:
+                    self.progress.skip(REJECTED)
+                    continue
+                if record.image in self.exclude:
+                    self.progress.skip(HELD_OUT)
+                    continue
+                kept = label_filter.apply(record)
                 if kept is None:
-                    self.progress.advance(False)
+                    self.progress.skip(label_filter.refusal(record))
                     continue
                 yield kept
                 self.progress.advance(mark(kept) if mark else True)
@@ -152,7 +175,7 @@ def _write_feab(w: _Writer) -> None:
     n_items = len(items)
     del items
     # The second pass meets the same images without labels again; count them once.
-    w.progress.skipped = 0
+    w.progress.restart_skips()
     question_file = w.files.data_file("feab_questions.jsonl")
     answer_file = w.files.data_file("feab_answers.jsonl")
     test_list = w.files.data_file("test_images.txt")
@@ -247,6 +270,7 @@ def _manifest(w: _Writer) -> dict[str, Any]:
             "images": w.n_images,
             "records": stats["n_records"],
             "skipped_without_admitted_label": w.progress.skipped,
+            "skipped_by_reason": dict(w.progress.reasons.most_common()),
             "grains": stats["grains"],
             "provenance": stats["provenance"],
         },
@@ -254,6 +278,14 @@ def _manifest(w: _Writer) -> dict[str, Any]:
         "images": _images_note(w.options),
         **w.manifest_extra,
     }
+
+
+def _left_out_note(w: _Writer) -> str | None:
+    """The card's sentence on the images left out and why (None when none was)."""
+    if not w.progress.skipped:
+        return None
+    reasons = "; ".join(f"{reason}: {n}" for reason, n in w.progress.reasons.most_common())
+    return f"{w.progress.skipped} of {w.n_images} images were left out. Why: {reasons}."
 
 
 def _card(w: _Writer, manifest: dict[str, Any]) -> str:
@@ -275,7 +307,9 @@ def _card(w: _Writer, manifest: dict[str, Any]) -> str:
         "dataset", "prompt_version"
     )
     quality = [run_quality(run) for run in runs.order_by("created_at", "id")]
-    return card_markdown(w.stats, title=title, summary=summary, notes=w.notes, quality=quality)
+    left_out = _left_out_note(w)
+    notes = [*w.notes, left_out] if left_out else w.notes
+    return card_markdown(w.stats, title=title, summary=summary, notes=notes, quality=quality)
 
 
 def write_export(export: Export, options: ExportOptions, progress: Progress) -> Path:

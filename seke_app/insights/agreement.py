@@ -10,6 +10,7 @@ a reviewer rejected the image are counted apart: they have no labels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,30 @@ class GrainAgreement:
     n_aus: int = 0
     aus_all_equal: float | None = None
     aus: list[quality.AUAgreement] = field(default_factory=list)
+
+    @property
+    def expression_kappa_undefined(self) -> bool:
+        """Kappa is undefined when both raters gave one and the same expression throughout."""
+        return self.expression_kappa is not None and math.isnan(self.expression_kappa)
+
+    @property
+    def aus_with_kappa(self) -> list[quality.AUAgreement]:
+        """The AUs whose kappa can be computed."""
+        return [row for row in self.aus if not math.isnan(row.kappa)]
+
+    @property
+    def aus_without_kappa(self) -> dict[str, list[int]]:
+        """The AUs whose kappa cannot be computed, by the one answer both raters always gave.
+
+        Kappa corrects agreement for chance; when both raters answer "absent" (or
+        both "present") on every item, chance agreement is already total and the
+        correction divides by zero. Keys: "absent" and "present".
+        """
+        found: dict[str, list[int]] = {"absent": [], "present": []}
+        for row in self.aus:
+            if math.isnan(row.kappa):
+                found["present" if row.prevalence >= 0.5 else "absent"].append(row.au)
+        return found
 
 
 class AgreementTally:

@@ -2,11 +2,14 @@
 
 A certificate answers: at which review threshold is the error among the run's
 auto-accepted annotations at most ``alpha``, with probability at least
-``1 - delta`` over the random audit? It rests only on the run's *blind audit*
-references (``references.Decision.audit``): a uniform random sample of the run's
-annotations, labelled without seeing the machine's answer. Flagged reviews are
-chosen by the very confidence being judged, and dataset labels may have been
-given to the model to copy; neither is used here.
+``1 - delta`` over the random audit? It rests only on the run's *audit*
+references (``audit_rows``): the human labels of a uniform random sample of the
+run's images (``RunItem.audit``), labelled without seeing the machine's answer
+on the run's blind audit tasks. An audited image that already had a decision or
+a waiting task gets no audit task (one image, one review) and its decision
+serves: leaving it out would no longer be a uniform sample. Flagged reviews of
+images not drawn are chosen by the very confidence being judged, and dataset
+labels may have been given to the model to copy; neither is used here.
 
 One threshold, several grains. A run has one review threshold, compared with
 the overall confidence (the lowest of the grains' confidences). The admin states
@@ -38,6 +41,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -58,9 +63,10 @@ from seke_app.insights.references import (
     grain_agrees,
     human_references,
     parse_aus,
+    standing,
     va_pair,
 )
-from seke_app.models import Annotation, CalibrationFit, GenerationRun, RunCertificate
+from seke_app.models import Annotation, CalibrationFit, GenerationRun, RunCertificate, RunItem
 from seke_app.models.runs import ThresholdChange
 from seke_app.runs import hooks
 from seke_app.runs.threshold import run_threshold_set
@@ -101,6 +107,10 @@ class AuditRow:
     """One audited annotation: its confidences and, per grain, whether it was right.
 
     ``right[grain]`` is None where the grain is not scored (given as a known label).
+    ``earlier`` says that the run's own audit task on the image was never decided
+    (it had none): the reference is a decision the image already had, or got from
+    a task already waiting, when the run drew it (see ``audit_rows``); ``blind``
+    that every decision standing on the image was made blind.
     """
 
     annotation_id: int
@@ -111,6 +121,8 @@ class AuditRow:
     confident: bool
     right: dict[str, bool | None]
     truth_expression: str | None
+    earlier: bool = False
+    blind: bool = True
 
 
 _ROW_FIELDS = (
@@ -158,21 +170,43 @@ def _grain_right(
 
 
 def audit_rows(run: GenerationRun, *, va_distance: float = quality.VA_TOLERANCE) -> list[AuditRow]:
-    """The run's annotations that have a blind audit decision, scored per grain."""
-    annotations = Annotation.objects.filter(run=run)
-    decisions = decision_store().decisions(annotations=annotations)
-    audited = {d.annotation_id for d in decisions if d.audit}
-    if not audited:
+    """The run's audited annotations that have a human reference, scored per grain.
+
+    The audit is the run's uniform draw of images (``RunItem.audit``), and an
+    audited image's reference is the human label standing on it
+    (``human_references``), whichever task it came from. Usually that is the blind
+    decision on the run's own audit task. But an image gets one review: one that
+    already had a decision when the run drew it gets no audit task, and the
+    decision standing on it is the reference; one that had a task waiting gets none
+    either, and that task (made blind if nobody had claimed it yet, by ``review``)
+    gives the reference once decided. Leaving those images out would make the audit
+    no longer uniform: images decided earlier are often hard, flagged ones, and
+    their absence would flatter the certificate. Such rows are marked ``earlier``,
+    and whether their decisions were blind is kept. An audited image no decision
+    stands on yet (its task is waiting) is not a reference yet.
+    """
+    items = RunItem.objects.filter(run=run, audit=True)
+    annotations = Annotation.objects.filter(run=run, image_id__in=items.values("image_id"))
+    image_ids = annotations.values("image_id")
+    decided = {
+        image_id: list(group)
+        for image_id, group in groupby(
+            decision_store().decisions(image_ids=image_ids), key=attrgetter("image_id")
+        )
+    }
+    if not decided:
         return []
-    chosen = annotations.filter(id__in=audited)
-    references = human_references(chosen.values("image_id"))
+    references = human_references(image_ids)
     vocabulary = run.dataset.vocabulary()
     rows = []
-    for values in chosen.order_by("id").values_list(*_ROW_FIELDS):
+    for values in annotations.order_by("id").values_list(*_ROW_FIELDS):
         (pk, image_id, expression, valence, arousal, aus, conf, e_conf, va_conf, au_conf) = values[
             :10
         ]
         held, given = values[10], set(values[11] or ())
+        if image_id not in decided:
+            continue
+        decisions = decided[image_id]
         reference = references.get(image_id)
         machine = {"expression": expression, "va": va_pair(valence, arousal), "aus": parse_aus(aus)}
         right: dict[str, bool | None] = {
@@ -193,6 +227,8 @@ def audit_rows(run: GenerationRun, *, va_distance: float = quality.VA_TOLERANCE)
                 confident=not held and conf >= run.review_threshold,
                 right=right,
                 truth_expression=None if "expression" in given else truth,
+                earlier=not any(d.audit and d.annotation_id == pk for d in decisions),
+                blind=all(d.audit for d in standing(decisions)),
             )
         )
     return rows
@@ -233,6 +269,7 @@ def run_certify(
         delta=targets.delta,
     )
     n_given = sum(any(r.right[g] is None for g in targets.grains) for r in rows)
+    earlier = [r for r in rows if r.earlier]
     with transaction.atomic():
         change = None
         if found.threshold is not None:
@@ -262,6 +299,8 @@ def run_certify(
             n_accepted_references=found.n_accepted_references,
             errors_accepted=found.errors_accepted,
             n_given=n_given,
+            n_earlier=len(earlier),
+            n_earlier_blind=sum(r.blind for r in earlier),
             needed=found.needed,
             method=found.method,
             change=change,
@@ -275,7 +314,8 @@ def run_certificate_latest(run: GenerationRun) -> RunCertificate | None:
 
 
 def run_audits_request(*, run: GenerationRun, n: int) -> int:
-    """Open up to ``n`` more blind audit tasks on the run (through ``review``'s hook)."""
+    """Add up to ``n`` more of the run's images to its blind audit (through ``review``'s
+    hook, which opens their blind audit tasks); how many it added."""
     if n < 1:
         raise CertificateRefused("Ask for at least one more audit review.")
     with transaction.atomic():
@@ -367,16 +407,21 @@ def run_quality(run: GenerationRun) -> RunQuality:
 
 # --- Recalibration -----------------------------------------------------------------
 #
-# A map per model and prompt version, fitted on the blind audit references of every
-# run of that pair: the raw overall confidence against "every stated grain right"
-# (the certificate's targets). It only changes what is shown. Every map SEKE
-# applies is non-decreasing (isotonic, the identity, or Platt with a positive
-# slope; a Platt fit that decreases is not applied), so the order of annotations
-# by confidence, and which side of a threshold each falls on, are the same in raw
-# and calibrated terms: the review queue, curation and the run's threshold keep
-# comparing raw values, and the page shows the calibrated value beside each.
-# Certification also reads the raw confidence: a map fitted on the audit would let
-# the audit's labels choose the candidate thresholds, which Learn then Test forbids.
+# A map per model and prompt version, fitted on the audit references of every run
+# of that pair: the raw overall confidence against "every stated grain right" (the
+# certificate's targets). Every map SEKE applies is non-decreasing (isotonic, the
+# identity, or Platt with a positive slope; a Platt fit that decreases is not
+# applied), so within one run the order of annotations by confidence, and which
+# side of a threshold each falls on, are the same in raw and calibrated terms:
+# curation and the run's threshold keep comparing raw values, and the page shows
+# the calibrated value beside each. The review queue is different: it mixes runs
+# of different models and prompt versions, whose raw confidences are not on one
+# scale, so it ranks by the calibrated confidence where the pair has a map and by
+# the raw one otherwise (``calibrated_confidence``; ``review`` stores it as the
+# task's priority when a task opens, and re-ranks the pair's waiting tasks when a
+# map is fitted, through ``hooks.calibration_fitted``). Certification reads the
+# raw confidence: a map fitted on the audit would let the audit's labels choose
+# the candidate thresholds, which Learn then Test forbids.
 
 OUT_OF_FOLD = 5
 
@@ -432,18 +477,56 @@ def _references(
 def calibration_fit(
     *, run: GenerationRun, targets: Targets, user: AbstractBaseUser | None = None
 ) -> CalibrationFit:
-    """Fit and store the recalibration map of the run's model and prompt version."""
+    """Fit and store the recalibration map of the run's model and prompt version.
+
+    In the same transaction, the pair's waiting review tasks are re-ranked by it
+    (``hooks.calibration_fitted``).
+    """
     confidence, right = _references(run, targets.grains, targets.va_distance)
     found = _monotone(fit_calibration(confidence, right))
-    return CalibrationFit.objects.create(
-        model_name=run.model_name,
-        prompt_version=run.prompt_version,
-        grains=list(targets.grains),
-        va_distance=targets.va_distance if "va" in targets.grains else None,
-        calibration=found.to_json(),
-        n_references=len(confidence),
-        created_by=user,  # type: ignore[misc]
+    with transaction.atomic():
+        fit = CalibrationFit.objects.create(
+            model_name=run.model_name,
+            prompt_version=run.prompt_version,
+            grains=list(targets.grains),
+            va_distance=targets.va_distance if "va" in targets.grains else None,
+            calibration=found.to_json(),
+            n_references=len(confidence),
+            created_by=user,  # type: ignore[misc]
+        )
+        for hook in hooks.calibration_fitted:
+            hook(fit)
+    return fit
+
+
+def calibration_map(model_name: str, prompt_version_id: int) -> CalibrationMap | None:
+    """The map that applies to a model and prompt version (the latest fitted), if any."""
+    found = (
+        CalibrationFit.objects.filter(model_name=model_name, prompt_version_id=prompt_version_id)
+        .values_list("calibration", flat=True)
+        .first()
     )
+    return None if found is None else CalibrationMap.from_json(found)
+
+
+def calibrated_confidences(calibration: CalibrationMap | None, raw: Sequence[float]) -> list[float]:
+    """Raw overall confidences in calibrated terms by ``calibration``; as they are without one.
+
+    The maps were fitted on confidences clipped to [0, 1], so they are applied to
+    those; without a map the raw values stay, unclipped, as the queue always had them.
+    """
+    if calibration is None:
+        return [float(v) for v in raw]
+    clipped = np.clip(np.asarray(raw, dtype=np.float64), 0.0, 1.0)
+    return [float(v) for v in calibration.apply(clipped)]
+
+
+def calibrated_confidence(annotation: Annotation) -> float:
+    """The annotation's overall confidence in calibrated terms, by its run's model and
+    prompt version's map; the raw confidence where the pair has none."""
+    run = annotation.run
+    calibration = calibration_map(run.model_name, run.prompt_version_id)
+    return calibrated_confidences(calibration, [annotation.confidence])[0]
 
 
 def calibration_current(run: GenerationRun) -> CalibrationFit | None:

@@ -58,10 +58,7 @@ class Side:
     @classmethod
     def of_run(cls, run: GenerationRun) -> Side:
         strategy = run.params.get("strategy", "")
-        label = (
-            f"run {str(run.code)[:8]} · {run.dataset.name} · {run.model_name} · {strategy}"
-            f" · v{run.prompt_version.number} · {run.created_at:%Y-%m-%d %H:%M}"
-        )
+        label = f"{run.label} · {run.model_name} · {strategy} · v{run.prompt_version.number}"
         return cls(label, Annotation.objects.filter(run=run), run.review_threshold, run=run)
 
     @classmethod

@@ -33,9 +33,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import models
-from django.db.models import BooleanField, Count, Exists, OuterRef, Q, Sum, Value
-from django.db.models.functions import TruncHour, TruncMinute
-from django.utils import timezone
+from django.db.models import BooleanField, Count, Exists, Max, Min, OuterRef, Q, Sum, Value
 
 from seke_app.engine import quality
 from seke_app.engine.knowledge import AU_RATES
@@ -50,6 +48,7 @@ from seke_app.insights.references import (
     human_references,
     reference_for,
 )
+from seke_app.insights.timeline import bucket_for, database_unit, merge
 from seke_app.models import Annotation, GenerationRun, PromptVersion
 from seke_app.models.runs import ThresholdChange, confident
 from seke_app.runs.threshold import ThresholdRefused, run_threshold_set
@@ -59,8 +58,6 @@ CALIBRATION_BINS = 10
 # The scatter shows at most this many points, sampled evenly (a browser draws
 # 5,000 SVG markers without trouble; the distribution is already clear).
 VA_SAMPLE_CAP = 5000
-# Runs longer than this are bucketed by hour instead of by minute.
-MINUTE_BUCKETS_UP_TO = timedelta(hours=12)
 
 CONFIDENCE_GRAINS = ("expression", "va", "aus", "overall")
 # "au_each" scores every AU on its own, at the share of samples that agreed on it.
@@ -585,26 +582,26 @@ def _au_frequencies(run: GenerationRun, tally: _Tally) -> list[AUFrequency]:
 
 
 def _timeline(run: GenerationRun) -> tuple[list[TimePoint], str]:
-    start = run.started_at or run.created_at
-    span = (run.finished_at or timezone.now()) - start
-    by_hour = span > MINUTE_BUCKETS_UP_TO
-    truncate = TruncHour if by_hour else TruncMinute
-    minutes = 60.0 if by_hour else 1.0
+    """Annotations and cost per bucket of time, and the bucket's name (``timeline``)."""
+    annotations = Annotation.objects.filter(run=run)
+    bounds = annotations.aggregate(first=Min("created_at"), last=Max("created_at"))
+    if bounds["first"] is None:
+        return [], bucket_for(timedelta(0)).name
+    span = bounds["last"] - bounds["first"]
+    bucket = bucket_for(span)
     rows = (
-        Annotation.objects.filter(run=run)
-        .annotate(at=truncate("created_at"))
+        annotations.annotate(at=database_unit(span)("created_at"))
         .values("at")
         .annotate(n=Count("id"), cost=Sum("cost_usd"))
         .order_by("at")
     )
     points: list[TimePoint] = []
     done, spent = 0, 0.0
-    for row in rows:
-        done += row["n"]
-        cost = float(row["cost"] or 0)
+    for start, n, cost in merge(rows, bucket):
+        done += n
         spent += cost
-        points.append(TimePoint(row["at"], row["n"], row["n"] / minutes, cost, done, spent))
-    return points, "hour" if by_hour else "minute"
+        points.append(TimePoint(start, n, n * 60 / bucket.seconds, cost, done, spent))
+    return points, bucket.name
 
 
 def _progress(run: GenerationRun) -> ReviewProgress:

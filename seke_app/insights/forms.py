@@ -27,10 +27,8 @@ class ThresholdForm(forms.Form):
 
 
 def _run_label(run: GenerationRun) -> str:
-    return (
-        f"{run.created_at:%Y-%m-%d %H:%M} · {run.dataset.name} · {run.model_name}"
-        f" · v{run.prompt_version.number} · {run.n_done} annotated"
-    )
+    # The run's own label first: it is what tells two runs apart when a drop-down cuts.
+    return f"{run.label} · {run.model_name} · v{run.prompt_version.number} · {run.n_done} annotated"
 
 
 class _RunChoice(forms.ModelChoiceField):  # type: ignore[type-arg]

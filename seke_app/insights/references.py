@@ -187,6 +187,12 @@ class DecisionStore(Protocol):
         """Whether a decision (not undone, not a gold answer) exists on the outer row."""
         ...
 
+    def review_waiting(
+        self, *, annotation: OuterRef | None = None, image: OuterRef | None = None
+    ) -> Exists:
+        """Whether a review task (not a gold question) awaits a decision on the outer row."""
+        ...
+
 
 _stores: list[DecisionStore] = []
 
@@ -388,3 +394,13 @@ def decided_annotations() -> Exists:
 def decided_images() -> Exists:
     """For a query over images: whether a human decided any annotation of the image."""
     return decision_store().decision_exists(image=OuterRef("pk"))
+
+
+def waiting_annotations() -> Exists:
+    """For a query over annotations: whether a review task awaits a decision on it."""
+    return decision_store().review_waiting(annotation=OuterRef("pk"))
+
+
+def waiting_images() -> Exists:
+    """For a query over images: whether a review task awaits a decision on the image."""
+    return decision_store().review_waiting(image=OuterRef("pk"))

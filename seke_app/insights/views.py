@@ -51,6 +51,8 @@ def run_dashboard_view(request: HttpRequest, code: UUID) -> HttpResponse:
         "certify_form": CertifyForm(),
         "certificate": run_certificate_latest(run),
         "recalibration": run_recalibration(run),
+        # Until the run is settled the page reloads itself (its figures still move).
+        "settled": run.is_settled(),
     }
     return render(request, "insights/run_dashboard.html", context)
 
@@ -99,8 +101,8 @@ def run_audits_view(request: HttpRequest, code: UUID) -> HttpResponse:
         return redirect(back)
     messages.success(
         request,
-        f"{opened} blind audit task{pluralize(opened)} opened on images drawn at random from "
-        "this run; certify again once they are reviewed.",
+        f"{opened} image{pluralize(opened)} drawn at random from this run added to the blind "
+        "audit; certify again once they are reviewed.",
     )
     return redirect(back)
 

@@ -21,7 +21,9 @@ class Dataset(models.Model):
     name = models.SlugField(max_length=100, unique=True)
     description = models.TextField(blank=True)
     licence_note = models.TextField(blank=True)
-    au_vocabulary = models.CharField(max_length=20, choices=AU_VOCABULARY_CHOICES, default="feid17")
+    au_vocabulary = models.CharField(
+        "AU vocabulary", max_length=20, choices=AU_VOCABULARY_CHOICES, default="feid17"
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -154,6 +156,14 @@ class DatasetImport(QueuedJob):
     def folder(self) -> Path:
         """The folder the upload is kept in while the job waits or runs."""
         return imports_dir() / str(self.code)
+
+    def is_settled(self) -> bool:
+        """Finished, and its job has let go of the upload, which it removes last.
+
+        An import cancelled while it runs still imports the batch it is on and then
+        counts it on the row: its page follows it until then.
+        """
+        return self.is_finished() and self._lets_go_of(self.folder())
 
     def source_path(self) -> Path:
         return imports_dir() / self.upload_path

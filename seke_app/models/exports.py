@@ -30,6 +30,8 @@ class Export(QueuedJob):
     # n_total counts images to read (FEAB reads them twice: once to split, once to write).
     n_written = models.PositiveIntegerField(default=0)
     n_skipped = models.PositiveIntegerField(default=0)
+    # Why the skipped images were left out: {reason in words: count}, summing to n_skipped.
+    skipped_by_reason = models.JSONField(default=dict, blank=True)
     # Relative to exports_dir(); empty until the export is done.
     file_path = models.CharField(max_length=300, blank=True)
     file_size = models.PositiveBigIntegerField(default=0)
@@ -47,6 +49,11 @@ class Export(QueuedJob):
         if not self.n_total:
             return 1.0 if self.status == self.Status.DONE else 0.0
         return super().progress
+
+    def is_settled(self) -> bool:
+        """Finished, and its job has removed its work folder (it does so last, whatever
+        the end: a cancelled export's job stops at its next progress write)."""
+        return self.is_finished() and self._lets_go_of(exports_dir() / str(self.code) / ".work")
 
     def file_name(self) -> str:
         return Path(self.file_path).name

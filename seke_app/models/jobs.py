@@ -9,6 +9,8 @@ its own ``Status`` choices and names the statuses after which nothing changes.
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
+from pathlib import Path
 from typing import ClassVar
 
 from django.conf import settings
@@ -45,6 +47,23 @@ class TrackedJob(models.Model):
 
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+    def is_settled(self) -> bool:
+        """Finished, and none of its work goes on: a page that follows the job refreshes
+        until then. A job whose work can outlive its status (a cancel lets the piece
+        at hand finish) adds its own check."""
+        return self.is_finished()
+
+    def _lets_go_of(self, folder: Path) -> bool:
+        """Whether a finished job's worker is done with ``folder``, which it removes last.
+
+        A worker that died never removes it; RQ stops a job after JOB_TIMEOUT at the
+        latest, so once that long has passed since the job finished it is taken as done.
+        """
+        if not folder.exists():
+            return True
+        timeout = timedelta(seconds=settings.JOB_TIMEOUT)
+        return self.finished_at is not None and timezone.now() - self.finished_at > timeout
 
     @property
     def progress(self) -> float:

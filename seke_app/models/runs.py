@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import uuid
-from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
-from django.db import models
-from django.db.models import F, Q
+from django.db import models, transaction
+from django.db.models import F, Max, Q
+from django.db.models.functions import Now
+from django.utils import timezone
 
 from seke_app.models.datasets import EXPRESSION_CHOICES, Dataset, FaceImage
 from seke_app.models.jobs import TrackedJob
@@ -98,6 +98,9 @@ class PromptVersion(models.Model):
         return [v for v in self.lineage() if v.learned_from_decisions is None and v.parent_id]
 
 
+NAME_MAX_LENGTH = 100
+
+
 class GenerationRun(TrackedJob):
     class Backend(models.TextChoices):
         OFFLINE = "offline", "Offline CNN annotator (baseline)"
@@ -113,6 +116,10 @@ class GenerationRun(TrackedJob):
         FAILED = "failed", "Failed"
 
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="runs")
+    # The run's number among its dataset's runs (1, 2, ...: "demo #3"), given when it
+    # is created, and an optional name: together they tell runs apart (``label``).
+    number = models.PositiveIntegerField()
+    name = models.CharField(max_length=NAME_MAX_LENGTH, blank=True)
     backend = models.CharField(max_length=20, choices=Backend.choices)
     model_name = models.CharField(max_length=100)
     prompt_version = models.ForeignKey(PromptVersion, on_delete=models.PROTECT, related_name="runs")
@@ -154,6 +161,9 @@ class GenerationRun(TrackedJob):
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status", "-created_at"], name="run_status_created")]
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "number"], name="run_number_per_dataset"),
+        ]
 
     @classmethod
     def audit_size(cls, share: float, n_images: int) -> int:
@@ -168,20 +178,65 @@ class GenerationRun(TrackedJob):
         return min(n_images, max(math.ceil(share * n_images), min(cls.MIN_AUDIT, n_images)))
 
     def __str__(self) -> str:
-        return f"run {self.code} on {self.dataset.name}"
+        return f"run {self.label}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Numbered here rather than by each caller, so that no run is ever without
+        # its number, however it is created.
+        if self.number is None:
+            with transaction.atomic():
+                self.number = self.next_number(self.dataset_id)
+                super().save(*args, **kwargs)
+            return
+        super().save(*args, **kwargs)
+
+    @staticmethod
+    def next_number(dataset_id: int) -> int:
+        """The number the dataset's next run takes: one more than its highest so far.
+
+        Called inside a transaction: the dataset's row is locked, so that two runs
+        created at once on one dataset (PostgreSQL) take different numbers; SQLite
+        serialises writers anyway. The unique constraint guards both.
+        """
+        Dataset.objects.select_for_update().filter(id=dataset_id).exists()
+        highest = GenerationRun.objects.filter(dataset_id=dataset_id).aggregate(n=Max("number"))
+        return (highest["n"] or 0) + 1
+
+    @property
+    def label(self) -> str:
+        """How every page names the run: "demo #3 · baseline · 2026-12-06 00:35".
+
+        The dataset and the run's number come first, so that a drop-down that cuts a
+        long label keeps the part that tells two runs apart; the time is local.
+        """
+        created = timezone.localtime(self.created_at) if self.created_at else None
+        parts = [f"{self.dataset.name} #{self.number}", self.name]
+        parts.append(f"{created:%Y-%m-%d %H:%M}" if created else "")
+        return " · ".join(part for part in parts if part)
+
+    def rename(self, name: str) -> None:
+        """Give the run a name (an empty one removes it); surrounding spaces are dropped."""
+        name = " ".join(name.split())
+        if len(name) > NAME_MAX_LENGTH:
+            raise ValueError(f"a run's name has at most {NAME_MAX_LENGTH} characters")
+        self.name = name
+        GenerationRun.objects.filter(id=self.id).update(name=name)
 
     @property
     def n_remaining(self) -> int:
         return max(self.n_total - self.n_done - self.n_failed, 0)
 
-    def gives_known_labels(self) -> bool:
-        """Whether the run's model reads the images' known labels.
+    def n_in_flight(self) -> int:
+        """Images a live worker is annotating now: held under a lease that has not run out.
 
-        The VLLM's prompt states them as correct and asks for them to be copied; the
-        offline annotator reads no prompt. The known-label check that flags a
-        contradicting answer runs for both, but it never changes the answer.
+        A stopped run (cancelled, at its cost cap, failed) starts no new image, but
+        the images in flight finish and are kept; a dead worker's lease runs out.
         """
-        return self.backend == self.Backend.OPENAI
+        return self.items.filter(status=RunItem.Status.LEASED, lease_until__gte=Now()).count()
+
+    def is_settled(self) -> bool:
+        """Finished, and no image is in flight: its counters change no more."""
+        return self.is_finished() and not self.n_in_flight()
 
     @property
     def progress(self) -> float:
@@ -259,8 +314,9 @@ class Annotation(models.Model):
     verification = models.JSONField(default=dict)
     confidence = models.FloatField(default=0.0)
     # ``flagged`` is SV-UAMC's verdict under the threshold the run had when the
-    # image was annotated; ``held`` is its part that no threshold changes (see
-    # ``held_reasons``). Whether the annotation is confident now is ``confident()``.
+    # image was annotated; ``held`` says that one of its reasons is one no threshold
+    # lifts (``engine.uamc.FlagReason.held``: a revision or failure of the
+    # verification, no valid sample). Whether it is confident now is ``confident()``.
     flagged = models.BooleanField(default=False)
     flag_reasons = models.JSONField(default=list)
     held = models.BooleanField(default=False)
@@ -270,10 +326,16 @@ class Annotation(models.Model):
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=10, decimal_places=6, default=0)
-    # The grains ("expression", "va", "aus") the model was given as the image's known
-    # labels. It was told to copy them, so they are never scored against the
-    # dataset's labels (``insights.references.reference_for``).
+    # The grains ("expression", "va", "aus") the image's known labels gave: SV-UAMC
+    # took them as inputs, so the answer carries the dataset's labels there and they
+    # are never scored against them (``insights.references.reference_for``).
     known_grains = models.JSONField(default=list, blank=True)
+    # Where each grain's value comes from: "dataset" (a given grain) or "model"; an
+    # empty mapping (annotations made before it was recorded) means "model" for all.
+    provenance = models.JSONField(default=dict, blank=True)
+    # The grains the backend does not observe, each with the grain it was inferred
+    # from ({"aus": "expression"} for the offline annotator).
+    inferred_from = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -303,21 +365,9 @@ class Annotation(models.Model):
     def aus_dict(self) -> dict[int, bool]:
         return {int(au): bool(on) for au, on in self.aus.items()}
 
-
-# A flag reason that SV-UAMC writes because a grain's confidence is under the
-# review threshold ("expression confidence 0.41 under 0.70: ..."), and the
-# knowledge conflicts it lists only beside such a reason ("knowledge: ...").
-_THRESHOLD_REASON = re.compile(r"^(?:[\w/-]+ confidence \d+\.\d+ under \d+\.\d+:|knowledge: )")
-
-
-def held_reasons(reasons: Iterable[str]) -> list[str]:
-    """The flag reasons that no review threshold changes.
-
-    They are the verification revising or failing on a grain, the answer
-    contradicting a human label given with the request, and no valid sample.
-    Every other reason says a grain's confidence is under the threshold.
-    """
-    return [reason for reason in reasons if not _THRESHOLD_REASON.match(reason)]
+    def grain_provenance(self) -> dict[str, str]:
+        """Each grain's provenance, "dataset" or "model" (see ``provenance``)."""
+        return {g: str(self.provenance.get(g, "model")) for g in ("expression", "va", "aus")}
 
 
 def confident() -> Q:
@@ -439,6 +489,12 @@ class RunCertificate(models.Model):
     # Audit references on which a stated grain was left unscored because the
     # model had been given it as a known label.
     n_given = models.PositiveIntegerField(default=0)
+    # Audit references whose image had no audit task of this run because it already
+    # had a decision or a waiting task when the run drew it (one image, one review):
+    # the decision standing on it served (``insights.certificates.audit_rows``);
+    # ``n_earlier_blind`` of them rest on blind decisions only.
+    n_earlier = models.PositiveIntegerField(default=0)
+    n_earlier_blind = models.PositiveIntegerField(default=0)
     needed = models.PositiveIntegerField(null=True, blank=True)
     method = models.CharField(max_length=300)
     change = models.OneToOneField(
@@ -475,8 +531,8 @@ class RunCertificate(models.Model):
             need = (
                 f"about {more} more blind audit reviews would be needed"
                 if more is not None
-                else "the audit's error rate is too close to the target, or above it, to say "
-                "how many more audit reviews would be needed"
+                else "at the error rates the audit shows (too close to the target, or above "
+                "it), no audit of the run's annotations would certify with an 80 % chance"
             )
             return (
                 f"Nothing certified for an error of at most {self.alpha:.1%} on {grains} "
@@ -487,9 +543,18 @@ class RunCertificate(models.Model):
             f"share with any of {grains} wrong is at most {self.alpha:.1%} with {level} "
             f"confidence (upper bound {self.upper_bound:.1%}; {self.errors_accepted} errors "
             f"among the {self.n_accepted_references} accepted of {self.n_references} audit "
-            f"references); {self.coverage:.1%} of the run's annotations auto-accepted. "
+            f"references{self._earlier()}); {self.coverage:.1%} of the run's annotations "
+            "auto-accepted. "
             f"{self.method}; made {self.created_at:%Y-%m-%d %H:%M} for {self.model_name}, "
             f"prompt v{self.prompt_version.number}."
+        )
+
+    def _earlier(self) -> str:
+        if not self.n_earlier:
+            return ""
+        return (
+            f", {self.n_earlier} of them decisions the image already had when the run drew "
+            f"it, {self.n_earlier_blind} of those blind"
         )
 
     @property
@@ -512,8 +577,9 @@ class CalibrationFit(models.Model):
 
     It maps the raw overall confidence to the estimated probability that every
     grain in ``grains`` is right (``engine.calibration``). The raw confidence stays
-    stored on the annotation; the map only changes what is shown. The latest fit
-    for a (model, prompt version) pair is the one that applies.
+    stored on the annotation; the map changes what is shown and the review queue's
+    order, which mixes models and prompt versions (``insights.certificates``). The
+    latest fit for a (model, prompt version) pair is the one that applies.
     """
 
     model_name = models.CharField(max_length=100)

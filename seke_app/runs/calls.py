@@ -26,6 +26,7 @@ from seke_app.engine.types import (
     Sample,
     Usage,
     VerificationRequest,
+    observed_grains,
 )
 
 
@@ -55,6 +56,7 @@ class ImageCalls:
         self._record = record
         self.name = backend.name
         self.model = backend.model
+        self.observed_grains = observed_grains(backend)
 
     def sample(self, request: AnnotationRequest, k: int, temperature: float) -> list[Sample]:
         self._before_call()

@@ -8,6 +8,7 @@ from django import forms
 
 from seke_app.engine.uamc import STRATEGIES, UAMCParams
 from seke_app.models import Dataset, GenerationRun, PromptVersion
+from seke_app.models.runs import NAME_MAX_LENGTH
 from seke_app.runs.backends import openai_configured
 
 _DEFAULTS = UAMCParams()
@@ -15,6 +16,12 @@ _DEFAULTS = UAMCParams()
 
 class RunForm(forms.Form):
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.all(), to_field_name="code")
+    name = forms.CharField(
+        required=False,
+        max_length=NAME_MAX_LENGTH,
+        help_text='Optional: what sets this run apart ("baseline", "new prompt"). Runs are'
+        " also numbered per dataset: the first run on demo is demo #1.",
+    )
     split = forms.CharField(required=False, help_text="Only images of this split (optional).")
     only_unconfident = forms.BooleanField(
         required=False,

@@ -43,7 +43,13 @@ from typing import Self
 import redis
 
 from seke_app.engine.llm.client import VLLMError
-from seke_app.engine.types import AnnotationRequest, ClosableBackend, Sample, VerificationRequest
+from seke_app.engine.types import (
+    AnnotationRequest,
+    ClosableBackend,
+    Sample,
+    VerificationRequest,
+    observed_grains,
+)
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +305,7 @@ class RateLimitedBackend:
         self._limiter = limiter
         self.name = backend.name
         self.model = backend.model
+        self.observed_grains = observed_grains(backend)
 
     def __enter__(self) -> Self:
         return self

@@ -40,7 +40,6 @@ from django.utils import timezone
 from rq import Worker
 
 from seke_app.engine.llm.client import VLLMError
-from seke_app.engine.prompts import anchors_text
 from seke_app.engine.types import AnnotationRequest, Backend, KnownLabels, Usage
 from seke_app.engine.uamc import UAMCParams, UAMCResult, run_uamc
 from seke_app.insights.references import decided_images
@@ -53,7 +52,7 @@ from seke_app.models import (
     PromptVersion,
     RunItem,
 )
-from seke_app.models.runs import confident, held_reasons
+from seke_app.models.runs import NAME_MAX_LENGTH, confident
 from seke_app.queue import QueueUnavailable, get_queue
 from seke_app.runs import hooks
 from seke_app.runs.backends import BackendUnavailable, backend_for, default_model
@@ -134,10 +133,14 @@ def run_create(
     image_filter: ImageFilter | None = None,
     double_review_share: float = 0.0,
     audit_share: float = 0.05,
+    name: str = "",
     user: AbstractBaseUser | None = None,
     enqueue: bool = True,
 ) -> GenerationRun:
     """Create a run over the selected images and enqueue it once committed.
+
+    ``name`` is optional (surrounding and repeated spaces are dropped); the run's
+    number within its dataset is given when it is saved.
 
     ``enqueue=False`` leaves the run queued with no job, for a caller that
     processes it in its own process (``run_generation --inline``).
@@ -153,6 +156,9 @@ def run_create(
         raise RunRefused("the audit share must lie between 0 and 1")
     if budget_usd is not None and budget_usd <= 0:
         raise RunRefused("the cost cap must be positive (leave it empty for none)")
+    name = " ".join(name.split())
+    if len(name) > NAME_MAX_LENGTH:
+        raise RunRefused(f"a run's name has at most {NAME_MAX_LENGTH} characters")
     model_name = model_name or default_model(backend)
     prompt_version = prompt_version or prompt_version_active()
     try:
@@ -177,6 +183,7 @@ def run_create(
             double_review_share=double_review_share,
             audit_share=audit_share,
             audit_seed=secrets.randbits(62),
+            name=name,
             created_by=user,  # type: ignore[misc]
         )
         ids = list(select_images(dataset, image_filter).values_list("id", flat=True))
@@ -456,7 +463,7 @@ def _annotate(
         log.exception("run %s: image %s failed", run.code, item.image.code)
         _item_failed(run.id, item_id, me, f"internal error: {type(exc).__name__}: {exc}")
         return
-    _store(run, item_id, item.image_id, me, result, known_grains(run, request))
+    _store(run, item_id, item.image_id, me, result)
 
 
 def _record_usage(run: GenerationRun, usage: Usage, running: _RunningGate) -> None:
@@ -518,24 +525,6 @@ def _request_for(image: FaceImage, run: GenerationRun) -> AnnotationRequest:
     )
 
 
-def known_grains(run: GenerationRun, request: AnnotationRequest) -> list[str]:
-    """The grains the run's model was given as known labels: those its prompt states.
-
-    Each grain is tested alone through the prompt's own ``anchors_text``, so that
-    this agrees with what was sent (an AU coding outside the vocabulary is not
-    sent); none when the model reads no prompt (``GenerationRun.gives_known_labels``).
-    """
-    if not run.gives_known_labels():
-        return []
-    known, vocabulary = request.known, request.vocabulary
-    alone = {
-        "expression": KnownLabels(expression=known.expression),
-        "va": KnownLabels(valence=known.valence, arousal=known.arousal),
-        "aus": KnownLabels(aus=known.aus),
-    }
-    return [grain for grain, labels in alone.items() if anchors_text(labels, vocabulary)]
-
-
 def _vllm_reason(exc: VLLMError) -> str:
     retry = "a retry may help" if exc.retryable else "a retry will not help"
     status = f"HTTP {exc.status}: " if exc.status else ""
@@ -566,7 +555,6 @@ def _store(
     image_id: int,
     me: str,
     result: UAMCResult,
-    known: list[str],
 ) -> None:
     with transaction.atomic():
         if not _holds(item_id, me):
@@ -576,7 +564,6 @@ def _store(
             run=run,
             image_id=image_id,
             prompt_version=run.prompt_version,
-            known_grains=known,
             **annotation_fields(result),
         )
         AnnotationSample.objects.bulk_create(sample_rows(annotation, result))
@@ -640,8 +627,11 @@ def annotation_fields(result: UAMCResult) -> dict[str, Any]:
         "verification": stored["verification"] or {},
         "confidence": result.overall_confidence,
         "flagged": result.flagged,
-        "flag_reasons": list(result.flag_reasons),
-        "held": bool(held_reasons(result.flag_reasons)),
+        "flag_reasons": result.flag_reasons,
+        "held": result.held,
+        "known_grains": list(result.given_grains),
+        "provenance": result.roles.provenance,
+        "inferred_from": dict(result.roles.inferred_from),
         "n_samples": result.n_samples,
         "n_valid": result.n_valid,
         "requests": result.usage.requests,

@@ -5,13 +5,16 @@ from __future__ import annotations
 from uuid import UUID
 
 from django.contrib import messages
+from django.contrib.auth.models import User
+from django.db.models.functions import Now
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from seke_app.models import GenerationRun
+from seke_app.insights.references import waiting_annotations
+from seke_app.models import Annotation, GenerationRun, RunItem
 from seke_app.queue import QueueUnavailable
-from seke_app.roles import admin_required
+from seke_app.roles import admin_required, request_user
 from seke_app.runs.forms import RunForm
 from seke_app.runs.services import (
     ImageFilter,
@@ -39,10 +42,30 @@ def _get_run(code: UUID) -> GenerationRun:
     )
 
 
+RUN_LIST_LIMIT = 100
+
+
+def _list_context() -> dict[str, object]:
+    runs = list(GenerationRun.objects.select_related("dataset", "prompt_version")[:RUN_LIST_LIMIT])
+    # One query for the images in flight of every listed run (``is_settled`` per run).
+    in_flight = set(
+        RunItem.objects.filter(
+            run__in=runs, status=RunItem.Status.LEASED, lease_until__gte=Now()
+        ).values_list("run_id", flat=True)
+    )
+    polling = any(not run.is_finished() or run.id in in_flight for run in runs)
+    return {"runs": runs, "polling": polling}
+
+
 @admin_required
 def run_list(request: HttpRequest) -> HttpResponse:
-    runs = GenerationRun.objects.select_related("dataset", "prompt_version")[:100]
-    return render(request, "runs/run_list.html", {"runs": runs})
+    return render(request, "runs/run_list.html", _list_context())
+
+
+@admin_required
+def run_rows(request: HttpRequest) -> HttpResponse:
+    """The live table of the runs page, polled by htmx while a run is at work."""
+    return render(request, "runs/_run_rows.html", _list_context())
 
 
 @admin_required
@@ -54,23 +77,8 @@ def run_new(request: HttpRequest) -> HttpResponse:
         initial["only_unconfident"] = True
     form = RunForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data
         try:
-            run = run_create(
-                dataset=data["dataset"],
-                backend=data["backend"],
-                model_name=data["model_name"],
-                prompt_version=data["prompt_version"],
-                params=form.params(),
-                budget_usd=data["budget_usd"],
-                concurrency=data["concurrency"],
-                double_review_share=data["double_review_share"] or 0.0,
-                audit_share=0.05 if data["audit_share"] is None else data["audit_share"],
-                image_filter=ImageFilter(
-                    split=data["split"], only_unconfident=data["only_unconfident"]
-                ),
-                user=request.user,  # type: ignore[arg-type]
-            )
+            run = _create(form, request_user(request))
         except (RunRefused, QueueUnavailable) as exc:
             form.add_error(None, str(exc))
         else:
@@ -79,18 +87,45 @@ def run_new(request: HttpRequest) -> HttpResponse:
     return render(request, "runs/run_new.html", {"form": form})
 
 
+def _create(form: RunForm, user: User) -> GenerationRun:
+    data = form.cleaned_data
+    return run_create(
+        dataset=data["dataset"],
+        backend=data["backend"],
+        model_name=data["model_name"],
+        prompt_version=data["prompt_version"],
+        params=form.params(),
+        budget_usd=data["budget_usd"],
+        concurrency=data["concurrency"],
+        double_review_share=data["double_review_share"] or 0.0,
+        audit_share=0.05 if data["audit_share"] is None else data["audit_share"],
+        image_filter=ImageFilter(split=data["split"], only_unconfident=data["only_unconfident"]),
+        name=data["name"],
+        user=user,
+    )
+
+
 def _progress_context(run: GenerationRun) -> dict[str, object]:
     rate = run_throughput(run)
-    eta = run.n_remaining / rate if rate and not run.is_finished() else None
+    finished = run.is_finished()
+    in_flight = run.n_in_flight()
+    eta = run.n_remaining / rate if rate and not finished else None
+    awaiting = Annotation.objects.filter(run=run).filter(waiting_annotations()).count()
     return {
         "run": run,
         "percent": round(run.progress * 100, 1),
         "rate": rate,
         "eta": eta,
+        "in_flight": in_flight,
+        # The page refreshes until the run's counters change no more.
+        "settled": finished and not in_flight,
+        # Images a stopped run will not annotate unless it is resumed.
+        "not_started": max(run.n_remaining - in_flight, 0) if finished else 0,
+        "awaiting_review": awaiting,
         "errors": run_recent_errors(run),
-        "stalled": 0 if run.is_finished() else run_stalled_items(run),
+        "stalled": 0 if finished else run_stalled_items(run),
         "resume_label": _resume_label(run),
-        "workers": None if run.is_finished() else _worker_note(),
+        "workers": None if finished else _worker_note(),
     }
 
 
@@ -131,6 +166,19 @@ def run_progress(request: HttpRequest, code: UUID) -> HttpResponse:
     """The live part of the run page, polled by htmx."""
     run = _get_run(code)
     return render(request, "runs/_run_progress.html", _progress_context(run))
+
+
+@require_POST
+@admin_required
+def run_rename_view(request: HttpRequest, code: UUID) -> HttpResponse:
+    run = _get_run(code)
+    try:
+        run.rename(request.POST.get("name", ""))
+    except ValueError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"The run is now called {run.label}.")
+    return redirect("run_detail", code=run.code)
 
 
 def _act(request: HttpRequest, code: UUID, action: str) -> HttpResponse:

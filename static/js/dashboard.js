@@ -171,31 +171,84 @@
     );
   }
 
+  // The bucket's width in milliseconds, from its name ("10-second", "1-hour").
+  const UNIT_MS = { second: 1000, minute: 60000, hour: 3600000, day: 86400000 };
+  function bucketMs(bucket) {
+    const match = /^(\d+)-(second|minute|hour|day)$/.exec(bucket);
+    return match ? Number(match[1]) * UNIT_MS[match[2]] : 60000;
+  }
+
+  // Plotly reads "2026-12-06T00:31:10+00:00" as the time written, offset aside;
+  // the server sends local times, so the axis shows the local clock.
+  function timeOf(text) {
+    return Date.parse(text.slice(0, 19) + "Z");
+  }
+
+  function iso(ms) {
+    return new Date(ms).toISOString().slice(0, 19);
+  }
+
+  // Ticks at whole buckets, at most about six of them, labelled only as finely as
+  // the bucket: never one time repeated along the axis.
+  function timeAxis(points, width) {
+    const first = timeOf(points[0].at);
+    const last = timeOf(points[points.length - 1].at);
+    const buckets = Math.round((last - first) / width) + 1;
+    const step = Math.max(1, Math.ceil(buckets / 6)) * width;
+    const days = new Date(first).toISOString().slice(0, 10) !== new Date(last).toISOString().slice(0, 10);
+    let format = width < 60000 ? "%H:%M:%S" : "%H:%M";
+    if (width >= 86400000) {
+      format = "%b %d";
+    } else if (days) {
+      format += "\n%b %d";
+    }
+    return {
+      type: "date", tickformat: format, tick0: iso(first), dtick: step,
+      range: [iso(first - width / 2), iso(last + width * 1.5)],
+    };
+  }
+
+  // A money axis from 0 to a little over the largest value, in cents or finer.
+  function costAxis(largest) {
+    const digits = largest >= 1 ? 2 : largest >= 0.01 ? 3 : 5;
+    return {
+      title: { text: "USD" }, overlaying: "y", side: "right", range: [0, largest * 1.15],
+      tickformat: "$." + digits + "f", nticks: 5, showgrid: false,
+    };
+  }
+
   function timelineChart(points, bucket) {
-    const at = points.map(function (p) { return p.at; });
-    // Each bar spans its bucket (in milliseconds on a date axis), starting where it starts.
-    const width = bucket === "hour" ? 3600000 : 60000;
-    draw(
-      "chart-timeline",
-      [
-        {
-          type: "bar", name: "annotations per minute", x: at, width: width, offset: 0,
-          y: points.map(function (p) { return p.per_minute; }), marker: { color: COLORS.accent },
-          hovertemplate: "%{x}: %{y:.1f} per minute<extra></extra>",
-        },
-        {
-          type: "scatter", mode: "lines+markers", name: "cumulative cost (USD)", x: at, yaxis: "y2",
-          y: points.map(function (p) { return p.cost; }), line: { color: COLORS.warn },
-          hovertemplate: "%{x}: $%{y:.4f} so far<extra></extra>",
-        },
-      ],
+    const at = points.map(function (p) { return iso(timeOf(p.at)); });
+    const width = bucketMs(bucket);
+    const perMinute = points.map(function (p) { return p.per_minute; });
+    const traces = [
       {
-        showlegend: true, legend: { orientation: "h", y: 1.15 }, margin: { l: 48, r: 56, t: 8, b: 40 },
-        xaxis: { type: "date", tickformat: "%H:%M\n%b %d" },
-        yaxis: { title: { text: "per minute" }, rangemode: "tozero" },
-        yaxis2: { title: { text: "USD" }, overlaying: "y", side: "right", rangemode: "tozero" },
-      }
-    );
+        // Each bar spans its bucket (in milliseconds on a date axis), starting where it starts.
+        type: "bar", name: "annotations per minute", x: at, width: width, offset: 0,
+        y: perMinute, marker: { color: COLORS.accent },
+        hovertemplate: "%{x}: %{y:.1f} per minute<extra></extra>",
+      },
+    ];
+    const largest = Math.max.apply(null, points.map(function (p) { return p.cost; }));
+    const extra = {
+      showlegend: true, legend: { orientation: "h", y: 1.15 }, margin: { l: 48, r: 64, t: 8, b: 48 },
+      xaxis: timeAxis(points, width),
+      yaxis: {
+        title: { text: "per minute" }, rangemode: "tozero",
+        range: [0, Math.max.apply(null, perMinute) * 1.15 || 1],
+      },
+    };
+    if (largest > 0) {
+      traces.push({
+        type: "scatter", mode: "lines+markers", name: "cumulative cost (USD)", yaxis: "y2",
+        // The cost so far at the end of each bucket.
+        x: points.map(function (p) { return iso(timeOf(p.at) + width); }),
+        y: points.map(function (p) { return p.cost; }), line: { color: COLORS.warn },
+        hovertemplate: "%{x}: $%{y:.4f} so far<extra></extra>",
+      });
+      extra.yaxis2 = costAxis(largest);
+    }
+    draw("chart-timeline", traces, extra);
   }
 
   function reliabilityTraces(grain, color, name) {

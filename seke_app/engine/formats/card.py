@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seke_app.engine.formats.records import GRAIN_TITLES, GRAINS, SOURCES, CuratedRecord
+from seke_app.engine.formats.words import count
 from seke_app.engine.ppi import Interval
 from seke_app.engine.vocab import AU_NAMES, EXPRESSIONS
 
@@ -158,7 +159,7 @@ def _distribution_sections(stats: CardStats) -> list[str]:
     if stats.grains["va"]:
         lines += [
             f"Mean valence {summary['mean_valence']:+.3f}, mean arousal"
-            f" {summary['mean_arousal']:+.3f} over {stats.grains['va']} images.",
+            f" {summary['mean_arousal']:+.3f} over {count(stats.grains['va'], 'image')}.",
             "",
         ]
         lines += _table(
@@ -252,7 +253,8 @@ def _quality_section(runs: Sequence[RunQuality]) -> list[str]:
             "",
             escape_markdown(run.certificate or run.note),
             "",
-            f"{run.n_audit} blind audit references among {run.n_annotations} annotations.",
+            f"{count(run.n_audit, 'blind audit reference')} among"
+            f" {count(run.n_annotations, 'annotation')}.",
             "",
         ]
         rows = [
@@ -276,7 +278,7 @@ def card_markdown(
     lines += [
         f"- **{escape_markdown(key)}**: {escape_markdown(value)}" for key, value in summary.items()
     ]
-    lines += ["", f"{stats.n_records} images.", ""]
+    lines += ["", f"{count(stats.n_records, 'image')}.", ""]
     lines += [*notes, ""] if notes else []
     lines += _provenance_section(stats)
     lines += _distribution_sections(stats)

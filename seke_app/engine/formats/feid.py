@@ -29,6 +29,7 @@ import random
 from typing import Any
 
 from seke_app.engine.formats.records import VA_DECIMALS, CuratedRecord, au_key, round_va
+from seke_app.engine.formats.words import with_article
 from seke_app.engine.vocab import AU_NAMES
 
 FORMATS: tuple[str, ...] = ("llava", "openai", "sharegpt")
@@ -77,10 +78,17 @@ def record_rng(seed: int, image: str) -> random.Random:
     return random.Random(f"{seed}:{image}")
 
 
-def _level(value: float, low: str, middle: str, high: str) -> str:
-    if value > 0.1:
+# Valence and arousal in words: below -LEVEL_BAND, within it, above it.
+LEVEL_BAND = 0.1
+VALENCE_WORDS = ("unpleasant", "neutral", "pleasant")
+AROUSAL_WORDS = ("calm", "moderately activated", "activated")
+
+
+def _level(value: float, words: tuple[str, str, str]) -> str:
+    low, middle, high = words
+    if value > LEVEL_BAND:
         return high
-    if value < -0.1:
+    if value < -LEVEL_BAND:
         return low
     return middle
 
@@ -106,11 +114,11 @@ def answer_text(record: CuratedRecord, grain: str) -> str:
         return f"The facial expression is {record.expression}."
     if grain == "va":
         assert record.valence is not None and record.arousal is not None
-        mood = _level(record.valence, "unpleasant", "neither pleasant nor unpleasant", "pleasant")
-        energy = _level(record.arousal, "calm", "moderately activated", "activated")
+        mood = _level(record.valence, VALENCE_WORDS)
+        energy = _level(record.arousal, AROUSAL_WORDS)
         return (
             f"Valence is {_number(record.valence)} and arousal is {_number(record.arousal)},"
-            f" on scales from -1 to 1: a {mood}, {energy} state."
+            f" on scales from -1 to 1: {with_article(f'{mood}, {energy} state')}."
         )
     active = record.active_aus()
     absent = sorted(au for au, on in (record.aus or {}).items() if not on)

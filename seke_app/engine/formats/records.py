@@ -25,6 +25,12 @@ VA_DECIMALS = 3
 
 GRAIN_TITLES = {"expression": "expression", "va": "valence-arousal", "aus": "action units"}
 
+# Why a filter admits nothing of a record, in words (``LabelFilter.refusal``).
+NO_LABEL = "no label SEKE stands behind yet (not annotated, or flagged and not reviewed)"
+NOT_EXPORTED = "labels only of grains this export leaves out"
+SOURCE_NOT_ADMITTED = "labels only from sources this export does not admit"
+UNDER_MIN_CONFIDENCE = "machine labels under the minimum confidence"
+
 
 def round_va(value: float) -> float:
     # Adding 0.0 turns a rounded -0.0 into 0.0, which reads better in text.
@@ -176,3 +182,26 @@ class LabelFilter:
         if len(dropped) == len(GRAINS):
             return None
         return record.without(dropped) if dropped else record
+
+    def refusal(self, record: CuratedRecord) -> str:
+        """Why ``apply`` leaves nothing of the record, in words.
+
+        The first that holds of: no label at all; labels only of grains not
+        exported; a machine label of an exported grain from an admitted source but
+        under the minimum confidence; labels only from sources not admitted.
+        """
+        present = record.grains()
+        if not present:
+            return NO_LABEL
+        wanted = [g for g in present if g in self.grains]
+        if not wanted:
+            return NOT_EXPORTED
+        for grain in wanted:
+            provenance = record.provenance.get(grain)
+            if (
+                provenance is not None
+                and provenance.source == "machine"
+                and "machine" in self.sources.get(grain, frozenset())
+            ):
+                return UNDER_MIN_CONFIDENCE
+        return SOURCE_NOT_ADMITTED

@@ -24,6 +24,7 @@ from seke_app.engine.schema import (
     verification_json_schema,
 )
 from seke_app.engine.types import (
+    ALL_GRAINS,
     AnnotationRequest,
     Sample,
     SampleKind,
@@ -87,6 +88,8 @@ class OpenAIBackend:
     """A ``Backend`` on any OpenAI-compatible endpoint, through ``VLLMClient``."""
 
     name = "openai"
+    # A vision LLM reads every grain from the image.
+    observed_grains = ALL_GRAINS
 
     def __init__(
         self,

@@ -593,6 +593,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     check_export(args.out, result["held"])
 
 
+# What the weights were learnt from and on what terms, written into their metadata
+# (the README's "Provenance of the offline weights" says the same for people).
+TRAINING_DATA_TERMS = {
+    "ferplus_train": (
+        "FER2013 faces (Goodfellow et al., ICML 2013 challenge; Kaggle's competition data "
+        "rules) with Microsoft's FER+ votes (Barsoum et al., ICMI 2016; label files under "
+        "the MIT licence); research data, not redistributed"
+    ),
+    "affectnet_train": (
+        "AffectNet faces with expression, valence and arousal (Mollahosseini, Hasani & "
+        "Mahoor, 2017), released only under the AffectNet licence agreement: non-commercial "
+        "research, no redistribution"
+    ),
+}
+WEIGHTS_USE = (
+    "Learnt from the data above, so bound by their terms: treat the weights as for "
+    "non-commercial research. For other use, retrain on data you may use that way."
+)
+RETRAIN = (
+    "python -m seke_app.engine.offline.train --ferplus-train VOTES_DIR --affectnet-train "
+    "VA_DIR (VOTES_DIR/manifest.csv: file, expression, votes_<expression> for the 8 "
+    "expressions; VA_DIR/manifest.csv: file, expression, valence, arousal), then "
+    "python manage.py seke_fit_likelihoods --data DIR (DIR/affectnet_train, DIR/ferplus_train)"
+)
+
+
 def build_metadata(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
     train, held = result["train"], result["held"]
     return {
@@ -612,6 +638,13 @@ def build_metadata(args: argparse.Namespace, result: dict[str, Any]) -> dict[str
                 "held_out": int(held.is_affectnet.sum()),
             },
         },
+        "training_data_sources": {
+            "ferplus_train": args.ferplus_train.name,
+            "affectnet_train": args.affectnet_train.name,
+        },
+        "training_data_terms": TRAINING_DATA_TERMS,
+        "use": WEIGHTS_USE,
+        "retrain": RETRAIN,
         "epochs": args.epochs,
         "samples_per_epoch": args.samples_per_epoch,
         "best_epoch": result["best"]["epoch"],

@@ -1,9 +1,10 @@
 """SV-UAMC: uncertainty-aware Monte Carlo sampling with self-verification.
 
-The package: ``params`` (run parameters), ``uncertainty`` (votes, per-grain
-uncertainty, the plurality posterior), ``aggregation`` (sampling rounds,
-aggregation, verification), ``confidence`` (confidence and flags), and here the
-result and the procedure, ``run_uamc``.
+The package: ``params`` (run parameters, the grains' roles), ``uncertainty``
+(votes, per-grain uncertainty, the plurality posterior), ``aggregation``
+(sampling rounds, aggregation, verification), ``confidence`` (confidence per
+grain), ``reasons`` (the flag's reasons in words), and here the result and the
+procedure, ``run_uamc``.
 
 The method's name and outline come from Wang et al. (arXiv 2505.18168); its
 details are not published, so everything below is this project's own definition
@@ -14,6 +15,39 @@ strategies, so that accuracy per call can be compared fairly:
   fewer than ``kmax`` exist, then verify;
 * ``fixed``: draw ``kmax`` samples at once (no adaptivity), verify if asked;
 * ``single``: draw one sample and never verify.
+
+Known and inferred grains
+    A grain the image's known labels give (``KnownLabels.grains``: the
+    expression, valence and arousal together, AUs coded in the vocabulary) is an
+    input, not a question. The answer carries the dataset's value (and the
+    aggregate already does, so the verifier sees it and a tie of the expression
+    is broken with it); its samples' spread does not keep the sampler drawing;
+    the verification cannot revise it; its confidence is 1 (one component,
+    ``given``); it never adds a flag reason. Its provenance is ``dataset``, that
+    of every other grain ``model``. When every grain is given and every AU of the
+    vocabulary coded, nothing is left to predict and no call is made. AUs the
+    labels leave uncoded keep the model's answer, and the evidence names them.
+
+    A known grain therefore cannot contradict the answer, and the check that
+    flagged such contradictions is gone. What a contradiction check still
+    means is a *predicted* grain far from what a given grain implies, and that
+    is the knowledge component's job: the consistency is scored on the final
+    answer, so a predicted VA far from a given expression's typical VA lowers
+    the VA confidence and, under the threshold, names the conflict. That
+    conflict is a doubt, not a verdict, so a lower threshold can lift it.
+
+    A grain the backend does not observe (``Backend.observed_grains``; the
+    offline annotator's AUs) is *inferred* from the expression (or, when the
+    expression itself is not observed, from the first grain that is observed or
+    given). Its confidence is its source's (one component, ``inferred``): its
+    samples disagree only because their expressions do, which the source's
+    confidence already counts. It never keeps the sampler drawing and never
+    flags on its own; the verification revises it only together with its
+    source, and that revision's reason says that it followed. It is aggregated
+    over the votes that chose the answer's expression, so that it follows that
+    expression rather than the votes' mix (where none did, it is what the
+    knowledge makes typical of the expression), and the knowledge leaves it out
+    of the consistency: made from the expression, its fit with it is no evidence.
 
 Votes
     A sample votes when it is valid (it parsed into an ``Answer``) and its
@@ -63,7 +97,8 @@ Uncertainty per grain (computed on the votes after every round)
     confidence and is named in the disagreement text.
 
 Stopping rule
-    ``uamc`` stops as soon as no grain is unsure, or when ``kmax`` samples have
+    ``uamc`` stops as soon as no predicted grain is unsure (given and inferred
+    grains do not count), or when ``kmax`` samples have
     been drawn (valid or not), or when the backend returns no samples at all.
     Without votes every grain is unsure, so failures are retried up to ``kmax``.
 
@@ -95,25 +130,31 @@ Aggregation
     most common intensity among the votes that mark it active (the lower letter
     on a tie, which errs on the side of a weaker claim). Evidence comes from the
     first vote for the chosen expression (when the masses chose a class no sample
-    drew, the evidence says so).
+    drew, the evidence says so and gives its mean probability). Given grains then
+    take the known labels.
 
 Self-verification
     One call shows the model the aggregate and the disagreement in words. Its
     verdict per grain (``expression``, ``va``, ``aus``) is "confirm" or "revise".
     A revised grain takes the verifier's value: the verifier has seen everything
     the samples saw plus the disagreement, so its considered answer is preferred,
-    and the revision flags the item for a human anyway. The pre-verification
-    aggregate is kept in the result. An invalid verification reply is kept and
+    and the revision flags the item for a human anyway. A revision of a given
+    grain, or of an inferred grain whose source stands, is not applied
+    (``Verification.ignored``). The pre-verification aggregate is kept in the
+    result. An invalid verification reply is kept and
     flags the item, because the run asked for a verified answer and has none.
 
 Confidence per grain
-    The weighted geometric mean of three components in [0, 1]. The weights are
+    Of a predicted grain (a given one has 1, an inferred one its source's): the
+    weighted geometric mean of three components in [0, 1]. The weights are
     run parameters (``UAMCParams.weights``, and ``UAMCParams.graded_weights`` for
     a graded verification, below); the values given here are their defaults.
 
     * agreement (weight 0.7): expression, the plurality posterior of the final
       expression over the masses; VA, ``1 - min(1, max(sd V, sd A) / 0.5)``, 0.5 meaning the
-      samples spread over a quarter of the scale; AUs, the mean of
+      samples spread over a quarter of the scale, where a backend that reports its
+      own error of a reading (``Sample.va_sd``) has it added to the spread per
+      axis (``VAStats.total_sd``); AUs, the mean of
       ``|2 rate - 1|`` over the AUs that any vote marks active (1 when none does).
       A single vote says nothing about agreement, so VA and AUs then get 0.5
       (the expression posterior of one vote is already low, 0.34 of 8 classes).
@@ -148,15 +189,15 @@ Overall confidence
     not mean what it says.
 
 Flags
-    An item is flagged, with a reason in words for each cause, when a grain's
-    confidence is under ``review_threshold`` (with the split, spread or disputed
-    AUs behind it and the knowledge conflicts), when the verification revised a
-    grain or failed, when the answer contradicts a human label given with the
-    request, and when no sample was valid (then there is no answer and the
-    confidence is 0). Known labels never change the answer: they only flag.
-    Known VA contradicts the answer when it differs by more than 0.4, a fifth of
-    the scale and beyond the AffectNet per-class standard deviations (0.06 to
-    0.24, ``knowledge.VA_PRIORS``).
+    An item is flagged, with a reason for each cause (``reasons.FlagReason``),
+    when a predicted grain's confidence is under ``review_threshold`` (with the
+    votes, probabilities and spread behind it, the components, and the knowledge
+    conflicts that involve a predicted grain), when the verification revised a
+    grain or failed, and when no sample was valid (then there is no answer and
+    the confidence is 0). Each reason has a kind: a low confidence and its
+    knowledge conflicts are lifted by a lower threshold, the others hold the
+    item for review whatever the threshold (``UAMCResult.held``). The words
+    describe the final answer and how it was reached; ``reasons`` says how.
 
 Defaults
     K0 3, Kmax 10, step 2, temperature 1.0, entropy threshold 0.35, plurality
@@ -176,7 +217,7 @@ Defaults
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from seke_app.engine.knowledge import Consistency, consistency
@@ -186,27 +227,32 @@ from seke_app.engine.types import (
     Backend,
     Sample,
     Usage,
+    observed_grains,
 )
 from seke_app.engine.uamc.aggregation import (
     Verification,
     _draw_samples,
     aggregate,
     disagreement_text,
+    follow_sources,
     verify,
+    with_known,
 )
-from seke_app.engine.uamc.confidence import (
-    GrainConfidence,
-    _confidence_reasons,
-    _verification_reasons,
-    grain_confidence,
-    known_label_contradictions,
-)
+from seke_app.engine.uamc.confidence import GrainConfidence, grain_confidence
 from seke_app.engine.uamc.params import (
     GRAINS,
     STRATEGIES,
     ConfidenceWeights,
+    GrainRoles,
     Strategy,
     UAMCParams,
+)
+from seke_app.engine.uamc.reasons import (
+    FlagReason,
+    Outcome,
+    confidence_reasons,
+    no_answer_reason,
+    verification_reasons,
 )
 from seke_app.engine.uamc.uncertainty import (
     ExpressionStats,
@@ -217,13 +263,16 @@ from seke_app.engine.uamc.uncertainty import (
     vote_weights,
     votes_of,
 )
+from seke_app.engine.vocab import Vocabulary
 
 __all__ = [
     "GRAINS",
     "STRATEGIES",
     "ConfidenceWeights",
     "ExpressionStats",
+    "FlagReason",
     "GrainConfidence",
+    "GrainRoles",
     "Strategy",
     "UAMCParams",
     "UAMCResult",
@@ -232,7 +281,6 @@ __all__ = [
     "aggregate",
     "disagreement_text",
     "grain_confidence",
-    "known_label_contradictions",
     "measure",
     "plurality_posterior",
     "projected_posterior",
@@ -255,12 +303,19 @@ def _sample_json(sample: Sample) -> dict[str, Any]:
         "verdict": dict(sample.verdict) if sample.verdict is not None else None,
         "usage": asdict(sample.usage),
         "expression_probs": sample.expression_probs,
+        "va_sd": list(sample.va_sd) if sample.va_sd is not None else None,
     }
 
 
 @dataclass(frozen=True)
 class UAMCResult:
-    """SV-UAMC's outcome for one image: the answer, the evidence for trusting it, the cost."""
+    """SV-UAMC's outcome for one image: the answer, the evidence for trusting it, the cost.
+
+    ``roles`` says which grains were given by the image's known labels (the answer
+    carries them), which were inferred and from what, and so each grain's
+    provenance. ``reasons`` are the flag's causes; ``flagged`` and ``held`` follow
+    from them.
+    """
 
     strategy: Strategy
     answer: Answer | None
@@ -272,11 +327,29 @@ class UAMCResult:
     consistency: Consistency | None
     verification: Verification | None
     overall_confidence: float
-    flagged: bool
-    flag_reasons: list[str]
+    reasons: list[FlagReason]
     usage: Usage
     n_samples: int
     n_valid: int
+    roles: GrainRoles = field(default_factory=GrainRoles)
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.reasons)
+
+    @property
+    def held(self) -> bool:
+        """Whether some reason holds the item for review whatever the threshold."""
+        return any(reason.held for reason in self.reasons)
+
+    @property
+    def flag_reasons(self) -> list[str]:
+        """The reasons in words, as the review page shows them."""
+        return [reason.text for reason in self.reasons]
+
+    @property
+    def given_grains(self) -> tuple[str, ...]:
+        return self.roles.given
 
     @property
     def n_invalid(self) -> int:
@@ -303,7 +376,12 @@ class UAMCResult:
             "verification": self.verification.to_json() if self.verification else None,
             "overall_confidence": self.overall_confidence,
             "flagged": self.flagged,
-            "flag_reasons": list(self.flag_reasons),
+            "held": self.held,
+            "flag_reasons": self.flag_reasons,
+            "reasons": [reason.to_json() for reason in self.reasons],
+            "given_grains": list(self.roles.given),
+            "provenance": self.roles.provenance,
+            "inferred_from": dict(self.roles.inferred_from),
             "usage": asdict(self.usage),
             "n_samples": self.n_samples,
             "n_valid": self.n_valid,
@@ -341,12 +419,12 @@ def _total_usage(samples: Sequence[Sample]) -> Usage:
 
 
 def _without_answer(
-    params: UAMCParams, samples: list[Sample], rounds: list[int], uncertainty: Uncertainty
+    params: UAMCParams,
+    samples: list[Sample],
+    rounds: list[int],
+    uncertainty: Uncertainty,
+    roles: GrainRoles,
 ) -> UAMCResult:
-    first_error = next((s.error for s in samples if s.error), None)
-    reason = f"all {len(samples)} samples were invalid"
-    if first_error:
-        reason += f" (first error: {first_error})"
     return UAMCResult(
         strategy=params.strategy,
         answer=None,
@@ -358,38 +436,119 @@ def _without_answer(
         consistency=None,
         verification=None,
         overall_confidence=0.0,
-        flagged=True,
-        flag_reasons=[reason],
+        reasons=[no_answer_reason(samples)],
         usage=_total_usage(samples),
         n_samples=len(samples),
         n_valid=0,
+        roles=roles,
+    )
+
+
+def _after_verification(
+    verification: Verification,
+    combined: Answer,
+    votes: Sequence[Answer],
+    roles: GrainRoles,
+    vocabulary: Vocabulary,
+) -> Answer:
+    """The verified answer; an inferred grain the verifier left as it was follows a
+    revised expression all the same (``follow_sources``)."""
+    answer = verification.answer
+    if answer.expression == combined.expression:
+        return answer
+    unrevised = {g: s for g, s in roles.inferred_from.items() if g not in verification.revised}
+    return follow_sources(answer, votes, GrainRoles(roles.given, unrevised), vocabulary)
+
+
+def _consistency(answer: Answer, roles: GrainRoles, vocabulary: Vocabulary) -> Consistency:
+    """The answer's fit with the knowledge, leaving out inferred grains: they were
+    made from the expression, so their fit with it is no evidence for it."""
+    inferred = roles.inferred_from
+    va_known = "va" not in inferred
+    return consistency(
+        answer.expression,
+        answer.valence if va_known else None,
+        answer.arousal if va_known else None,
+        None if "aus" in inferred else answer.aus,
+        vocabulary,
+    )
+
+
+def _nothing_to_predict(request: AnnotationRequest, roles: GrainRoles) -> Answer | None:
+    """The known labels as the whole answer, when they give every grain and code
+    every AU of the vocabulary; None when something is left to predict."""
+    known, vocabulary = request.known, request.vocabulary
+    va = known.va()
+    coded = known.coded_aus(vocabulary)
+    if len(roles.given) < len(GRAINS) or known.expression is None or va is None:
+        return None
+    if set(coded) != set(vocabulary.aus):
+        return None
+    bare = Answer(expression=known.expression, valence=va[0], arousal=va[1], aus=coded)
+    return with_known(bare, known, roles.given, vocabulary)
+
+
+def _given_whole(
+    params: UAMCParams, request: AnnotationRequest, answer: Answer, roles: GrainRoles
+) -> UAMCResult:
+    """Every grain given: no call, no sample, nothing to review."""
+    vocabulary = request.vocabulary
+    knowledge = consistency(
+        answer.expression, answer.valence, answer.arousal, answer.aus, vocabulary
+    )
+    uncertainty = measure([], params, vocabulary)
+    return UAMCResult(
+        strategy=params.strategy,
+        answer=answer,
+        aggregate=answer,
+        samples=[],
+        rounds=[],
+        uncertainty=uncertainty,
+        confidence=grain_confidence(
+            uncertainty, answer, None, knowledge, vocabulary, params, roles
+        ),
+        consistency=knowledge,
+        verification=None,
+        overall_confidence=1.0,
+        reasons=[],
+        usage=Usage(),
+        n_samples=0,
+        n_valid=0,
+        roles=roles,
     )
 
 
 def run_uamc(backend: Backend, request: AnnotationRequest, params: UAMCParams) -> UAMCResult:
     """Annotate one image with SV-UAMC (or its fixed-N and single-shot baselines)."""
     vocabulary = request.vocabulary
-    samples, rounds, uncertainty = _draw_samples(backend, request, params)
+    roles = GrainRoles.of(request.known.grains(vocabulary), observed_grains(backend))
+    whole = _nothing_to_predict(request, roles)
+    if whole is not None:
+        return _given_whole(params, request, whole, roles)
+    samples, rounds, uncertainty = _draw_samples(backend, request, params, roles.predicted)
     votes = votes_of(samples, vocabulary)
     if not votes:
-        return _without_answer(params, samples, rounds, uncertainty)
-    combined = aggregate(votes, uncertainty, vocabulary)
+        return _without_answer(params, samples, rounds, uncertainty, roles)
+    combined = aggregate(votes, uncertainty, vocabulary, request.known, roles.given)
+    combined = follow_sources(combined, votes, roles, vocabulary)
     verification = None
+    answer = combined
     if params.verifies:
-        verification = verify(
-            backend, request, combined, disagreement_text(uncertainty, len(samples))
-        )
+        disagreement = disagreement_text(uncertainty, len(samples), roles)
+        verification = verify(backend, request, combined, disagreement, roles)
         if verification.sample is not None:
             samples.append(verification.sample)
-    answer = verification.answer if verification is not None else combined
-    knowledge = consistency(
-        answer.expression, answer.valence, answer.arousal, answer.aus, vocabulary
+        answer = _after_verification(verification, combined, votes, roles, vocabulary)
+    knowledge = _consistency(answer, roles, vocabulary)
+    confidence = grain_confidence(
+        uncertainty, answer, verification, knowledge, vocabulary, params, roles
     )
-    confidence = grain_confidence(uncertainty, answer, verification, knowledge, vocabulary, params)
-    reasons = _confidence_reasons(confidence, uncertainty, knowledge, params.review_threshold)
+    outcome = Outcome(combined, answer, verification)
+    reasons = confidence_reasons(
+        confidence, uncertainty, knowledge, outcome, roles, params.review_threshold
+    )
     if verification is not None:
-        reasons += _verification_reasons(verification, combined)
-    reasons += known_label_contradictions(answer, request.known)
+        reasons += verification_reasons(verification, combined, roles)
     return UAMCResult(
         strategy=params.strategy,
         answer=answer,
@@ -401,9 +560,9 @@ def run_uamc(backend: Backend, request: AnnotationRequest, params: UAMCParams) -
         consistency=knowledge,
         verification=verification,
         overall_confidence=confidence.overall(),
-        flagged=bool(reasons),
-        flag_reasons=reasons,
+        reasons=reasons,
         usage=_total_usage(samples),
         n_samples=len(samples),
         n_valid=len(votes),
+        roles=roles,
     )

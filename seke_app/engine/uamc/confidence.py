@@ -1,4 +1,4 @@
-"""Confidence per grain, and the flag reasons in words."""
+"""Confidence per grain: predicted, given or inferred."""
 
 from __future__ import annotations
 
@@ -9,24 +9,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from seke_app.engine.knowledge import Consistency
-from seke_app.engine.types import (
-    Answer,
-    KnownLabels,
-)
-from seke_app.engine.uamc.aggregation import (
-    Verification,
-    _disputed_aus,
-    _mass_phrase,
-    _split_phrase,
-)
+from seke_app.engine.types import Answer
+from seke_app.engine.uamc.aggregation import Verification
 from seke_app.engine.uamc.params import (
-    GRAIN_NAMES,
     GRAINS,
     REVISED_FACTOR,
     SINGLE_VOTE_AGREEMENT,
-    VA_CONTRADICTION,
     VA_SPREAD_SCALE,
     ConfidenceWeights,
+    GrainRoles,
     UAMCParams,
 )
 from seke_app.engine.uamc.uncertainty import (
@@ -73,7 +64,7 @@ def _agreements(
     if uncertainty.n_votes < 2:
         agreement["va"] = agreement["aus"] = SINGLE_VOTE_AGREEMENT
         return agreement
-    sd = uncertainty.va.largest_sd() or 0.0
+    sd = uncertainty.va.total_sd() or 0.0
     agreement["va"] = 1.0 - min(1.0, sd / VA_SPREAD_SCALE)
     active = [r for r in uncertainty.aus.rates.values() if r > 0]
     agreement["aus"] = float(np.mean([abs(2 * r - 1) for r in active])) if active else 1.0
@@ -113,9 +104,13 @@ def grain_confidence(
     knowledge: Consistency,
     vocabulary: Vocabulary,
     params: UAMCParams,
+    roles: GrainRoles | None = None,
 ) -> GrainConfidence:
-    """Each grain's weighted geometric mean of agreement, verification and knowledge,
-    with ``params.weights``, or ``params.graded_weights`` for a graded expression."""
+    """Each predicted grain's weighted geometric mean of agreement, verification and
+    knowledge, with ``params.weights``, or ``params.graded_weights`` for a graded
+    expression; 1 for a given grain (its one component, ``given``); the source's
+    confidence for an inferred grain (its one component, ``inferred``)."""
+    roles = roles or GrainRoles()
     agreement = _agreements(uncertainty, answer.expression, vocabulary)
     knowledge_parts = {
         "expression": knowledge.score,
@@ -124,110 +119,20 @@ def grain_confidence(
     }
     verified, graded = _verification_parts(verification, answer.expression, vocabulary)
     components: dict[str, dict[str, float]] = {}
-    for grain in GRAINS:
+    values: dict[str, float] = {}
+    for grain in roles.predicted:
         parts = {"agreement": agreement[grain], "knowledge": knowledge_parts[grain]}
         if grain in verified:
             parts["verification"] = verified[grain]
+        weights = params.graded_weights if graded and grain == "expression" else params.weights
         components[grain] = parts
-    weights = {
-        g: params.graded_weights if graded and g == "expression" else params.weights for g in GRAINS
-    }
-    values = {g: _weighted_geometric_mean(components[g], weights[g]) for g in GRAINS}
-    return GrainConfidence(values["expression"], values["va"], values["aus"], components)
-
-
-# --- Flags -------------------------------------------------------------------------
-
-
-def _low_confidence_detail(grain: str, uncertainty: Uncertainty) -> str:
-    n = uncertainty.n_votes
-    if n < 2:
-        return f"only {n} valid sample"
-    if grain == "expression":
-        votes = uncertainty.expression.votes
-        mass = uncertainty.expression.mass
-        detail = (
-            _split_phrase(votes)
-            if len(votes) > 1
-            else f"all {n} samples chose {next(iter(votes))}, too few to be sure"
-        )
-        return f"{detail} ({_mass_phrase(mass)})" if uncertainty.expression.soft else detail
-    if grain == "va":
-        va = uncertainty.va
-        return (
-            f"valence/arousal samples spread with standard deviations "
-            f"{va.valence.sd or 0.0:.2f} and {va.arousal.sd or 0.0:.2f}"
-        )
-    disputed = _disputed_aus(uncertainty)
-    return f"AUs disputed: {disputed}" if disputed else "AUs conflict with knowledge"
-
-
-def _confidence_reasons(
-    confidence: GrainConfidence, uncertainty: Uncertainty, knowledge: Consistency, threshold: float
-) -> list[str]:
-    reasons = []
-    for grain in GRAINS:
-        value = confidence.of(grain)
-        if value < threshold:
-            reasons.append(
-                f"{GRAIN_NAMES[grain]} confidence {value:.2f} under {threshold:.2f}: "
-                + _low_confidence_detail(grain, uncertainty)
-            )
-    if reasons and knowledge.score < 1.0:
-        reasons.extend(f"knowledge: {reason}" for reason in knowledge.reasons)
-    return reasons
-
-
-def _signed_pair(valence: float, arousal: float) -> str:
-    return f"({valence:+.2f}, {arousal:+.2f})"
-
-
-def _au_changes(before: Mapping[int, bool], after: Mapping[int, bool]) -> str:
-    added = [f"AU{au}" for au in sorted(after) if after[au] and not before.get(au, False)]
-    removed = [f"AU{au}" for au in sorted(before) if before[au] and not after.get(au, False)]
-    parts = ([f"added {', '.join(added)}"] if added else []) + (
-        [f"removed {', '.join(removed)}"] if removed else []
-    )
-    return "; ".join(parts) if parts else "no AU changed"
-
-
-def _verification_reasons(verification: Verification, before: Answer) -> list[str]:
-    if verification.problem is not None:
-        return [f"verification failed: {verification.problem}"]
-    after = verification.answer
-    reasons = []
-    if "expression" in verification.revised:
-        reasons.append(
-            f"verification revised the expression from {before.expression} to {after.expression}"
-        )
-    if "va" in verification.revised:
-        reasons.append(
-            "verification revised valence/arousal from "
-            f"{_signed_pair(before.valence, before.arousal)} to "
-            f"{_signed_pair(after.valence, after.arousal)}"
-        )
-    if "aus" in verification.revised:
-        reasons.append(f"verification revised the AUs: {_au_changes(before.aus, after.aus)}")
-    return reasons
-
-
-def known_label_contradictions(answer: Answer, known: KnownLabels) -> list[str]:
-    """Where the answer disagrees with the human labels that came with the image."""
-    prefix = "contradicts the known human label: "
-    reasons = []
-    if known.expression is not None and known.expression != answer.expression:
-        reasons.append(f"{prefix}expression {known.expression} (answer {answer.expression})")
-    for name, label, value in (
-        ("valence", known.valence, answer.valence),
-        ("arousal", known.arousal, answer.arousal),
-    ):
-        if label is not None and abs(label - value) > VA_CONTRADICTION:
-            reasons.append(f"{prefix}{name} {label:+.2f} (answer {value:+.2f})")
-    differing = [
-        f"AU{au} {'present' if on else 'absent'}"
-        for au, on in sorted((known.aus or {}).items())
-        if au in answer.aus and answer.aus[au] != on
-    ]
-    if differing:
-        reasons.append(prefix + ", ".join(differing))
-    return reasons
+        values[grain] = _weighted_geometric_mean(parts, weights)
+    for grain in roles.given:
+        components[grain] = {"given": 1.0}
+        values[grain] = 1.0
+    # A source is observed or given, never inferred itself (``GrainRoles.of``).
+    for grain, source in roles.inferred_from.items():
+        components[grain] = {"inferred": values[source]}
+        values[grain] = values[source]
+    ordered = {g: components[g] for g in GRAINS}
+    return GrainConfidence(values["expression"], values["va"], values["aus"], ordered)

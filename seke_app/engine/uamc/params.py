@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
+
+from seke_app.engine.types import GRAINS as GRAINS
 
 Strategy = Literal["uamc", "fixed", "single"]
 STRATEGIES: tuple[Strategy, ...] = ("uamc", "fixed", "single")
-GRAINS: tuple[str, ...] = ("expression", "va", "aus")
 GRAIN_NAMES = {"expression": "expression", "va": "valence/arousal", "aus": "AU"}
 # The components of a grain's confidence (see the package docstring).
 COMPONENTS: tuple[str, ...] = ("agreement", "verification", "knowledge")
@@ -21,8 +22,43 @@ REVISED_FACTOR = 0.5
 SINGLE_VOTE_AGREEMENT = 0.5
 # A VA standard deviation of this size gives zero VA agreement.
 VA_SPREAD_SCALE = 0.5
-# A known valence or arousal further than this from the answer is a contradiction.
-VA_CONTRADICTION = 0.4
+# Where a grain's value comes from (``GrainRoles.provenance``).
+Provenance = Literal["dataset", "model"]
+
+
+@dataclass(frozen=True)
+class GrainRoles:
+    """What SV-UAMC does with each grain of one image (see "Known and inferred
+    grains" in the package docstring).
+
+    ``given``: the grains the image's known labels give; the answer carries them.
+    ``inferred_from``: each grain the backend does not observe, and the grain it
+    follows instead (the expression, or, for an unobserved expression, the first
+    grain that is observed or given). Every other grain is *predicted*: its
+    samples' uncertainty keeps the sampler drawing and its confidence may flag.
+    """
+
+    given: tuple[str, ...] = ()
+    inferred_from: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, given: Sequence[str], observed: frozenset[str]) -> GrainRoles:
+        sources = [g for g in GRAINS if g in observed or g in given]
+        inferred = {}
+        for grain in GRAINS:
+            if grain in given or grain in observed or not sources:
+                continue
+            inferred[grain] = "expression" if "expression" in sources else sources[0]
+        return cls(tuple(g for g in GRAINS if g in given), inferred)
+
+    @property
+    def predicted(self) -> tuple[str, ...]:
+        return tuple(g for g in GRAINS if g not in self.given and g not in self.inferred_from)
+
+    @property
+    def provenance(self) -> dict[str, Provenance]:
+        """``dataset`` for a given grain, ``model`` for the others."""
+        return {g: "dataset" if g in self.given else "model" for g in GRAINS}
 
 
 @dataclass(frozen=True)
@@ -136,13 +172,13 @@ class UAMCParams:
         """
         values: dict[str, Any] = {}
         problems: list[str] = []
-        for field in fields(cls):
-            value = options.get(field.name)
+        for spec in fields(cls):
+            value = options.get(spec.name)
             if value is None:
                 continue
-            convert = _CONVERTERS[str(field.type)]
+            convert = _CONVERTERS[str(spec.type)]
             try:
-                values[field.name] = convert(field.name, value)
+                values[spec.name] = convert(spec.name, value)
             except ValueError as exc:
                 problems.append(str(exc))
         if problems:

@@ -64,10 +64,27 @@ class VAStats:
     valence: SeriesStats
     arousal: SeriesStats
     unsure: bool
+    # The root mean square of the standard deviations the backend reported for its
+    # samples' valence and arousal (``Sample.va_sd``), None when none did.
+    reported_sd: tuple[float, float] | None = None
 
     def largest_sd(self) -> float | None:
+        """The larger of the samples' spreads in valence and in arousal."""
         sds = [s for s in (self.valence.sd, self.arousal.sd) if s is not None]
         return max(sds) if sds else None
+
+    def total_sd(self) -> float | None:
+        """The larger axis of the spread and the reported uncertainty combined.
+
+        Per axis ``sqrt(spread ** 2 + reported ** 2)``: the samples' disagreement
+        and the error each sample's reading carries by the backend's own account,
+        as independent sources of error. Without a reported one this is
+        ``largest_sd``.
+        """
+        if self.reported_sd is None:
+            return self.largest_sd()
+        spreads = (self.valence.sd or 0.0, self.arousal.sd or 0.0)
+        return max(math.hypot(s, r) for s, r in zip(spreads, self.reported_sd, strict=True))
 
 
 @dataclass(frozen=True)
@@ -184,12 +201,28 @@ def _expression_stats(
     return ExpressionStats(votes, entropy, posterior, unsure, mass)
 
 
-def _va_stats(answers: Sequence[Answer], params: UAMCParams) -> VAStats:
+def _va_stats(
+    answers: Sequence[Answer],
+    params: UAMCParams,
+    reported: Sequence[tuple[float, float] | None] = (),
+) -> VAStats:
+    """The VA statistics of the votes.
+
+    Whether VA is unsure reads only the standard error of the votes' mean, which
+    more samples shrink; a reported uncertainty (``Sample.va_sd``) is the same for
+    every sample of the image, so drawing more would not reduce it, and it only
+    enters the confidence (``VAStats.total_sd``).
+    """
     valence = SeriesStats.of([a.valence for a in answers])
     arousal = SeriesStats.of([a.arousal for a in answers])
     sems = [valence.sem, arousal.sem]
     unsure = any(s is None or s > params.va_sem_threshold for s in sems)
-    return VAStats(valence, arousal, unsure)
+    given = np.asarray([sd for sd in reported if sd is not None], dtype=np.float64)
+    rms = None
+    if given.size:
+        root = np.sqrt((given**2).mean(axis=0))
+        rms = (float(root[0]), float(root[1]))
+    return VAStats(valence, arousal, unsure, rms)
 
 
 def _au_stats(answers: Sequence[Answer], params: UAMCParams, vocabulary: Vocabulary) -> AUStats:
@@ -207,12 +240,14 @@ def measure(
     params: UAMCParams,
     vocabulary: Vocabulary,
     weights: Sequence[Mapping[str, float]] | None = None,
+    va_sds: Sequence[tuple[float, float] | None] = (),
 ) -> Uncertainty:
-    """Every grain's uncertainty over the votes (``weights``: see ``vote_weights``)."""
+    """Every grain's uncertainty over the votes (``weights``: see ``vote_weights``;
+    ``va_sds``: each vote's ``Sample.va_sd``)."""
     return Uncertainty(
         n_votes=len(answers),
         expression=_expression_stats(answers, params, vocabulary, weights),
-        va=_va_stats(answers, params),
+        va=_va_stats(answers, params, va_sds),
         aus=_au_stats(answers, params, vocabulary),
     )
 
@@ -273,7 +308,11 @@ def _measure_samples(
     samples: Sequence[Sample], params: UAMCParams, vocabulary: Vocabulary
 ) -> Uncertainty:
     return measure(
-        votes_of(samples, vocabulary), params, vocabulary, vote_weights(samples, vocabulary)
+        votes_of(samples, vocabulary),
+        params,
+        vocabulary,
+        vote_weights(samples, vocabulary),
+        [s.va_sd for s in _voting(samples, vocabulary)],
     )
 
 

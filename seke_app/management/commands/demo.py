@@ -26,6 +26,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from seke_app.datasets.services import dataset_import
 from seke_app.engine.uamc import UAMCParams
+from seke_app.insights.certificates import run_audits_request
 from seke_app.models import Dataset
 from seke_app.queue import QueueUnavailable, ensure_redis
 from seke_app.roles import user_create
@@ -33,6 +34,8 @@ from seke_app.runs.services import run_create
 
 DEMO_FACES = Path(__file__).resolve().parent.parent.parent / "demo" / "faces"
 DEMO_DATASET = "demo"
+# Blind audit reviews the demo asks for once its run is done (see ``_start_run``).
+DEMO_AUDITS = 5
 
 
 class Command(BaseCommand):
@@ -64,7 +67,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         worker = self._start_worker()
         try:
-            self._start_run(wait=options["no_serve"])
+            self._start_run()
             if not options["no_serve"]:
                 self._serve(options["port"])
         finally:
@@ -102,31 +105,39 @@ class Command(BaseCommand):
         self.stdout.write(f"worker started (pid {worker.pid})")
         return worker
 
-    def _start_run(self, *, wait: bool) -> None:
+    def _start_run(self) -> None:
         dataset = Dataset.objects.get(name=DEMO_DATASET)
         if dataset.runs.exists():
             self.stdout.write("the demo dataset already has runs; start more from the Runs page")
             return
         # A run audits at least 50 images where it has them, so every one of the 25
-        # demo faces would be a blind audit and the machine-assisted review page
-        # would never show; 25 references could not certify a threshold anyway.
+        # demo faces would be a blind audit; the run audits none, and a few blind
+        # audits are asked for once it is done (below).
         run = run_create(dataset=dataset, backend="offline", params=UAMCParams(), audit_share=0.0)
         self.stdout.write(
             f"generation run started with the offline annotator: {run.n_total} images"
-            f" (watch it at /runs/{run.code}/); no blind audit, since the demo's"
-            " faces are too few to certify a threshold"
+            f" (watch it at /runs/{run.code}/)"
         )
-        if wait:
-            deadline = time.monotonic() + 300
-            while not run.is_finished() and time.monotonic() < deadline:
-                time.sleep(0.5)
-                run.refresh_from_db()
-            if not run.is_finished():
-                raise CommandError("the demo run did not finish within 5 minutes")
-            self.stdout.write(
-                f"run {run.get_status_display().lower()}: {run.n_accepted} auto-accepted,"
-                f" {run.n_flagged} flagged for review, {run.n_failed} failed"
-            )
+        deadline = time.monotonic() + 300
+        while not run.is_finished() and time.monotonic() < deadline:
+            time.sleep(0.5)
+            run.refresh_from_db()
+        if not run.is_finished():
+            raise CommandError("the demo run did not finish within 5 minutes")
+        self.stdout.write(
+            f"run {run.get_status_display().lower()}: {run.n_accepted} auto-accepted,"
+            f" {run.n_flagged} flagged for review, {run.n_failed} failed"
+        )
+        # Every demo face comes with its expression, so the run completes VA and AUs
+        # around a known label and is rarely unsure. A blind audit of a few faces is
+        # how SEKE checks what it accepted; here it also gives the review page faces
+        # to show. Five references are far too few to certify a threshold, and the
+        # run page says how many would be.
+        opened = run_audits_request(run=run, n=DEMO_AUDITS)
+        self.stdout.write(
+            f"{opened} blind audit reviews opened, drawn at random among the run's faces"
+            " (too few to certify a threshold; the run page says how many would be)"
+        )
 
     def _serve(self, port: int) -> None:
         self.stdout.write(self.style.SUCCESS(f"serving on http://127.0.0.1:{port}/ — Ctrl-C stops"))

@@ -47,6 +47,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dataset", required=True)
+        parser.add_argument(
+            "--name",
+            default="",
+            help="what sets this run apart (optional); runs are also numbered per dataset",
+        )
         parser.add_argument("--backend", choices=GenerationRun.Backend.values, default="offline")
         parser.add_argument("--model", default="", help="default: SEKE_MODEL or the offline CNN")
         add_uamc_arguments(parser)
@@ -85,30 +90,37 @@ class Command(BaseCommand):
         try:
             params = UAMCParams.from_options(options)
             budget = Decimal(options["budget"]) if options["budget"] else None
-            run = run_create(
-                dataset=dataset,
-                backend=options["backend"],
-                model_name=options["model"],
-                params=params,
-                budget_usd=budget,
-                concurrency=options["concurrency"],
-                double_review_share=options["double_review"],
-                audit_share=options["audit_share"],
-                image_filter=ImageFilter(
-                    split=options["split"], only_unconfident=options["only_unconfident"]
-                ),
-                enqueue=not options["inline"],
-            )
+            run = self._create(dataset, params, budget, options)
         except (ValueError, InvalidOperation, RunRefused, QueueUnavailable) as exc:
             raise CommandError(str(exc)) from None
         if options["inline"]:
-            self.stdout.write(f"run {run.code}: {run.n_total} images, annotated here")
+            self.stdout.write(f"run {run.label} ({run.code}): {run.n_total} images, annotated here")
             self._inline(run)
-        elif options["wait"]:
-            self.stdout.write(f"run {run.code}: {run.n_total} images queued ({run.model_name})")
+            return
+        self.stdout.write(
+            f"run {run.label} ({run.code}): {run.n_total} images queued ({run.model_name})"
+        )
+        if options["wait"]:
             self._wait(run, hint=True)
-        else:
-            self.stdout.write(f"run {run.code}: {run.n_total} images queued ({run.model_name})")
+
+    def _create(
+        self, dataset: Dataset, params: UAMCParams, budget: Decimal | None, options: dict[str, Any]
+    ) -> GenerationRun:
+        return run_create(
+            dataset=dataset,
+            backend=options["backend"],
+            model_name=options["model"],
+            params=params,
+            budget_usd=budget,
+            concurrency=options["concurrency"],
+            double_review_share=options["double_review"],
+            audit_share=options["audit_share"],
+            image_filter=ImageFilter(
+                split=options["split"], only_unconfident=options["only_unconfident"]
+            ),
+            name=options["name"],
+            enqueue=not options["inline"],
+        )
 
     def _inline(self, run: GenerationRun) -> None:
         """Process the run in a thread of this process while the main thread shows progress."""

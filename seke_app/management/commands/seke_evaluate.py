@@ -1,7 +1,10 @@
 """``manage.py seke_evaluate --images PATH --manifest CSV --backend offline|openai --strategy ...``.
 
 Runs the engine on a labelled folder without touching the review workflow or the
-database, and writes a JSON and a Markdown report.
+database, and writes a JSON and a Markdown report. ``--given va`` (any of
+``expression``, ``va``, ``aus``, comma-separated or repeated) hands those grains
+of each image's labels to the backend as known labels and scores only the other
+grains: a completion benchmark (``engine/evaluate.py``).
 """
 
 from __future__ import annotations
@@ -14,13 +17,19 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from seke_app.engine.evaluate import evaluate, read_manifest
+from seke_app.engine.evaluate import check_given, evaluate, read_manifest
 from seke_app.engine.knowledge import knowledge_text
+from seke_app.engine.types import GRAINS
 from seke_app.engine.uamc import UAMCParams
 from seke_app.engine.vocab import AU_VOCABULARIES, Vocabulary
 from seke_app.management.commands._uamc import add_uamc_arguments
 from seke_app.models import GenerationRun, PromptVersion
 from seke_app.runs.backends import BackendUnavailable, backend_for
+
+
+def _grains(groups: list[list[str] | str]) -> list[str]:
+    """The parsed ``--given`` groups (or plain names from ``call_command``) as one list."""
+    return [g for group in groups for g in ([group] if isinstance(group, str) else group)]
 
 
 class Command(BaseCommand):
@@ -45,6 +54,16 @@ class Command(BaseCommand):
         parser.add_argument("--model", default="")
         add_uamc_arguments(parser)
         parser.add_argument("--au-vocabulary", choices=sorted(AU_VOCABULARIES), default="feid17")
+        parser.add_argument(
+            "--given",
+            action="extend",
+            nargs="+",
+            default=[],
+            metavar="GRAIN",
+            type=lambda text: [g.strip() for g in text.split(",") if g.strip()],
+            help=f"grains of the labels handed to the backend as known ({', '.join(GRAINS)}); "
+            "they are not scored",
+        )
         parser.add_argument("--limit", type=int, default=0, help="only the first N images")
         parser.add_argument("--concurrency", type=int, default=4)
         parser.add_argument(
@@ -57,6 +76,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             params = UAMCParams.from_options(options)
+            given = check_given(_grains(options["given"]))
             items = read_manifest(options["manifest"], options["images"])
         except (ValueError, OSError) as exc:
             raise CommandError(str(exc)) from None
@@ -80,6 +100,7 @@ class Command(BaseCommand):
                 items,
                 params,
                 vocabulary,
+                given=given,
                 progress=lambda done, total: bar.update(done - bar.n),
             )
         out: Path = options["out"]
