@@ -92,7 +92,7 @@ def test_it_shows_a_run_progress_live_until_it_completes(
     assert seen[0] == 0 and seen[-1] == 100 and seen == sorted(seen), seen
     # A finished run's section stops polling.
     expect(page.locator("#run-progress")).not_to_have_attribute("hx-get", re.compile(".*"))
-    page.screenshot(path="/tmp/seke-run-progress.png", full_page=True)
+    page.screenshot(path=str(tmp_path / "run-progress.png"), full_page=True)
     wait_for_worker(worker, timeout=30)
 
     run.refresh_from_db()
