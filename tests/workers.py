@@ -31,7 +31,7 @@ from django.conf import settings as django_settings
 from django.db import connection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from rq import SimpleWorker
+from rq import SimpleWorker, Worker
 
 from seke_app import queue
 
@@ -257,4 +257,24 @@ def start_worker(worker_redis: None) -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for process in started:
         if process.poll() is None:
-            kill_worker_process(process)
+            # SIGTERM is rq's warm shutdown, which removes the worker from Redis's
+            # registry; one still busy after a while is killed.
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                kill_worker_process(process)
+        forget_worker(process.pid)
+
+
+def forget_worker(pid: int) -> None:
+    """Remove a stopped worker process from the registry of every queue's Redis.
+
+    A killed worker stays registered until its key expires (minutes), and a later
+    test sharing that Redis (CI's) would count it as listening.
+    """
+    for name in django_settings.RQ_QUEUES:
+        connection = queue.get_queue(name).connection
+        for worker in Worker.all(connection=connection):
+            if worker.pid == pid:
+                worker.register_death()
