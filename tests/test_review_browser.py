@@ -61,8 +61,6 @@ def reviewable_run(tmp_path: Path, n: int = 6) -> GenerationRun:
 
 
 def log_in(page: Any, base_url: str, username: str) -> None:
-    # The site has no favicon; Chromium's request for one would log a 404 error.
-    page.route("**/favicon.ico", lambda route: route.fulfill(status=204))
     page.goto(f"{base_url}/login/")
     page.fill("#id_username", username)
     page.fill("#id_password", PASSWORD)
