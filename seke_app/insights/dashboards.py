@@ -186,28 +186,15 @@ class GrainCalibration:
     strata: list[Stratum] = field(default_factory=list)
 
     @property
-    def n_reviews(self) -> int:
-        """Scored labels whose reference includes a review of a flagged annotation."""
-        return sum(n for key, n in self.sources.items() if "review" in key.split("+"))
-
-    @property
     def weighted(self) -> bool:
         """Whether the two sides are scored at different rates, so weights matter."""
-        return _weighted(self.strata)
+        rates = {s.n_referenced / s.n_annotations for s in self.strata if s.n_annotations}
+        return len(rates) > 1
 
     @property
     def uncovered(self) -> list[str]:
-        return _uncovered(self.strata)
-
-
-def _weighted(strata: list[Stratum]) -> bool:
-    rates = {s.n_referenced / s.n_annotations for s in strata if s.n_annotations}
-    return len(rates) > 1
-
-
-def _uncovered(strata: list[Stratum]) -> list[str]:
-    """The sides with annotations but no scored one: the figure says nothing of them."""
-    return [s.name for s in strata if s.n_annotations and not s.n_referenced]
+        """The sides with annotations but no scored one: the figure says nothing of them."""
+        return [s.name for s in self.strata if s.n_annotations and not s.n_referenced]
 
 
 @dataclass
@@ -223,22 +210,31 @@ class Calibration:
     # Per grain, how many annotations were given it as a known label (never scored
     # against the dataset's label).
     given: dict[str, int] = field(default_factory=dict)
-    # The overall grain's sides of the threshold (the risk-coverage curve's weights).
-    strata: list[Stratum] = field(default_factory=list)
-    # Where the overall grain's references came from (the curve's).
-    sources: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_scored(self) -> int:
         return self.risk[0].n_accepted if self.risk else 0
 
     @property
+    def overall(self) -> GrainCalibration | None:
+        """The overall grain's figures: the risk-coverage curve rests on its references."""
+        return self.grain("overall")
+
+    @property
+    def sources(self) -> dict[str, int]:
+        return self.overall.sources if self.overall else {}
+
+    @property
+    def strata(self) -> list[Stratum]:
+        return self.overall.strata if self.overall else []
+
+    @property
     def weighted(self) -> bool:
-        return _weighted(self.strata)
+        return self.overall is not None and self.overall.weighted
 
     @property
     def uncovered(self) -> list[str]:
-        return _uncovered(self.strata)
+        return self.overall.uncovered if self.overall else []
 
     def grain(self, name: str) -> GrainCalibration | None:
         return next((g for g in self.grains if g.grain == name), None)
@@ -377,7 +373,6 @@ class Scorer:
         given = {g: self.given[g] for g in GRAINS if self.given[g]}
         if not right:
             return Calibration(grains, [], None, threshold, given=given)
-        overall = next(g for g in grains if g.grain == "overall")
         return Calibration(
             grains=grains,
             risk=quality.risk_coverage(right, confidence, weights["overall"]),
@@ -385,8 +380,6 @@ class Scorer:
             threshold=threshold,
             n_in_sample=self.in_sample["overall"],
             given=given,
-            strata=overall.strata,
-            sources=overall.sources,
         )
 
 
