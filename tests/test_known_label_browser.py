@@ -12,16 +12,12 @@ from typing import Any
 
 import pytest
 
-from review.models import ReviewTask
-from seke_app.datasets.services import dataset_import
-from seke_app.engine.uamc import UAMCParams
-from seke_app.models import Annotation, Dataset
+from seke_app.models import Annotation
 from seke_app.roles import user_create
-from seke_app.runs.services import run_create
 from tests.browser import BrowserPage
-from tests.conftest import draw_face
+from tests.review_runs import reviewable_run
 from tests.test_review_browser import PASSWORD, log_in, start_reviewing
-from tests.workers import emptied_queue, work_in_process
+from tests.workers import emptied_queue
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -31,23 +27,10 @@ _own_queue = emptied_queue("generation")
 def test_a_known_expression_is_shown_as_given_with_the_completed_grains(
     live_server: Any, browser_page: BrowserPage, tmp_path: Path
 ) -> None:
-    src = tmp_path / "faces"
-    src.mkdir()
-    (src / "smile.png").write_bytes(draw_face((160, 160), seed=3, smile=True))
-    (src / "manifest.csv").write_text("file,expression\nsmile.png,happiness\n")
-    dataset_import(path=src, dataset_name="known")
     # A threshold of 1.0 sends the completed grains to review whatever their confidence.
-    run_create(
-        dataset=Dataset.objects.get(name="known"),
-        backend="offline",
-        params=UAMCParams(review_threshold=1.0),
-        concurrency=1,
-        audit_share=0.0,
-    )
-    work_in_process("generation")
+    reviewable_run(tmp_path, n=1, known_expression="happiness")
     annotation = Annotation.objects.get()
     assert annotation.expression == "happiness" and annotation.known_grains == ["expression"]
-    assert ReviewTask.objects.filter(status="open").count() == 1
 
     user_create(username="ann", password=PASSWORD, role="annotator")
     page = browser_page.page

@@ -19,14 +19,11 @@ import pytest
 from django.utils import timezone
 
 from review.models import ReviewDecision, ReviewTask
-from seke_app.datasets.services import dataset_import
-from seke_app.engine.uamc import UAMCParams
-from seke_app.models import Annotation, FaceImage, GenerationRun
+from seke_app.models import Annotation, FaceImage
 from seke_app.roles import user_create
-from seke_app.runs.services import run_create
 from tests.browser import BrowserPage
-from tests.conftest import draw_face
-from tests.workers import emptied_queue, work_in_process
+from tests.review_runs import reviewable_run
+from tests.workers import emptied_queue
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -36,28 +33,6 @@ XSS = '<script>window.__pwned = "evidence"</script>'
 
 
 _own_queue = emptied_queue("generation")
-
-
-def reviewable_run(tmp_path: Path, n: int = 6) -> GenerationRun:
-    """A run over ``n`` drawn faces whose every annotation awaits review."""
-    src = tmp_path / "faces"
-    src.mkdir()
-    for i in range(n):
-        (src / f"{i}.png").write_bytes(draw_face((160, 160), seed=i, smile=i % 2 == 0))
-    (src / "manifest.csv").write_text("file,split\n" + "".join(f"{i}.png,test\n" for i in range(n)))
-    dataset_import(path=src, dataset_name="faces")
-    run = run_create(
-        dataset=FaceImage.objects.first().dataset,  # type: ignore[union-attr]
-        backend="offline",
-        params=UAMCParams(review_threshold=1.0),
-        concurrency=1,
-        audit_share=0.0,
-    )
-    work_in_process("generation")
-    run.refresh_from_db()
-    assert run.status == "completed"
-    assert ReviewTask.objects.filter(status="open").count() == n
-    return run
 
 
 def log_in(page: Any, base_url: str, username: str) -> None:

@@ -16,15 +16,11 @@ from typing import Any
 import pytest
 
 from review.models import ReviewDecision, ReviewTask
-from seke_app.datasets.services import dataset_import
 from seke_app.engine.knowledge import VA_PRIORS
-from seke_app.engine.uamc import UAMCParams
-from seke_app.models import Dataset, GenerationRun
 from seke_app.roles import user_create
-from seke_app.runs.services import run_create
 from tests.browser import BrowserPage
-from tests.conftest import draw_face
-from tests.workers import emptied_queue, work_in_process
+from tests.review_runs import reviewable_run
+from tests.workers import emptied_queue
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -34,27 +30,6 @@ FULL_HD = {"width": 1920, "height": 1080}
 TASK_URL = re.compile(r"/review/task/([0-9a-f-]{36})/$")
 
 _own_queue = emptied_queue("generation")
-
-
-def reviewable_run(tmp_path: Path, n: int, au_vocabulary: str = "feid17") -> GenerationRun:
-    """A run of the offline annotator over ``n`` drawn faces, every one awaiting review."""
-    src = tmp_path / "faces"
-    src.mkdir()
-    for i in range(n):
-        (src / f"face{i}.png").write_bytes(draw_face((160, 160), seed=i, smile=i % 2 == 0))
-    dataset_import(path=src, dataset_name="faces", au_vocabulary=au_vocabulary)
-    run = run_create(
-        dataset=Dataset.objects.get(name="faces"),
-        backend="offline",
-        params=UAMCParams(review_threshold=1.0),
-        concurrency=1,
-        audit_share=0.0,
-    )
-    work_in_process("generation")
-    run.refresh_from_db()
-    assert run.status == "completed"
-    assert ReviewTask.objects.filter(status="open").count() == n
-    return run
 
 
 def start_reviewing(page: Any, base_url: str, username: str) -> None:
