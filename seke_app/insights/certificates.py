@@ -499,16 +499,6 @@ def calibration_fit(
     return fit
 
 
-def calibration_map(model_name: str, prompt_version_id: int) -> CalibrationMap | None:
-    """The map that applies to a model and prompt version (the latest fitted), if any."""
-    found = (
-        CalibrationFit.objects.filter(model_name=model_name, prompt_version_id=prompt_version_id)
-        .values_list("calibration", flat=True)
-        .first()
-    )
-    return None if found is None else CalibrationMap.from_json(found)
-
-
 def calibrated_confidences(calibration: CalibrationMap | None, raw: Sequence[float]) -> list[float]:
     """Raw overall confidences in calibrated terms by ``calibration``; as they are without one.
 
@@ -524,8 +514,8 @@ def calibrated_confidences(calibration: CalibrationMap | None, raw: Sequence[flo
 def calibrated_confidence(annotation: Annotation) -> float:
     """The annotation's overall confidence in calibrated terms, by its run's model and
     prompt version's map; the raw confidence where the pair has none."""
-    run = annotation.run
-    calibration = calibration_map(run.model_name, run.prompt_version_id)
+    fit = calibration_current(annotation.run)
+    calibration = None if fit is None else CalibrationMap.from_json(fit.calibration)
     return calibrated_confidences(calibration, [annotation.confidence])[0]
 
 
