@@ -117,6 +117,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_htmx",
+    # The API's docs page: its Swagger UI files are static files of this app.
+    "ninja",
     "axes",
     # Before django_rq, so that SEKE's rqworker (which starts the embedded Redis) wins.
     "seke_app",

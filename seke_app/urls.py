@@ -1,7 +1,9 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 
+from seke_app.api import views as api_views
+from seke_app.api.core import api, not_found_view
 from seke_app.datasets import views as dataset_views
 from seke_app.exports import views as export_views
 from seke_app.insights import views as insight_views
@@ -32,6 +34,10 @@ urlpatterns = [
     path("runs/<uuid:code>/retry", run_views.run_retry_view, name="run_retry"),
     path("runs/<uuid:code>/rename", run_views.run_rename_view, name="run_rename"),
     path("review/", include("review.urls")),
+    path("account/", api_views.account, name="account"),
+    path("account/tokens/<int:pk>/revoke", api_views.token_revoke_view, name="token_revoke"),
+    path("api/", api.urls),
+    re_path(r"^api/(?P<rest>.*)$", not_found_view),
     path("admin/django-rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),
 ]

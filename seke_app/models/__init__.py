@@ -5,6 +5,7 @@ Human decisions live in the ``review`` app as new rows pointing at annotations;
 ``seke_app`` reads them only through ``seke_app.insights.references``.
 """
 
+from seke_app.models.api import ApiToken
 from seke_app.models.datasets import (
     AU_VOCABULARY_CHOICES,
     EXPRESSION_CHOICES,
@@ -28,6 +29,7 @@ __all__ = [
     "EXPRESSION_CHOICES",
     "Annotation",
     "AnnotationSample",
+    "ApiToken",
     "CalibrationFit",
     "Dataset",
     "Export",
