@@ -116,3 +116,8 @@ def test_the_command_prints_the_token_once_and_revokes_it(annotator: User) -> No
     assert ApiToken.objects.get().revoked_at is not None
     with pytest.raises(CommandError, match="no user"):
         call_command("api_token", "create", "nobody", "--name", "x")
+
+
+def test_a_user_without_a_role_is_told_so_before_the_body_is_read(outsider: User) -> None:
+    api = ApiClient(outsider)
+    assert api.get("/api/v1/me").json() == {"username": "otto", "roles": []}

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
@@ -40,21 +41,65 @@ NO_TOKEN = (
 )
 
 
+Role = Literal["any", "annotator", "admin"]
+
+_ROLE_CHECKS: dict[str, tuple[Callable[[User], bool], str]] = {
+    "annotator": (
+        is_annotator,
+        f"Your account has no role; ask an admin to add you to {ANNOTATORS!r} or {ADMINS!r}.",
+    ),
+    "admin": (is_admin, f"Only admins may do this; ask an admin to add you to {ADMINS!r}."),
+}
+
+
+def _with_role(user: User | None, role: Role) -> User | None:
+    """``user`` if it may act in ``role``; HTTP 403 for a signed-in user who may not.
+
+    Checked during authentication, so that a refusal comes before the request body is
+    read: a caller without the role learns that, not what was wrong with the body.
+    """
+    if user is None or role == "any":
+        return user
+    check, refusal = _ROLE_CHECKS[role]
+    if not check(user):
+        raise HttpError(403, refusal)
+    return user
+
+
 class TokenAuth(HttpBearer):
     """``Authorization: Bearer <token>``, for a token made on the account page."""
 
+    def __init__(self, role: Role) -> None:
+        super().__init__()
+        self.role: Role = role
+
     def authenticate(self, request: HttpRequest, token: str) -> User | None:
-        return token_user(token)
+        return _with_role(token_user(token), self.role)
 
 
 class BrowserSession(SessionAuth):
-    """A signed-in browser's session (the docs page's "Try it out")."""
+    """A signed-in browser's session (the docs page's "Try it out"), CSRF-checked."""
+
+    def __init__(self, role: Role) -> None:
+        super().__init__()
+        self.role: Role = role
 
     def authenticate(self, request: HttpRequest, key: str | None) -> User | None:
         user = request.user
         if isinstance(user, User) and user.is_active:
-            return user
+            return _with_role(user, self.role)
         return None
+
+
+def signed_in(role: Role) -> list[Any]:
+    """The ``auth`` of an endpoint or router that ``role`` may use: "any" signed-in
+    user, every "annotator" (admins included), or "admin" only."""
+    return [TokenAuth(role), BrowserSession(role)]
+
+
+ANY_USER = signed_in("any")
+ANNOTATORS_ONLY = signed_in("annotator")
+ADMINS_ONLY = signed_in("admin")
 
 
 api = NinjaAPI(
@@ -65,7 +110,8 @@ api = NinjaAPI(
         " quality certificates of a SEKE server. Authenticate with"
         " `Authorization: Bearer <token>`; make a token on your account page."
     ),
-    auth=[TokenAuth(), BrowserSession()],
+    # Every endpoint needs a role unless it says otherwise (``auth=ADMINS_ONLY``, ...).
+    auth=ANNOTATORS_ONLY,
     urls_namespace="api",
     openapi_url="/openapi.json",
     docs_url="/docs",
@@ -84,22 +130,10 @@ def api_user(request: HttpRequest) -> User:
 
 
 def require_admin(request: HttpRequest) -> User:
-    """The request's user, who must be an admin (HTTP 403 otherwise)."""
-    user = api_user(request)
-    if not is_admin(user):
-        raise HttpError(403, f"Only admins may do this; ask an admin to add you to {ADMINS!r}.")
-    return user
-
-
-def require_annotator(request: HttpRequest) -> User:
-    """The request's user, who must be an annotator or an admin (HTTP 403 otherwise)."""
-    user = api_user(request)
-    if not is_annotator(user):
-        raise HttpError(
-            403,
-            f"Your account has no role; ask an admin to add you to {ANNOTATORS!r} or"
-            f" {ADMINS!r}.",
-        )
+    """The request's user, who must be an admin (HTTP 403 otherwise); for an endpoint
+    open to annotators where only some requests are for admins."""
+    user = _with_role(api_user(request), "admin")
+    assert user is not None
     return user
 
 
@@ -164,7 +198,7 @@ class MeOut(Schema):
     roles: list[str]
 
 
-@api.get("/v1/me", response=MeOut, tags=["account"], summary="Who the token belongs to")
+@api.get("/v1/me", response=MeOut, auth=ANY_USER, tags=["account"], summary="Who the token is of")
 def me(request: HttpRequest) -> dict[str, Any]:
     user = api_user(request)
     roles = [r for r, ok in (("admin", is_admin(user)), ("annotator", is_annotator(user))) if ok]

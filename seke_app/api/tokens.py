@@ -81,7 +81,5 @@ def token_user(secret: str) -> User | None:
 
 def token_revoke(*, token: ApiToken) -> None:
     """Revoke ``token`` from now on; revoking a revoked token changes nothing."""
-    ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
-        revoked_at=timezone.now()
-    )
+    ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     token.refresh_from_db(fields=["revoked_at"])

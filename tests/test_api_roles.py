@@ -1,0 +1,128 @@
+"""Who may call each API endpoint: anonymous, a user without a role, annotator, admin.
+
+``ENDPOINTS`` lists every operation of the schema with the role it needs; a test
+fails when the schema has an operation the table lacks, so a new endpoint cannot
+go untested. Paths name objects of ``world`` in braces. A refused request answers
+401 (no valid token) or 403 (a role that may not) and writes nothing; an allowed one
+is never refused for its role (it may still answer 404 or 422 for its body).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.apps import apps
+from django.contrib.auth.models import User
+from django.test import Client
+
+from tests.api_client import ApiClient
+from tests.factories import make_flagged_annotations
+
+pytestmark = pytest.mark.django_db
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    # "any" signed-in user, "annotator" (admins too), or "admin".
+    role: str
+    body: Any = None
+
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint("GET", "/api/v1/me", "any"),
+]
+
+
+@pytest.fixture
+def world(db: None) -> dict[str, str]:
+    """Objects the paths name, by placeholder."""
+    annotations = make_flagged_annotations(3, dataset_name="matrix")
+    annotation = annotations[0]
+    task = annotation.review_tasks.first()
+    assert task is not None
+    return {
+        "dataset": str(annotation.image.dataset.code),
+        "image": str(annotation.image.code),
+        "run": str(annotation.run.code),
+        "annotation": str(annotation.code),
+        "task": str(task.code),
+        "version": str(annotation.prompt_version.code),
+    }
+
+
+def _rows() -> dict[str, int]:
+    return {
+        model._meta.label: model._default_manager.count()
+        for model in apps.get_models()
+        if model._meta.app_label in {"seke_app", "review"} and model._meta.model_name != "apitoken"
+    }
+
+
+def _call(api: ApiClient, endpoint: Endpoint, world: dict[str, str]) -> Any:
+    path = endpoint.path.format(**world)
+    if endpoint.method == "GET":
+        return api.get(path)
+    if endpoint.method == "DELETE":
+        return api.delete(path)
+    if endpoint.method == "PATCH":
+        return api.patch(path, endpoint.body or {})
+    return api.post(path, endpoint.body)
+
+
+def _operations(schema: dict[str, Any]) -> set[tuple[str, str]]:
+    return {
+        (method.upper(), path)
+        for path, operations in schema["paths"].items()
+        for method in operations
+        if method in {"get", "post", "put", "patch", "delete"}
+    }
+
+
+def test_every_operation_of_the_schema_is_in_the_matrix() -> None:
+    schema = Client().get("/api/openapi.json").json()
+    # The schema names parameters ({code}, {run_code}, ...); the table names objects
+    # of ``world``: compare the paths' shapes.
+    assert {(m, _shape(p)) for m, p in _operations(schema)} == {
+        (e.method, _shape(e.path)) for e in ENDPOINTS
+    }
+
+
+def _shape(path: str) -> str:
+    return "/".join("{}" if part.startswith("{") else part for part in path.split("/"))
+
+
+ROLES = ["anonymous", "no role", "annotator", "admin"]
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: f"{e.method} {e.path}")
+@pytest.mark.parametrize("who", ROLES)
+def test_each_role_is_let_in_or_refused(
+    endpoint: Endpoint,
+    who: str,
+    world: dict[str, str],
+    admin_user: User,
+    annotator: User,
+    outsider: User,
+) -> None:
+    user = {"anonymous": None, "no role": outsider, "annotator": annotator, "admin": admin_user}[
+        who
+    ]
+    api = ApiClient(user)
+    before = _rows()
+    response = _call(api, endpoint, world)
+    assert response["Content-Type"].startswith("application/json"), response.content[:200]
+    allowed = {
+        "any": who != "anonymous",
+        "annotator": who in {"annotator", "admin"},
+        "admin": who == "admin",
+    }[endpoint.role]
+    if allowed:
+        assert response.status_code not in (401, 403), response.json()
+        return
+    assert response.status_code == (401 if who == "anonymous" else 403), response.json()
+    assert response.json()["detail"]
+    assert _rows() == before, "a refused request wrote something"
