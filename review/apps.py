@@ -6,6 +6,7 @@ class ReviewConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from review.tasks.events import run_stopped
         from review.tasks.services import (
             audit_tasks_open_more,
             task_create_for,
@@ -18,6 +19,7 @@ class ReviewConfig(AppConfig):
             on_annotation_written,
             on_audits_requested,
             on_calibration_fitted,
+            on_run_finished,
             on_threshold_changed,
         )
 
@@ -29,4 +31,6 @@ class ReviewConfig(AppConfig):
         on_audits_requested(audit_tasks_open_more)
         # The queue ranks by calibrated confidence: a new map re-ranks waiting tasks.
         on_calibration_fitted(tasks_follow_calibration)
+        # A run that stops with its review queue done tells SEKE's webhooks so.
+        on_run_finished(run_stopped)
         register_store(ReviewDecisionStore())

@@ -27,6 +27,7 @@ from seke_app.config import (
     env_float,
     env_int,
     env_list,
+    env_storage_url,
     env_str,
     env_url,
 )
@@ -98,6 +99,9 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # plain http on 127.0.0.1; a server reached over TLS turns them all on (README,
 # "Production"), and then ``manage.py check --deploy`` has nothing to warn about.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# A load balancer checks /healthz over plain http on the server's own port, without
+# the proxy's X-Forwarded-Proto: a redirect to https would fail every check.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
@@ -255,10 +259,21 @@ STATIC_ROOT = Path(env_str("SEKE_STATIC_ROOT", "") or DATA_DIR / "static")
 WHITENOISE_USE_FINDERS = True
 MEDIA_URL = "media/"
 MEDIA_ROOT = DATA_DIR / "media"
+# SEKE's files (seke_app/media.py): face images ("default", FaceImage.file), finished
+# exports ("exports") and uploads waiting for their import job ("imports"). Without
+# SEKE_STORAGE_URL they are the folders media/, exports/ and imports/ of the data
+# directory; with it, prefixes of one S3-compatible bucket that every web machine and
+# worker reads and writes, so that none needs a shared file system. Media are never
+# served at MEDIA_URL: every file goes through a view that checks who asks.
+OBJECT_STORAGE = env_storage_url("SEKE_STORAGE_URL")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "exports": {"BACKEND": "seke_app.media.DataDirStorage", "OPTIONS": {"folder": "exports"}},
+    "imports": {"BACKEND": "seke_app.media.DataDirStorage", "OPTIONS": {"folder": "imports"}},
     "staticfiles": {"BACKEND": "seke_app.insights.static_plotly.CollectedStaticStorage"},
 }
+if OBJECT_STORAGE is not None:
+    STORAGES |= OBJECT_STORAGE.storages()
 # Uploads of whole zip files are streamed to disk rather than held in memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("SEKE_MAX_UPLOAD_FILES", 2000, minimum=1)
@@ -293,6 +308,21 @@ REVIEW_LEASE_MINUTES = env_int("SEKE_REVIEW_LEASE_MINUTES", 10, minimum=1)
 GOLD_RATE = env_float("SEKE_GOLD_RATE", 0.1, minimum=0.0)
 # How long after a decision its reviewer may still undo it.
 REVIEW_UNDO_SECONDS = env_int("SEKE_REVIEW_UNDO_SECONDS", 120, minimum=5)
+
+# Webhooks (seke_app.webhooks): how long a receiver may take over each step of a
+# delivery's POST (connecting, sending, answering), and the pause before each retry
+# of a delivery that failed, in seconds; SEKE gives up after the last retry.
+WEBHOOK_TIMEOUT = env_float("SEKE_WEBHOOK_TIMEOUT", 10.0, minimum=0.1)
+_retry_delays = env_list("SEKE_WEBHOOK_RETRY_DELAYS", ["30", "120", "600", "3600", "21600"])
+if not all(delay.isdigit() and int(delay) > 0 for delay in _retry_delays):
+    raise ConfigError(
+        "SEKE_WEBHOOK_RETRY_DELAYS must list whole seconds above 0, comma-separated"
+        f" (e.g. 30,120,600), not {','.join(_retry_delays)!r}"
+    )
+WEBHOOK_RETRY_DELAYS = [int(delay) for delay in _retry_delays]
+# The address people reach SEKE at (https://seke.example.org): links in webhook
+# payloads start with it. Unset, they are paths (/runs/<code>/).
+SITE_URL = env_url("SEKE_SITE_URL", schemes=("http", "https"))
 
 # Logging goes to stderr, where runserver, a process manager (systemd, Docker) or
 # a terminal keeps it, each line with its time, level and logger. Without the

@@ -3,16 +3,20 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 
 from seke_app.api import views as api_views
-from seke_app.api.core import api, not_found_view
+from seke_app.api.core import mounted_api, not_found_view
 from seke_app.datasets import views as dataset_views
 from seke_app.exports import views as export_views
+from seke_app.health import healthz
 from seke_app.insights import views as insight_views
 from seke_app.runs import views as run_views
+from seke_app.webhooks import views as webhook_views
 
 urlpatterns = [
     path("", dataset_views.home, name="home"),
     path("home/live", dataset_views.home_live, name="home_live"),
     path("favicon.ico", dataset_views.favicon, name="favicon"),
+    # For load balancers and monitors: no log-in, never cached (seke_app/health.py).
+    path("healthz", healthz, name="healthz"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("datasets/", dataset_views.dataset_list, name="dataset_list"),
@@ -36,7 +40,7 @@ urlpatterns = [
     path("review/", include("review.urls")),
     path("account/", api_views.account, name="account"),
     path("account/tokens/<int:pk>/revoke", api_views.token_revoke_view, name="token_revoke"),
-    path("api/", api.urls),
+    path("api/", mounted_api().urls),
     re_path(r"^api/(?P<rest>.*)$", not_found_view),
     path("admin/django-rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),
@@ -62,4 +66,33 @@ urlpatterns += [
     path("runs/<uuid:code>/certify", insight_views.run_certify_view, name="run_certify"),
     path("runs/<uuid:code>/audits", insight_views.run_audits_view, name="run_audits"),
     path("compare", insight_views.compare_view, name="compare"),
+]
+
+# Webhooks: URLs told about events (admins).
+
+urlpatterns += [
+    path("webhooks/", webhook_views.webhook_list, name="webhook_list"),
+    path("webhooks/new/", webhook_views.webhook_new, name="webhook_new"),
+    path("webhooks/<uuid:code>/", webhook_views.webhook_detail, name="webhook_detail"),
+    path("webhooks/<uuid:code>/ping", webhook_views.webhook_ping_view, name="webhook_ping"),
+    path("webhooks/<uuid:code>/enable", webhook_views.webhook_enable_view, name="webhook_enable"),
+    path(
+        "webhooks/<uuid:code>/disable", webhook_views.webhook_disable_view, name="webhook_disable"
+    ),
+    path(
+        "webhooks/<uuid:code>/rotate-secret",
+        webhook_views.webhook_rotate_view,
+        name="webhook_rotate",
+    ),
+    path("webhooks/<uuid:code>/delete", webhook_views.webhook_delete_view, name="webhook_delete"),
+    path(
+        "webhooks/deliveries/<uuid:code>/",
+        webhook_views.delivery_detail,
+        name="webhook_delivery",
+    ),
+    path(
+        "webhooks/deliveries/<uuid:code>/redeliver",
+        webhook_views.delivery_redeliver_view,
+        name="webhook_redeliver",
+    ),
 ]

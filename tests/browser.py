@@ -3,7 +3,8 @@
 ``playwright install`` is never needed: the fixture launches /usr/bin/chromium.
 Without it the browser tests are skipped with the reason, unless
 ``SEKE_REQUIRE_BROWSER=1`` (set by CI), where a missing browser fails them.
-Use the ``browser_page`` fixture together with pytest-django's ``live_server``.
+Use the ``browser_page`` fixture together with pytest-django's ``live_server``
+(served by gunicorn with ``SEKE_LIVE_SERVER=gunicorn``: tests/live_gunicorn.py).
 """
 
 from __future__ import annotations

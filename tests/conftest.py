@@ -14,7 +14,14 @@ from PIL import Image, ImageDraw
 
 from tests.browser import browser_page  # noqa: F401
 from tests.fake_openai import fake_openai  # noqa: F401
+from tests.live_gunicorn import _settings_at_start, collected_static, live_server_kind  # noqa: F401
+from tests.parallel import _redis_of_this_process  # noqa: F401
 from tests.workers import start_worker, worker_redis  # noqa: F401
+
+# SEKE_LIVE_SERVER=gunicorn serves the browser tests from gunicorn with DEBUG off,
+# as a deployment does (tests/live_gunicorn.py); otherwise pytest-django's thread.
+if live_server_kind() == "gunicorn":
+    from tests.live_gunicorn import _stopping_servers, live_server  # noqa: F401
 
 PASSWORD = "correct horse battery staple"
 

@@ -17,8 +17,11 @@ from django.apps import apps
 from django.contrib.auth.models import User
 from django.test import Client
 
+from seke_app.models.datasets import DatasetImport
+from seke_app.models.exports import Export
 from tests.api_client import ApiClient
 from tests.factories import make_flagged_annotations
+from tests.webhook_receiver import failed_delivery
 
 pytestmark = pytest.mark.django_db
 
@@ -34,6 +37,56 @@ class Endpoint:
 
 ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/api/v1/me", "any"),
+    # Runs, their annotations, prompt versions and exports: admins, as their pages.
+    Endpoint("POST", "/api/v1/runs", "admin"),
+    Endpoint("GET", "/api/v1/runs", "admin"),
+    Endpoint("GET", "/api/v1/runs/{run}", "admin"),
+    Endpoint("POST", "/api/v1/runs/{run}/cancel", "admin"),
+    Endpoint("POST", "/api/v1/runs/{run}/resume", "admin"),
+    Endpoint("POST", "/api/v1/runs/{run}/retry", "admin"),
+    Endpoint("GET", "/api/v1/runs/{run}/annotations", "admin"),
+    Endpoint("GET", "/api/v1/prompt-versions", "admin"),
+    Endpoint("GET", "/api/v1/prompt-versions/{version}", "admin"),
+    Endpoint("POST", "/api/v1/exports", "admin"),
+    Endpoint("GET", "/api/v1/exports", "admin"),
+    Endpoint("GET", "/api/v1/exports/{export}", "admin"),
+    Endpoint("GET", "/api/v1/exports/{export}/download", "admin"),
+    Endpoint("POST", "/api/v1/exports/{export}/cancel", "admin"),
+    # Datasets, imports and the list of images: admins, as their pages; one image (and
+    # its history): annotators too, as its page. A run's certificate: admins.
+    Endpoint("GET", "/api/v1/datasets", "admin"),
+    Endpoint("POST", "/api/v1/datasets", "admin"),
+    Endpoint("GET", "/api/v1/datasets/{dataset}", "admin"),
+    Endpoint("POST", "/api/v1/datasets/{dataset}/imports", "admin"),
+    Endpoint("POST", "/api/v1/imports", "admin"),
+    Endpoint("GET", "/api/v1/imports/{import}", "admin"),
+    Endpoint("POST", "/api/v1/imports/{import}/cancel", "admin"),
+    Endpoint("GET", "/api/v1/images", "admin"),
+    Endpoint("GET", "/api/v1/images/{image}", "annotator"),
+    Endpoint("GET", "/api/v1/images/{image}/file", "annotator"),
+    Endpoint("GET", "/api/v1/runs/{run}/certificate", "admin"),
+    # Review: annotators and admins, as the review pages.
+    Endpoint("POST", "/api/v1/review/claim", "annotator"),
+    Endpoint("GET", "/api/v1/review/tasks", "annotator"),
+    Endpoint("GET", "/api/v1/review/tasks/{task}", "annotator"),
+    Endpoint("POST", "/api/v1/review/tasks/{task}/decide", "annotator", {"action": "accept"}),
+    Endpoint("POST", "/api/v1/review/tasks/{task}/skip", "annotator"),
+    Endpoint("POST", "/api/v1/review/undo", "annotator"),
+    Endpoint("POST", "/api/v1/review/release", "annotator"),
+    Endpoint("GET", "/api/v1/review/decisions", "annotator"),
+    # Webhooks: admins, as their pages.
+    Endpoint("GET", "/api/v1/webhooks", "admin"),
+    Endpoint(
+        "POST",
+        "/api/v1/webhooks",
+        "admin",
+        {"url": "https://example.org/seke-events", "events": ["run.finished"]},
+    ),
+    Endpoint("GET", "/api/v1/webhooks/{webhook}", "admin"),
+    Endpoint("DELETE", "/api/v1/webhooks/{webhook}", "admin"),
+    Endpoint("GET", "/api/v1/webhooks/{webhook}/deliveries", "admin"),
+    Endpoint("POST", "/api/v1/webhooks/{webhook}/ping", "admin"),
+    Endpoint("POST", "/api/v1/webhooks/deliveries/{delivery}/redeliver", "admin"),
 ]
 
 
@@ -44,13 +97,22 @@ def world(db: None) -> dict[str, str]:
     annotation = annotations[0]
     task = annotation.review_tasks.first()
     assert task is not None
+    delivery = failed_delivery()
     return {
+        "webhook": str(delivery.hook.code),
+        "delivery": str(delivery.code),
         "dataset": str(annotation.image.dataset.code),
         "image": str(annotation.image.code),
         "run": str(annotation.run.code),
         "annotation": str(annotation.code),
         "task": str(task.code),
         "version": str(annotation.prompt_version.code),
+        "export": str(
+            Export.objects.create(dataset=annotation.image.dataset, kind=Export.Kind.FEID).code
+        ),
+        "import": str(
+            DatasetImport.objects.create(dataset_name="matrix", upload_name="faces.zip").code
+        ),
     }
 
 

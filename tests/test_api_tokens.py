@@ -121,3 +121,21 @@ def test_the_command_prints_the_token_once_and_revokes_it(annotator: User) -> No
 def test_a_user_without_a_role_is_told_so_before_the_body_is_read(outsider: User) -> None:
     api = ApiClient(outsider)
     assert api.get("/api/v1/me").json() == {"username": "otto", "roles": []}
+
+
+def test_each_models_statuses_are_documented_as_its_own() -> None:
+    """Every model's ``Status`` is a class called Status; the schema must not merge them."""
+    from review.models import ReviewTask
+    from seke_app.models import Export, GenerationRun
+    from seke_app.models.datasets import DatasetImport
+
+    schema = Client().get("/api/openapi.json").json()
+    components = schema["components"]["schemas"]
+    assert "Status" not in components and "Kind" not in components
+    for name, model in [
+        ("RunDetailOut", GenerationRun),
+        ("ExportOut", Export),
+        ("ImportOut", DatasetImport),
+        ("TaskOut", ReviewTask),
+    ]:
+        assert components[name]["properties"]["status"]["enum"] == list(model.Status.values)

@@ -59,6 +59,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from review.models import GoldQuestion, ReviewDecision, ReviewTask
+from review.tasks.events import queue_watch
 from review.tasks.store import ReviewDecisionStore
 from seke_app.engine.calibration import CalibrationMap
 from seke_app.engine.vocab import Vocabulary
@@ -306,6 +307,9 @@ def tasks_follow_threshold(run: GenerationRun) -> tuple[int, int]:
         task_create_for(annotation)
         for annotation in candidates.select_related("run").order_by("confidence", "id")
     )
+    if closed:
+        # The tasks closed may have been the run's last waiting ones (webhooks are told).
+        queue_watch(run.id)
     return opened, closed
 
 
@@ -410,6 +414,16 @@ def task_held_by(user: User) -> ReviewTask | None:
         )
         .order_by("claimed_at")
         .first()
+    )
+
+
+def task_holds(task: ReviewTask, user: User) -> bool:
+    """Whether ``user`` holds ``task`` under a lease that has not run out."""
+    return (
+        task.status == ReviewTask.Status.CLAIMED
+        and task.holder_id == user.id
+        and task.lease_until is not None
+        and task.lease_until >= timezone.now()
     )
 
 
@@ -768,6 +782,9 @@ def decision_record(*, task: ReviewTask, user: User, decision: Decision) -> Revi
             _settle_rejection(annotation.image_id)
         if held.kind in REVIEW_ROUNDS:
             _adjudicate_if_needed(annotation)
+        if held.kind != ReviewTask.Kind.GOLD:
+            # It may have been the run's last waiting task (webhooks are told).
+            queue_watch(annotation.run_id)
     return row
 
 

@@ -10,9 +10,7 @@ application/json``): what was saved, which task is next, and how far the queue i
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping
-from typing import Any
 from uuid import UUID
 
 from django.contrib import messages
@@ -21,7 +19,6 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
-from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from review.models import ReviewDecision, ReviewTask
@@ -32,31 +29,34 @@ from review.tasks.context import (
     queue_progress,
 )
 from review.tasks.forms import DecisionFormError, decision_from_post, va_confirmation_problem
+from review.tasks.memory import (
+    skip_remember,
+    skip_undone,
+    skipped_ids,
+    skips_forget,
+    undo_target,
+    undoable,
+)
 from review.tasks.services import (
     ORDERINGS,
     QueueFilter,
     ReviewRefused,
     decision_record,
     decision_undo,
-    last_undoable_decision,
     queue_tasks,
     task_claim_ahead,
     task_claim_next,
     task_held_by,
+    task_holds,
     task_open_rereview,
     task_skip,
     task_skip_undo,
     tasks_release,
-    undo_window,
 )
 from seke_app.engine.vocab import EXPRESSIONS
 from seke_app.models import Dataset, FaceImage, GenerationRun
 from seke_app.roles import admin_required, annotator_required, request_user
 
-SKIPPED = "review_skipped"
-# The reviewer's last skip, {"task": id, "at": epoch seconds}: a skip leaves no row
-# behind, and undo takes back whichever is newer, this or the last decision.
-LAST_SKIP = "review_last_skip"
 # The queue filters chosen when reviewing started; the next task after a decision or
 # a skip is claimed under them. They are not read from the decision form, whose
 # ``expression`` field is the reviewer's answer, not a filter.
@@ -85,7 +85,7 @@ def _queue_filter(request: HttpRequest, params: Mapping[str, str]) -> QueueFilte
         flag_reason=params.get("reason", "").strip(),
         expression=params.get("expression", ""),
         order=params.get("order", "overall") if params.get("order") in ORDERINGS else "overall",
-        exclude_ids=tuple(request.session.get(SKIPPED, [])),
+        exclude_ids=skipped_ids(request.session),
     )
 
 
@@ -156,10 +156,9 @@ def _next_or_queue(request: HttpRequest) -> HttpResponse:
 def start(request: HttpRequest) -> HttpResponse:
     """Review under the queue's filters, starting now: a task held that they leave out
     goes back to the queue, so that the filters apply to the very next face."""
-    # Written only when they change: a session write costs a query on every claim.
-    if request.session.get(SKIPPED):
-        request.session[SKIPPED] = []
+    skips_forget(request.session)
     filters = {name: request.POST.get(name, "") for name in FILTER_FIELDS}
+    # Written only when they change: a session write costs a query on every claim.
     if request.session.get(FILTERS) != filters:
         request.session[FILTERS] = filters
     tasks_release(user=request_user(request), keep=_session_filter(request))
@@ -168,16 +167,6 @@ def start(request: HttpRequest) -> HttpResponse:
 
 def _get_task(code: UUID) -> ReviewTask:
     return get_object_or_404(ReviewTask.objects.select_related("annotation__image"), code=code)
-
-
-def _holds(task: ReviewTask, user: User) -> bool:
-    """Whether ``user`` holds ``task`` under a lease that has not run out."""
-    return (
-        task.status == ReviewTask.Status.CLAIMED
-        and task.holder_id == user.id
-        and task.lease_until is not None
-        and task.lease_until >= timezone.now()
-    )
 
 
 def _name(task: ReviewTask) -> str:
@@ -209,7 +198,7 @@ def _not_held(request: HttpRequest, task: ReviewTask, user: User) -> HttpRespons
 def task_page(request: HttpRequest, code: UUID) -> HttpResponse:
     task = _get_task(code)
     user = request_user(request)
-    if not _holds(task, user):
+    if not task_holds(task, user):
         return _not_held(request, task, user)
     context = panel_context(task) | bar_context(
         _session_filter(request), undoable=_undoable(request, user)
@@ -229,7 +218,7 @@ def _panel(request: HttpRequest, task: ReviewTask) -> HttpResponse:
 def task_panel(request: HttpRequest, code: UUID) -> HttpResponse:
     """One held task's panel alone, for the page's script to show without a page load."""
     task = _get_task(code)
-    if not _holds(task, request_user(request)):
+    if not task_holds(task, request_user(request)):
         return HttpResponse("This task is not yours.", status=409, content_type="text/plain")
     return _panel(request, task)
 
@@ -321,7 +310,7 @@ def decide(request: HttpRequest, code: UUID) -> HttpResponse:
         if _wants_json(request):
             return _outcome(request, refused=message)
         messages.error(request, str(exc))
-        if _holds(task, user):
+        if task_holds(task, user):
             return redirect("review:task", code=task.code)
         return redirect("review:queue")
     said = f"{ACTION_WORDS[ReviewDecision.Action(row.action)]} {_name(task)}"
@@ -345,23 +334,14 @@ def skip(request: HttpRequest, code: UUID) -> HttpResponse:
             return _outcome(request, refused=f"{_name(task)} was not skipped: {exc}")
         messages.error(request, str(exc))
         return redirect("review:queue")
-    skipped = request.session.get(SKIPPED, [])
-    request.session[SKIPPED] = [*skipped, task.id][-200:]
-    request.session[LAST_SKIP] = {"task": task.id, "at": time.time()}
+    skip_remember(request.session, task.id)
     if _wants_json(request):
         return _outcome(request, saved=f"Skipped {_name(task)}: it is back in the queue.")
     return _next_or_queue(request)
 
 
-def _recent_skip(request: HttpRequest) -> dict[str, Any] | None:
-    skip = request.session.get(LAST_SKIP)
-    if not skip or time.time() - skip["at"] > undo_window().total_seconds():
-        return None
-    return dict(skip)
-
-
 def _undoable(request: HttpRequest, user: User) -> bool:
-    return _recent_skip(request) is not None or last_undoable_decision(user) is not None
+    return undoable(request.session, user)
 
 
 @require_POST
@@ -369,12 +349,9 @@ def _undoable(request: HttpRequest, user: User) -> bool:
 def undo(request: HttpRequest) -> HttpResponse:
     """Take back the reviewer's last decision or skip, whichever came later."""
     user = request_user(request)
-    decision = last_undoable_decision(user)
-    skipped = _recent_skip(request)
-    if skipped is not None and (
-        decision is None or skipped["at"] > decision.created_at.timestamp()
-    ):
-        return _undo_skip(request, user, skipped["task"])
+    decision = undo_target(request.session, user)
+    if isinstance(decision, int):
+        return _undo_skip(request, user, decision)
     if decision is None:
         messages.error(request, "Nothing to undo: no decision of yours is recent enough.")
         return redirect("review:queue")
@@ -388,8 +365,7 @@ def undo(request: HttpRequest) -> HttpResponse:
 
 
 def _undo_skip(request: HttpRequest, user: User, task_id: int) -> HttpResponse:
-    del request.session[LAST_SKIP]
-    request.session[SKIPPED] = [i for i in request.session.get(SKIPPED, []) if i != task_id]
+    skip_undone(request.session, task_id)
     try:
         task = task_skip_undo(task=get_object_or_404(ReviewTask, id=task_id), user=user)
     except ReviewRefused as exc:

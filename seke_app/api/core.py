@@ -22,10 +22,12 @@ from typing import Any, Literal
 
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
+from django.db.models import TextChoices
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, SessionAuth
+from pydantic import WithJsonSchema
 
 from seke_app.api.tokens import token_user
 from seke_app.roles import ADMINS, ANNOTATORS, is_admin, is_annotator
@@ -118,6 +120,16 @@ api = NinjaAPI(
 )
 
 
+def choices_schema(choices: type[TextChoices], title: str) -> WithJsonSchema:
+    """The schema of a field typed with a model's choices, inline and titled.
+
+    Without it every model's ``Status`` class would become one schema component
+    called "Status", and the schema would document one model's values for all.
+    Use as ``Annotated[GenerationRun.Status, choices_schema(GenerationRun.Status, ...)]``.
+    """
+    return WithJsonSchema({"type": "string", "enum": list(choices.values), "title": title})
+
+
 class ErrorOut(Schema):
     detail: str
 
@@ -135,6 +147,14 @@ def require_admin(request: HttpRequest) -> User:
     user = _with_role(api_user(request), "admin")
     assert user is not None
     return user
+
+
+def refused(status: int, exc: Exception) -> HttpError:
+    """A service's refusal (RunRefused, ExportRefused, ...) as an HTTP error whose detail
+    is the service's message, written as a sentence."""
+    message = str(exc).strip()
+    message = message[:1].upper() + message[1:]
+    return HttpError(status, message if message.endswith((".", "!", "?")) else f"{message}.")
 
 
 def _problem(error: dict[str, Any]) -> str:
@@ -206,16 +226,36 @@ def me(request: HttpRequest) -> dict[str, Any]:
 
 
 # (prefix, "module:attribute") of each stage's router, mounted under /api/v1/.
-ROUTERS: list[tuple[str, str]] = []
+ROUTERS: list[tuple[str, str]] = [
+    ("runs", "seke_app.runs.api:router"),
+    ("prompt-versions", "review.feedback.api:router"),
+    ("review", "review.tasks.api:router"),
+    ("exports", "seke_app.exports.api:router"),
+    ("datasets", "seke_app.datasets.api:router"),
+    ("imports", "seke_app.datasets.api:imports_router"),
+    ("images", "seke_app.datasets.images_api:router"),
+    # Beside the runs' own router: ninja joins both at one prefix (their paths differ).
+    ("runs", "seke_app.insights.api:router"),
+    ("webhooks", "seke_app.webhooks.api:router"),
+]
 
 
-def _mount() -> None:
-    for prefix, target in ROUTERS:
-        module, attribute = target.split(":")
-        api.add_router(f"/v1/{prefix}", getattr(importlib.import_module(module), attribute))
+_mounted = False
 
 
-_mount()
+def mounted_api() -> NinjaAPI:
+    """``api`` with every router of ``ROUTERS`` added (once), for the URLconf.
+
+    Mounting waits until the URLconf asks, so that a router module may import this
+    one (for ``ADMINS_ONLY`` and the rest) in any order.
+    """
+    global _mounted
+    if not _mounted:
+        for prefix, target in ROUTERS:
+            module, attribute = target.split(":")
+            api.add_router(f"/v1/{prefix}", getattr(importlib.import_module(module), attribute))
+        _mounted = True
+    return api
 
 
 def not_found_view(request: HttpRequest, rest: str = "") -> HttpResponse:

@@ -1,21 +1,20 @@
 """Importing face images (and their known human labels) into a dataset.
 
 ``dataset_import`` imports a folder tree or a zip in the calling process (the
-``import_faces`` command, the demo). An upload from the import page is kept under
-``SEKE_DATA_DIR/imports`` and imported by a job on the "default" queue:
+``import_faces`` command, the demo). An upload from the import page is kept in the
+imports storage (``seke_app.media``: a folder of SEKE_DATA_DIR, or a bucket that a
+worker on another machine reads too) and imported by a job on the "default" queue:
 ``dataset_import_create`` checks and keeps it and queues the job once the row is
 committed, ``dataset_import_run`` is the job's one call, and
-``dataset_import_cancel`` stops it between batches.
+``dataset_import_cancel`` stops it between batches. Images go to the media storage.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,13 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.move import file_move_safe
+from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
+from seke_app.datasets.uploads import discard_folder, incoming_folder
 from seke_app.engine.ingest import (
     CheckedImage,
     ImageLimits,
@@ -44,6 +45,14 @@ from seke_app.engine.ingest import (
     size_over_limit,
 )
 from seke_app.engine.vocab import AU_VOCABULARIES, Vocabulary
+from seke_app.media import (
+    delete_folder,
+    imports_storage,
+    local_file,
+    local_folder,
+    save_bytes,
+    save_file,
+)
 from seke_app.models import Dataset, FaceImage
 from seke_app.models.datasets import DatasetImport, imports_dir
 from seke_app.queue import get_queue
@@ -123,6 +132,43 @@ def dataset_check(*, name: str, au_vocabulary: str | None = None) -> Dataset | N
             f" not {au_vocabulary!r}"
         )
     return dataset
+
+
+class DatasetExists(ImportRefused):
+    """A dataset of that name exists already."""
+
+
+def dataset_create(
+    *,
+    name: str,
+    au_vocabulary: str | None = None,
+    description: str = "",
+    licence_note: str = "",
+    user: User | None = None,
+) -> Dataset:
+    """A new, empty dataset, checked as an import's new dataset is (``dataset_check``).
+
+    Its images come by import. The import page instead creates a dataset with the
+    first image an import accepts; this is for a client that wants the dataset (and
+    its vocabulary) fixed before uploading parts of it. ImportRefused for a bad name
+    or vocabulary, DatasetExists for a name taken.
+    """
+    if not name:
+        raise ImportRefused("give the dataset a name (letters, digits, '-' and '_')")
+    if dataset_check(name=name, au_vocabulary=au_vocabulary) is not None:
+        raise DatasetExists(f"a dataset called {name!r} exists already")
+    try:
+        with transaction.atomic():
+            return Dataset.objects.create(
+                name=name,
+                au_vocabulary=au_vocabulary or "feid17",
+                description=description,
+                licence_note=licence_note,
+                created_by=user,
+            )
+    except IntegrityError:
+        # Created by another request since the check.
+        raise DatasetExists(f"a dataset called {name!r} exists already") from None
 
 
 @dataclass
@@ -306,7 +352,7 @@ def _store_batch(
     new: dict[str, tuple[CheckedImage, SourceEntry]],
     report: ImportReport,
 ) -> None:
-    written: list[Path] = []
+    written: list[str] = []
     rows = []
     licence_note = target.licence_note
     creates_dataset = target.dataset is None
@@ -316,7 +362,7 @@ def _store_batch(
             for image, entry in new.values():
                 relative, created = _store_file(image)
                 if created:
-                    written.append(Path(settings.MEDIA_ROOT) / relative)
+                    written.append(relative)
                 rows.append(
                     _face_row(
                         dataset, image, entry, relative, manifest.rows.get(entry.name), licence_note
@@ -325,8 +371,8 @@ def _store_batch(
             FaceImage.objects.bulk_create(rows)
     except BaseException:
         # Files written for rows that never committed would be orphans: remove them.
-        for file in written:
-            file.unlink(missing_ok=True)
+        for name in written:
+            default_storage.delete(name)
         if creates_dataset:
             target.dataset = None
         raise
@@ -362,26 +408,27 @@ def _face_row(
 
 
 def _store_file(image: CheckedImage) -> tuple[str, bool]:
-    """Write the bytes under their hash, once; return the media-relative path."""
-    relative = f"faces/{image.sha256[:2]}/{image.sha256}.{image.extension}"
-    target = Path(settings.MEDIA_ROOT) / relative
-    if target.exists():
-        return relative, False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Written to a temporary name and renamed, so a crash never leaves half a file.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+    """Save the bytes under their hash in the media storage, once, whole or not at all;
+    return their name there and whether this call wrote them.
+
+    A file of the right size under that name is the image; one of another size
+    (damaged since, say) is replaced. Asking for the size costs what asking whether
+    the file exists would (a stat, or a HEAD request to a bucket).
+    """
+    name = f"faces/{image.sha256[:2]}/{image.sha256}.{image.extension}"
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(image.data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return relative, True
+        if default_storage.size(name) == len(image.data):
+            return name, False
+        default_storage.delete(name)
+    except FileNotFoundError:
+        pass
+    # Another import may save the same image at the same moment; the storage then
+    # keeps both, under different names.
+    return save_bytes(default_storage, name, image.data), True
 
 
 # ---------------------------------------------------------------------------
-# Uploads from the import page: kept under SEKE_DATA_DIR/imports, imported by a job.
+# Uploads from the import page: kept in the imports storage, imported by a job.
 
 
 def upload_too_large(size: int) -> str | None:
@@ -427,17 +474,23 @@ def dataset_import_create(
         upload_name=_upload_name(uploads)[:300],
         upload_size=sum(upload.size or 0 for upload in uploads),
     )
+    # The files are gathered and checked on this machine's disk first, so that a
+    # refused upload is never sent to a bucket.
+    staging = incoming_folder()
     try:
-        source = _keep_uploads(uploads, job.folder())
-        job.upload_path = source.relative_to(imports_dir()).as_posix()
+        source = _keep_uploads(uploads, staging)
+        job.upload_path = f"{job.folder_name()}/{source.relative_to(staging).as_posix()}"
         _check_manifest(source, _source_label(job), vocabulary)
+        _publish(staging, source, job)
         with transaction.atomic():
             job.save()
             if enqueue:
                 transaction.on_commit(lambda: job.enqueue("default", RUN_IMPORT))
     except BaseException:
-        shutil.rmtree(job.folder(), ignore_errors=True)
+        delete_folder(imports_storage(), job.folder_name())
         raise
+    finally:
+        discard_folder(staging)
     return job
 
 
@@ -450,7 +503,7 @@ def _upload_name(uploads: Sequence[UploadedFile[bytes]]) -> str:
 
 
 def _source_label(job: DatasetImport) -> str:
-    return job.upload_name if job.upload_path.endswith(".zip") else "the uploaded files"
+    return job.upload_name if job.upload_is_zip() else "the uploaded files"
 
 
 def _keep_uploads(uploads: Sequence[UploadedFile[bytes]], folder: Path) -> Path:
@@ -478,6 +531,15 @@ def _keep(upload: UploadedFile[bytes], target: Path) -> None:
     with target.open("wb") as handle:
         for chunk in upload.chunks():
             handle.write(chunk)
+
+
+def _publish(staging: Path, source: Path, job: DatasetImport) -> None:
+    """Save the kept upload to the imports storage, where the job finds it on any
+    machine; a storage on this disk takes the files by a rename."""
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    for file in files:
+        name = f"{job.folder_name()}/{file.relative_to(staging).as_posix()}"
+        save_file(imports_storage(), name, file)
 
 
 def _check_manifest(source_path: Path, label: str, vocabulary: Vocabulary) -> None:
@@ -524,26 +586,33 @@ def dataset_import_run(*, import_id: int) -> None:
     job = DatasetImport.objects.select_related("created_by").get(id=import_id)
     if not job.claim():
         if job.status == Status.CANCELLED:
-            shutil.rmtree(job.folder(), ignore_errors=True)
+            delete_folder(imports_storage(), job.folder_name())
         return
     log.info("import %s started", job.code)
     try:
         _run(job)
     finally:
-        shutil.rmtree(job.folder(), ignore_errors=True)
+        delete_folder(imports_storage(), job.folder_name())
+
+
+def _local_upload(job: DatasetImport) -> AbstractContextManager[Path]:
+    """The upload on this machine's disk (copied from a bucket for the import)."""
+    copy = local_file if job.upload_is_zip() else local_folder
+    return copy(imports_storage(), job.upload_path, scratch=imports_dir())
 
 
 def _run(job: DatasetImport) -> None:
     try:
-        report = dataset_import(
-            path=job.source_path(),
-            dataset_name=job.dataset_name,
-            au_vocabulary=job.au_vocabulary or None,
-            licence_note=job.licence_note,
-            user=job.created_by,
-            progress=_JobProgress(job.id),
-            label=_source_label(job),
-        )
+        with _local_upload(job) as path:
+            report = dataset_import(
+                path=path,
+                dataset_name=job.dataset_name,
+                au_vocabulary=job.au_vocabulary or None,
+                licence_note=job.licence_note,
+                user=job.created_by,
+                progress=_JobProgress(job.id),
+                label=_source_label(job),
+            )
     except ImportCancelled:
         log.info("import %s cancelled", job.code)
         return
@@ -572,7 +641,7 @@ def _finish(job: DatasetImport, status: str, *, error: str, **fields: Any) -> No
 def dataset_import_cancel(*, job: DatasetImport) -> None:
     """Stop a queued or running import; images imported before the cancel stay."""
     if job.cancel(statuses=(Status.QUEUED,)):
-        shutil.rmtree(job.folder(), ignore_errors=True)
+        delete_folder(imports_storage(), job.folder_name())
         return
     # A running job notices at its next batch, and removes the upload itself.
     if not job.cancel(statuses=(Status.RUNNING,)):

@@ -5,8 +5,10 @@ in the web process's memory and write larger ones to the system's temporary
 folder. An upload of two thousand photos would then sit in memory, and a zip
 would be written twice: once there, once where the import job reads it.
 ``ImportUploadHandler`` writes each file once, into a new folder under
-``SEKE_DATA_DIR/imports``, from where the import service moves it into the job's
-folder (a rename on the same file system).
+``SEKE_DATA_DIR/imports/incoming`` on the web machine's disk, from where the import
+service saves it to the imports storage: a rename on the same file system where
+that storage is the folder ``SEKE_DATA_DIR/imports``, an upload to the bucket
+where it is one (``seke_app.media``).
 """
 
 from __future__ import annotations

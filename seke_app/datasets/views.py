@@ -7,7 +7,6 @@ from uuid import UUID
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db.models import Count, Q
 from django.http import FileResponse, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.templatetags.static import static
@@ -16,6 +15,7 @@ from django.views.decorators.http import require_POST
 
 from seke_app.datasets.faces import face_rows
 from seke_app.datasets.forms import UploadForm
+from seke_app.datasets.listing import datasets_counted
 from seke_app.datasets.services import (
     ImportRefused,
     dataset_import_cancel,
@@ -63,13 +63,7 @@ def home_live(request: HttpRequest) -> HttpResponse:
 
 @admin_required
 def dataset_list(request: HttpRequest) -> HttpResponse:
-    datasets = Dataset.objects.annotate(
-        n_images=Count("images"),
-        n_expression=Count("images", filter=Q(images__known_expression__isnull=False)),
-        n_va=Count("images", filter=Q(images__known_valence__isnull=False)),
-        n_aus=Count("images", filter=Q(images__known_aus__isnull=False)),
-    )
-    return render(request, "datasets/dataset_list.html", {"datasets": datasets})
+    return render(request, "datasets/dataset_list.html", {"datasets": datasets_counted()})
 
 
 @admin_required
@@ -211,6 +205,10 @@ def image_detail(request: HttpRequest, code: UUID) -> HttpResponse:
 
 @annotator_required
 def image_file(request: HttpRequest, code: UUID) -> FileResponse:
+    """The face's file, read from the media storage (a local folder or a bucket) and
+    relayed, never a redirect to the bucket: every image is checked against the
+    reader's role, its URL stays the same (so the browser's cache keeps it), faces
+    are small, and the bucket need not be reachable from reviewers' browsers."""
     image = _get_image(code)
     response = FileResponse(image.file.open("rb"))
     response["Cache-Control"] = "private, max-age=86400"

@@ -22,7 +22,7 @@ accepted annotations.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +35,8 @@ from seke_app.models.runs import confident
 
 CHUNK_SIZE = 1000
 
-_IMAGE_FIELDS = (
+# The image columns ``curate`` reads.
+IMAGE_FIELDS = (
     "id",
     "code",
     "original_name",
@@ -183,6 +184,25 @@ def curate(
     )
 
 
+def curate_rows(rows: Sequence[Row]) -> list[CuratedRecord | None]:
+    """The curated records of image rows, in their order: for a page of images of any
+    datasets rather than one dataset's chunks.
+
+    The rows are read with ``IMAGE_FIELDS`` and "dataset__name". Two queries whatever
+    their number (their decisions, their accepted annotations). None stands for an
+    image a reviewer rejected; ``FaceImage.rejected`` is the caller's to read.
+    """
+    if not rows:
+        return []
+    ids = FaceImage.objects.filter(id__in=[row["id"] for row in rows]).values("id")
+    references = human_references(ids, gold=False)
+    accepted = _latest_accepted(ids)
+    return [
+        curate(row, references.get(row["id"]), accepted.get(row["id"]), row["dataset__name"])
+        for row in rows
+    ]
+
+
 def curated_records(
     *, dataset: Dataset, split: str = "", chunk_size: int = CHUNK_SIZE
 ) -> Iterator[list[CuratedRecord | None]]:
@@ -194,7 +214,7 @@ def curated_records(
     images = candidate_images(dataset=dataset, split=split).order_by("id")
     last_id = 0
     while True:
-        chunk = list(images.filter(id__gt=last_id).values(*_IMAGE_FIELDS)[:chunk_size])
+        chunk = list(images.filter(id__gt=last_id).values(*IMAGE_FIELDS)[:chunk_size])
         if not chunk:
             return
         # The chunk's images again, as a subquery: no list of ids to send, whatever its size.

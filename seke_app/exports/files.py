@@ -1,18 +1,19 @@
 """The files of one export, written with constant memory and checksummed as they go.
 
-Data files (JSON Lines) are written to disk first; images are streamed straight
-into the zip archive. ``finish`` then adds the data files, the dataset card,
-``SHA256SUMS`` (readable by ``sha256sum -c``) and ``manifest.json`` (whose
+Everything is written in a work folder on the local disk of the machine running
+the export. Data files (JSON Lines) are written there first; images are streamed
+straight into the zip archive. ``finish`` then adds the data files, the dataset
+card, ``SHA256SUMS`` (readable by ``sha256sum -c``) and ``manifest.json`` (whose
 ``files`` list names every other file of the archive with its SHA-256 and size),
-and renames the archive into place, so a half-written export never carries the
-final name. Without an archive the one data file itself is the export.
+and returns the completed file, which the caller saves to the exports storage
+under its final name: a half-written export never carries it. Without an archive
+the one data file itself is the export.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -91,14 +92,14 @@ class ExportFiles:
         file = self.data_file(name)
         file.write(text.encode())
 
-    def add_image(self, name: str, source: Path) -> None:
+    def add_image(self, name: str, source: IO[bytes]) -> None:
         """Stream one image file into the archive, stored as it is (already compressed)."""
         if self._zip is None:
             raise ValueError("images can only be copied into an archive")
         digest = hashlib.sha256()
         size = 0
         with (
-            source.open("rb") as reader,
+            source as reader,
             self._zip.open(
                 zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), "w", force_zip64=True
             ) as writer,
@@ -150,27 +151,23 @@ class ExportFiles:
                 out.write(separator + b"\n    " + json.dumps(entry).encode())
             out.write(b"\n  ]" + after.encode() + b"\n")
 
-    def finish(self, target: Path, manifest: Mapping[str, Any]) -> Path:
-        """Complete the export at ``target`` (a .zip, or the one data file)."""
-        target.parent.mkdir(parents=True, exist_ok=True)
+    def finish(self, manifest: Mapping[str, Any]) -> Path:
+        """Complete the export and return its file (a .zip, or the one data file), still
+        in the work folder: ``discard`` removes it unless it was moved away."""
         if not self.archive:
             file = self._data[0]
             file.close()
-            os.replace(file.path, target)
-            self.discard()
-            return target
+            return file.path
         assert self._zip is not None
         self._add_data_files()
         self._checksums.close()
         self._write_sums()
         self._write_manifest(manifest)
         self._zip.close()
-        os.replace(self.work_dir / "partial.zip", target)
-        self.discard()
-        return target
+        return self.work_dir / "partial.zip"
 
     def discard(self) -> None:
-        """Close and remove everything written so far (the target stays)."""
+        """Close and remove everything written so far, with the work folder."""
         for file in self._data:
             file.close()
         if not self._checksums.closed:

@@ -10,7 +10,6 @@ and ends with the file's path on the row, or the error that stopped it.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
@@ -18,9 +17,11 @@ from django.utils import timezone
 
 from seke_app.exports.options import ExportOptions, ExportRefused
 from seke_app.exports.writers import PROGRESS_EVERY, ExportCancelled, Progress, write_export
+from seke_app.media import exports_storage
 from seke_app.models import Dataset
-from seke_app.models.exports import Export, exports_dir
+from seke_app.models.exports import Export
 from seke_app.queue import get_queue
+from seke_app.webhooks import events as webhook_events
 
 RUN_EXPORT = "seke_app.exports.jobs.run_export"
 log = logging.getLogger("seke.exports")
@@ -88,25 +89,31 @@ def export_run(*, export_id: int) -> None:
     log.info("export %s started", export.code)
     try:
         options = ExportOptions.from_json(export.options)
-        path = write_export(export, options, Progress(export.id))
+        name = write_export(export, options, Progress(export.id))
     except ExportCancelled:
         log.info("export %s cancelled", export.code)
         return
     except Exception as exc:
         log.exception("export %s failed", export.code)
-        Export.objects.filter(id=export_id, status=Status.RUNNING).update(
-            status=Status.FAILED, finished_at=timezone.now(), error=f"{type(exc).__name__}: {exc}"
-        )
+        with transaction.atomic():
+            failed = Export.objects.filter(id=export_id, status=Status.RUNNING).update(
+                status=Status.FAILED,
+                finished_at=timezone.now(),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            if failed:
+                webhook_events.export_finished(export_id)
         return
-    finished = Export.objects.filter(id=export_id, status=Status.RUNNING).update(
-        status=Status.DONE,
-        finished_at=timezone.now(),
-        file_path=str(path.relative_to(exports_dir())),
-        file_size=path.stat().st_size,
-    )
+    size = exports_storage().size(name)
+    with transaction.atomic():
+        finished = Export.objects.filter(id=export_id, status=Status.RUNNING).update(
+            status=Status.DONE, finished_at=timezone.now(), file_path=name, file_size=size
+        )
+        if finished:
+            webhook_events.export_finished(export_id)
     if not finished:
         # Cancelled in the last moment: the file is not to be offered.
-        path.unlink(missing_ok=True)
+        exports_storage().delete(name)
 
 
 def export_cancel(*, export: Export) -> None:
@@ -117,11 +124,11 @@ def export_cancel(*, export: Export) -> None:
         )
 
 
-def export_file(export: Export) -> Path:
-    """The finished file of an export, or ExportRefused saying why there is none."""
-    path = export.absolute_path()
-    if path is None:
+def export_file(export: Export) -> str:
+    """The name of an export's finished file in the exports storage
+    (``seke_app.media.exports_storage``), or ExportRefused saying why there is none."""
+    if export.status != Status.DONE or not export.file_path:
         raise ExportRefused("the export has no file yet")
-    if not path.is_file():
-        raise ExportRefused("the export's file is gone from the data directory")
-    return path
+    if not exports_storage().exists(export.file_path):
+        raise ExportRefused("the export's file is gone from the exports storage")
+    return export.file_path

@@ -5,16 +5,17 @@ from __future__ import annotations
 from uuid import UUID
 
 from django.contrib import messages
-from django.http import FileResponse, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from seke_app.exports.forms import ExportForm
 from seke_app.exports.options import describe_options
+from seke_app.exports.progress import export_progress_of
 from seke_app.exports.services import ExportRefused, export_cancel, export_create, export_file
-from seke_app.insights.references import waiting_images
-from seke_app.models import Dataset, FaceImage
+from seke_app.media import download_response, exports_storage
+from seke_app.models import Dataset
 from seke_app.models.exports import Export
 from seke_app.queue import QueueUnavailable
 from seke_app.roles import admin_required
@@ -68,19 +69,15 @@ def export_new(request: HttpRequest, code: UUID) -> HttpResponse:
 
 
 def _progress_context(export: Export) -> dict[str, object]:
-    # A FEAB export reads its images twice: once to split them, once to write.
-    passes = 2 if export.kind == Export.Kind.FEAB else 1
-    context: dict[str, object] = {
+    progress = export_progress_of(export)
+    return {
         "export": export,
-        "settled": export.is_settled(),
-        "percent": round(export.progress * 100, 1),
-        "n_images": export.n_total // passes,
+        "settled": progress.settled,
+        "percent": progress.percent,
+        "n_images": progress.n_images,
         "options": describe_options(export),
+        "awaiting_review": progress.awaiting_review,
     }
-    if export.status == Export.Status.DONE and export.n_skipped:
-        images = FaceImage.objects.filter(dataset=export.dataset).filter(waiting_images())
-        context["awaiting_review"] = images.count()
-    return context
 
 
 @admin_required
@@ -113,8 +110,18 @@ def export_cancel_view(request: HttpRequest, code: UUID) -> HttpResponse:
 def export_download(request: HttpRequest, code: UUID) -> HttpResponseBase:
     export = _get_export(code)
     try:
-        path = export_file(export)
+        return export_file_response(export)
     except ExportRefused as exc:
         messages.error(request, str(exc))
         return redirect("export_detail", code=export.code)
-    return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
+
+
+def export_file_response(export: Export) -> HttpResponseBase:
+    """The export's file as a download, or ExportRefused saying why there is none.
+
+    The page's download and ``GET /api/v1/exports/{code}/download`` both answer with it:
+    the file itself from a local folder, a redirect to a short-lived link from a bucket
+    (``seke_app.media.download_response`` says why).
+    """
+    name = export_file(export)
+    return download_response(exports_storage(), name, filename=export.file_name())

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
+from django.core.files.storage import default_storage
 from django.utils import timezone
 
 import seke_app
@@ -29,6 +29,7 @@ from seke_app.exports.curation import candidate_images, curated_records
 from seke_app.exports.files import ExportFiles, JsonArrayFile
 from seke_app.exports.options import ExportOptions
 from seke_app.insights.certificates import run_quality
+from seke_app.media import exports_storage, media_location, save_bytes, save_file
 from seke_app.models import Dataset, GenerationRun, PromptVersion
 from seke_app.models.exports import Export, exports_dir
 
@@ -133,12 +134,13 @@ class _Writer:
         """Where a line points for the image: its copy in the archive, or its stored path."""
         if self.options.images == "copy":
             name = f"images/{Path(record.file).name}"
-            self.files.add_image(name, Path(settings.MEDIA_ROOT) / record.file)
+            self.files.add_image(name, default_storage.open(record.file, "rb"))
             return name
         return self.options.image_root + record.file
 
     def data_url(self, record: CuratedRecord) -> str:
-        data = (Path(settings.MEDIA_ROOT) / record.file).read_bytes()
+        with default_storage.open(record.file, "rb") as handle:
+            data = handle.read()
         mime = MIME_TYPES.get(record.image_format.upper(), "application/octet-stream")
         return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
@@ -223,10 +225,10 @@ def _holdout_images(options: ExportOptions) -> frozenset[str]:
     if not options.holdout:
         return frozenset()
     benchmark = Export.objects.get(code=options.holdout)
-    path = benchmark.absolute_path()
-    if path is None or not path.is_file():
+    storage = exports_storage()
+    if not benchmark.file_path or not storage.exists(benchmark.file_path):
         raise FileNotFoundError(f"the file of FEAB export {options.holdout} is gone")
-    with zipfile.ZipFile(path) as archive:
+    with storage.open(benchmark.file_path, "rb") as handle, zipfile.ZipFile(handle) as archive:
         return frozenset(archive.read("test_images.txt").decode().split())
 
 
@@ -248,7 +250,7 @@ def _prompt_versions(numbers: list[int]) -> list[dict[str, Any]]:
 def _images_note(options: ExportOptions) -> str:
     if options.images == "copy":
         return "copied into images/ in this archive"
-    root = options.image_root or "SEKE's media folder (SEKE_DATA_DIR/media)"
+    root = options.image_root or media_location()
     return f"referenced, not included: paths are relative to {root}"
 
 
@@ -312,11 +314,24 @@ def _card(w: _Writer, manifest: dict[str, Any]) -> str:
     return card_markdown(w.stats, title=title, summary=summary, notes=notes, quality=quality)
 
 
-def write_export(export: Export, options: ExportOptions, progress: Progress) -> Path:
-    """Write the whole export and return its file; raises ExportCancelled when cancelled."""
+def write_export(export: Export, options: ExportOptions, progress: Progress) -> str:
+    """Write the whole export, save it to the exports storage and return its name there;
+    raises ExportCancelled when cancelled.
+
+    The files are written in a work folder on this machine's disk, removed at the
+    end whatever the end; until then a file under ``Export.work_name`` in the
+    storage tells every machine that the job is at work.
+    """
+    storage = exports_storage()
     folder = exports_dir() / str(export.code)
-    files = ExportFiles(folder / ".work", archive=options.archive)
+    # Undone in reverse order, from wherever the export stops.
+    cleanup = contextlib.ExitStack()
     try:
+        # Left empty unless the exports storage is this folder and the file is in it.
+        cleanup.callback(_remove_if_empty, folder)
+        files = ExportFiles(folder / ".work", archive=options.archive)
+        cleanup.callback(files.discard)
+        cleanup.callback(storage.delete, save_bytes(storage, f"{export.work_name()}/job", b""))
         n_images = candidate_images(dataset=export.dataset, split=options.split).count()
         passes = 2 if export.kind == Export.Kind.FEAB else 1
         Export.objects.filter(id=export.id).update(n_total=n_images * passes)
@@ -328,9 +343,12 @@ def write_export(export: Export, options: ExportOptions, progress: Progress) -> 
         manifest = _manifest(writer)
         if options.archive:
             files.add_text("README.md", _card(writer, manifest))
-        return files.finish(folder / _file_name(export, options), manifest)
-    except BaseException:
-        files.discard()
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-        raise
+        finished = files.finish(manifest)
+        return save_file(storage, f"{export.code}/{_file_name(export, options)}", finished)
+    finally:
+        cleanup.close()
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()

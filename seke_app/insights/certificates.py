@@ -70,6 +70,7 @@ from seke_app.models import Annotation, CalibrationFit, GenerationRun, RunCertif
 from seke_app.models.runs import ThresholdChange
 from seke_app.runs import hooks
 from seke_app.runs.threshold import run_threshold_set
+from seke_app.webhooks import events as webhook_events
 
 # The level of the card's intervals (95 %).
 INTERVAL_ALPHA = 0.05
@@ -284,7 +285,7 @@ def run_certify(
         total = Annotation.objects.filter(run=run).count()
         threshold = found.threshold
         accepted = 0 if threshold is None else sum(conf >= threshold for conf in population)
-        return RunCertificate.objects.create(
+        certificate = RunCertificate.objects.create(
             run=run,
             model_name=run.model_name,
             prompt_version=run.prompt_version,
@@ -306,6 +307,9 @@ def run_certify(
             change=change,
             created_by=user,  # type: ignore[misc]
         )
+        if certificate.threshold is not None:
+            webhook_events.certificate_issued(certificate)
+        return certificate
 
 
 def run_certificate_latest(run: GenerationRun) -> RunCertificate | None:

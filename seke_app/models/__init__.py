@@ -1,4 +1,5 @@
-"""SEKE's data, one module per stage: datasets and faces, runs and annotations, exports.
+"""SEKE's data, one module per stage: datasets and faces, runs and annotations, exports,
+webhooks.
 
 ``jobs.TrackedJob`` holds the fields every background job shows its progress with.
 Human decisions live in the ``review`` app as new rows pointing at annotations;
@@ -23,6 +24,13 @@ from seke_app.models.runs import (
     RunCertificate,
     RunItem,
 )
+from seke_app.models.webhooks import (
+    EventName,
+    Webhook,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEvent,
+)
 
 __all__ = [
     "AU_VOCABULARY_CHOICES",
@@ -32,6 +40,7 @@ __all__ = [
     "ApiToken",
     "CalibrationFit",
     "Dataset",
+    "EventName",
     "Export",
     "FaceImage",
     "GenerationRun",
@@ -39,5 +48,9 @@ __all__ = [
     "RunCertificate",
     "RunItem",
     "TrackedJob",
+    "Webhook",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEvent",
     "exports_dir",
 ]

@@ -10,6 +10,7 @@ from django.db import models
 from django.db.models import Q
 
 from seke_app.engine.vocab import AU_VOCABULARIES, EXPRESSIONS, Vocabulary
+from seke_app.media import imports_storage
 from seke_app.models.jobs import QueuedJob
 
 EXPRESSION_CHOICES = [(e, e) for e in EXPRESSIONS]
@@ -101,15 +102,18 @@ class FaceImage(models.Model):
 
 
 def imports_dir() -> Path:
-    """Where uploads wait for their import job: SEKE_DATA_DIR/imports."""
+    """SEKE_DATA_DIR/imports: where a request writes its uploads as they arrive, where
+    a worker copies an upload from a bucket to read it, and the folder of the imports
+    storage (where uploads wait for their job) when that is a local folder."""
     return Path(settings.DATA_DIR) / "imports"
 
 
 class DatasetImport(QueuedJob):
     """One upload from the import page, imported by a job on the "default" queue.
 
-    The upload is kept under ``imports_dir()`` until the job ends (whatever the
-    end), then removed: the images are in the media folder by then. ``n_total``
+    The upload is kept in the imports storage, under ``folder_name()``, until the
+    job ends (whatever the end), then removed: the images are in the media storage
+    by then. ``n_total``
     counts the image files to check and ``n_done`` those checked so far. The
     dataset is created with its first accepted image, so an import that accepts
     none fails and creates nothing.
@@ -129,7 +133,7 @@ class DatasetImport(QueuedJob):
     # What was uploaded, as the user named it ("faces.zip", or "3 files: ...").
     upload_name = models.CharField(max_length=300)
     upload_size = models.PositiveBigIntegerField(default=0)
-    # The zip or folder to import, relative to imports_dir(); gone once finished.
+    # The zip or folder to import, its name in the imports storage; gone once finished.
     upload_path = models.CharField(max_length=300, blank=True)
     n_imported = models.PositiveIntegerField(default=0)
     n_labelled = models.PositiveIntegerField(default=0)
@@ -153,9 +157,15 @@ class DatasetImport(QueuedJob):
             return 1.0 if self.status in (self.Status.DONE, self.Status.FAILED) else 0.0
         return super().progress
 
+    def folder_name(self) -> str:
+        """The folder of the imports storage the upload is kept in while the job waits
+        or runs."""
+        return str(self.code)
+
     def folder(self) -> Path:
-        """The folder the upload is kept in while the job waits or runs."""
-        return imports_dir() / str(self.code)
+        """That folder on this machine's disk, for tools and tests beside an imports
+        storage that is a local folder (NotImplementedError for a bucket)."""
+        return Path(imports_storage().path(self.folder_name()))
 
     def is_settled(self) -> bool:
         """Finished, and its job has let go of the upload, which it removes last.
@@ -163,7 +173,12 @@ class DatasetImport(QueuedJob):
         An import cancelled while it runs still imports the batch it is on and then
         counts it on the row: its page follows it until then.
         """
-        return self.is_finished() and self._lets_go_of(self.folder())
+        return self.is_finished() and self._lets_go_of(imports_storage(), self.folder_name())
 
     def source_path(self) -> Path:
-        return imports_dir() / self.upload_path
+        """The upload on this machine's disk, as ``folder`` gives its folder."""
+        return Path(imports_storage().path(self.upload_path))
+
+    def upload_is_zip(self) -> bool:
+        """A zip, rather than a folder of the image files uploaded one by one."""
+        return self.upload_path.endswith(".zip")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from pathlib import Path
 from typing import ClassVar
 
 from django.conf import settings
+from django.core.files.storage import Storage
 from django.db import models
 from django.utils import timezone
+
+from seke_app.media import holds
 
 
 class TrackedJob(models.Model):
@@ -54,16 +56,19 @@ class TrackedJob(models.Model):
         at hand finish) adds its own check."""
         return self.is_finished()
 
-    def _lets_go_of(self, folder: Path) -> bool:
-        """Whether a finished job's worker is done with ``folder``, which it removes last.
+    def _lets_go_of(self, storage: Storage, folder: str) -> bool:
+        """Whether a finished job's worker is done with ``folder`` of ``storage``, which
+        it removes last.
 
         A worker that died never removes it; RQ stops a job after JOB_TIMEOUT at the
         latest, so once that long has passed since the job finished it is taken as done.
+        That is checked first: it needs no look at the storage, which may be a bucket
+        on another machine.
         """
-        if not folder.exists():
-            return True
         timeout = timedelta(seconds=settings.JOB_TIMEOUT)
-        return self.finished_at is not None and timezone.now() - self.finished_at > timeout
+        if self.finished_at is not None and timezone.now() - self.finished_at > timeout:
+            return True
+        return not holds(storage, folder)
 
     @property
     def progress(self) -> float:

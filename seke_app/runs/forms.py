@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.contrib.auth.models import AbstractBaseUser
 
 from seke_app.engine.uamc import STRATEGIES, UAMCParams
 from seke_app.models import Dataset, GenerationRun, PromptVersion
 from seke_app.models.runs import NAME_MAX_LENGTH
 from seke_app.runs.backends import openai_configured
+from seke_app.runs.services import ImageFilter, run_create
 
 _DEFAULTS = UAMCParams()
 
@@ -137,6 +139,28 @@ class RunForm(forms.Form):
 
     def params(self) -> UAMCParams:
         return UAMCParams.from_options(self.cleaned_data)
+
+    def create(self, *, user: AbstractBaseUser | None) -> GenerationRun:
+        """Start the run a valid form describes (``run_create``; RunRefused or
+        QueueUnavailable when it cannot). The run page and ``POST /api/v1/runs`` both
+        start runs here, so that an empty field means the same to both."""
+        data = self.cleaned_data
+        return run_create(
+            dataset=data["dataset"],
+            backend=data["backend"],
+            model_name=data["model_name"],
+            prompt_version=data["prompt_version"],
+            params=self.params(),
+            budget_usd=data["budget_usd"],
+            concurrency=data["concurrency"],
+            double_review_share=data["double_review_share"] or 0.0,
+            audit_share=0.05 if data["audit_share"] is None else data["audit_share"],
+            image_filter=ImageFilter(
+                split=data["split"], only_unconfident=data["only_unconfident"]
+            ),
+            name=data["name"],
+            user=user,
+        )
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}

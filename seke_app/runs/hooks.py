@@ -10,7 +10,10 @@ opened and closed. ``audits_requested`` adds more of a run's images to its blind
 audit (called by ``seke_app.insights.certificates`` when an audit is too small to
 certify anything) and returns how many it added. ``calibration_fitted`` re-ranks
 the waiting review tasks of a model and prompt version by its new recalibration
-map (called by ``seke_app.insights.certificates.calibration_fit``).
+map (called by ``seke_app.insights.certificates.calibration_fit``). ``run_finished``
+is told that a run stopped (completed, failed, cancelled or at its cost cap), in the
+transaction that stopped it (called by ``seke_app.runs.services``): review announces
+a finished run's emptied review queue from there.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ AnnotationHook = Callable[["Annotation"], object]
 ThresholdHook = Callable[["GenerationRun"], tuple[int, int]]
 AuditHook = Callable[["GenerationRun", int], int]
 CalibrationHook = Callable[["CalibrationFit"], object]
+RunHook = Callable[["GenerationRun"], object]
 
 annotation_written: list[AnnotationHook] = []
 threshold_changed: list[ThresholdHook] = []
 audits_requested: list[AuditHook] = []
 calibration_fitted: list[CalibrationHook] = []
+run_finished: list[RunHook] = []
 
 
 def on_annotation_written(hook: AnnotationHook) -> AnnotationHook:
@@ -53,4 +58,10 @@ def on_audits_requested(hook: AuditHook) -> AuditHook:
 def on_calibration_fitted(hook: CalibrationHook) -> CalibrationHook:
     if hook not in calibration_fitted:
         calibration_fitted.append(hook)
+    return hook
+
+
+def on_run_finished(hook: RunHook) -> RunHook:
+    if hook not in run_finished:
+        run_finished.append(hook)
     return hook

@@ -59,6 +59,7 @@ from seke_app.runs.backends import BackendUnavailable, backend_for, default_mode
 from seke_app.runs.calls import ImageCalls, LeaseLost
 from seke_app.runs.leases import LeaseKeeper, expired, lease_end, lease_renew, poll_seconds
 from seke_app.runs.prompts import prompt_version_active
+from seke_app.webhooks import events as webhook_events
 
 log = logging.getLogger("seke.runs")
 
@@ -662,13 +663,26 @@ def sample_rows(annotation: Annotation, result: UAMCResult) -> list[AnnotationSa
 # --- Run state -----------------------------------------------------------------------
 
 
+def _announce_stop(run_id: int) -> None:
+    """Tell whoever listens that the run stopped: webhooks (``run.finished``) and the
+    other apps' hooks. Called in the transaction of the UPDATE that stopped it, and
+    only when that UPDATE changed the row, so that each stop is announced once."""
+    run = GenerationRun.objects.select_related("dataset", "prompt_version").get(id=run_id)
+    webhook_events.run_finished(run)
+    for hook in hooks.run_finished:
+        hook(run)
+
+
 def _stop_at_budget(run_id: int) -> bool:
-    stopped = GenerationRun.objects.filter(
-        id=run_id,
-        status=Status.RUNNING,
-        budget_usd__isnull=False,
-        cost_usd__gte=F("budget_usd"),
-    ).update(status=Status.BUDGET_EXHAUSTED, finished_at=timezone.now())
+    with transaction.atomic():
+        stopped = GenerationRun.objects.filter(
+            id=run_id,
+            status=Status.RUNNING,
+            budget_usd__isnull=False,
+            cost_usd__gte=F("budget_usd"),
+        ).update(status=Status.BUDGET_EXHAUSTED, finished_at=timezone.now())
+        if stopped:
+            _announce_stop(run_id)
     if stopped:
         log.info("run %s stopped at its cost cap", run_id)
     return bool(stopped)
@@ -680,24 +694,38 @@ def _finish_if_done(run_id: int) -> None:
     )
     if open_items.exists():
         return
-    GenerationRun.objects.filter(id=run_id, status__in=[Status.RUNNING, Status.QUEUED]).update(
-        status=Status.COMPLETED, finished_at=timezone.now()
-    )
+    with transaction.atomic():
+        finished = GenerationRun.objects.filter(
+            id=run_id, status__in=[Status.RUNNING, Status.QUEUED]
+        ).update(status=Status.COMPLETED, finished_at=timezone.now())
+        if finished:
+            _announce_stop(run_id)
 
 
 def _fail_run(run_id: int, reason: str) -> None:
-    GenerationRun.objects.filter(id=run_id).exclude(
-        status__in=[Status.CANCELLED, Status.COMPLETED]
-    ).update(status=Status.FAILED, error=reason, finished_at=timezone.now())
+    # A run that has stopped already keeps its end (and the reason it was given):
+    # every chunk job of a run whose backend is missing comes here.
+    with transaction.atomic():
+        failed = (
+            GenerationRun.objects.filter(id=run_id)
+            .exclude(status__in=GenerationRun.FINISHED)
+            .update(status=Status.FAILED, error=reason, finished_at=timezone.now())
+        )
+        if failed:
+            _announce_stop(run_id)
 
 
 def run_cancel(*, run: GenerationRun) -> None:
     """Stop handing out new images; images in flight finish and are kept."""
-    changed = GenerationRun.objects.filter(
-        id=run.id, status__in=[Status.QUEUED, Status.RUNNING]
-    ).update(status=Status.CANCELLED, cancelled_at=timezone.now(), finished_at=timezone.now())
-    if not changed:
-        raise RunRefused(f"a run that is {run.get_status_display().lower()} cannot be cancelled")
+    with transaction.atomic():
+        changed = GenerationRun.objects.filter(
+            id=run.id, status__in=[Status.QUEUED, Status.RUNNING]
+        ).update(status=Status.CANCELLED, cancelled_at=timezone.now(), finished_at=timezone.now())
+        if not changed:
+            raise RunRefused(
+                f"a run that is {run.get_status_display().lower()} cannot be cancelled"
+            )
+        _announce_stop(run.id)
 
 
 _STOPPED = (Status.CANCELLING, Status.CANCELLED, Status.BUDGET_EXHAUSTED, Status.FAILED)

@@ -5,30 +5,17 @@ from __future__ import annotations
 from uuid import UUID
 
 from django.contrib import messages
-from django.contrib.auth.models import User
 from django.db.models.functions import Now
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from seke_app.insights.references import waiting_annotations
-from seke_app.models import Annotation, GenerationRun, RunItem
+from seke_app.models import GenerationRun, RunItem
 from seke_app.queue import QueueUnavailable
 from seke_app.roles import admin_required, request_user
 from seke_app.runs.forms import RunForm
-from seke_app.runs.services import (
-    ImageFilter,
-    RunRefused,
-    generation_workers,
-    run_cancel,
-    run_create,
-    run_recent_errors,
-    run_resumable,
-    run_resume,
-    run_retry_failed,
-    run_stalled_items,
-    run_throughput,
-)
+from seke_app.runs.progress import run_progress_of
+from seke_app.runs.services import RunRefused, run_cancel, run_resume, run_retry_failed
 
 # The button that queues a stopped run again, and the one that re-queues the
 # images of a run at work that no job holds; the stalled notice names the one shown.
@@ -78,7 +65,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
     form = RunForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
-            run = _create(form, request_user(request))
+            run = form.create(user=request_user(request))
         except (RunRefused, QueueUnavailable) as exc:
             form.add_error(None, str(exc))
         else:
@@ -87,72 +74,24 @@ def run_new(request: HttpRequest) -> HttpResponse:
     return render(request, "runs/run_new.html", {"form": form})
 
 
-def _create(form: RunForm, user: User) -> GenerationRun:
-    data = form.cleaned_data
-    return run_create(
-        dataset=data["dataset"],
-        backend=data["backend"],
-        model_name=data["model_name"],
-        prompt_version=data["prompt_version"],
-        params=form.params(),
-        budget_usd=data["budget_usd"],
-        concurrency=data["concurrency"],
-        double_review_share=data["double_review_share"] or 0.0,
-        audit_share=0.05 if data["audit_share"] is None else data["audit_share"],
-        image_filter=ImageFilter(split=data["split"], only_unconfident=data["only_unconfident"]),
-        name=data["name"],
-        user=user,
-    )
-
-
 def _progress_context(run: GenerationRun) -> dict[str, object]:
-    rate = run_throughput(run)
-    finished = run.is_finished()
-    in_flight = run.n_in_flight()
-    eta = run.n_remaining / rate if rate and not finished else None
-    awaiting = Annotation.objects.filter(run=run).filter(waiting_annotations()).count()
+    progress = run_progress_of(run)
     return {
         "run": run,
-        "percent": round(run.progress * 100, 1),
-        "rate": rate,
-        "eta": eta,
-        "in_flight": in_flight,
+        "percent": progress.percent,
+        "rate": progress.rate,
+        "eta": progress.eta_seconds,
+        "in_flight": progress.in_flight,
         # The page refreshes until the run's counters change no more.
-        "settled": finished and not in_flight,
+        "settled": progress.settled,
         # Images a stopped run will not annotate unless it is resumed.
-        "not_started": max(run.n_remaining - in_flight, 0) if finished else 0,
-        "awaiting_review": awaiting,
-        "errors": run_recent_errors(run),
-        "stalled": 0 if finished else run_stalled_items(run),
-        "resume_label": _resume_label(run),
-        "workers": None if finished else _worker_note(),
+        "not_started": progress.not_started,
+        "awaiting_review": progress.awaiting_review,
+        "errors": progress.errors,
+        "stalled": progress.stalled,
+        "resume_label": {"resume": RESUME, "requeue": REQUEUE}.get(progress.resume or ""),
+        "workers": progress.workers_note,
     }
-
-
-def _resume_label(run: GenerationRun) -> str | None:
-    """The resume button the run page shows, if any."""
-    if run.status in (
-        GenerationRun.Status.CANCELLED,
-        GenerationRun.Status.BUDGET_EXHAUSTED,
-        GenerationRun.Status.FAILED,
-    ):
-        return RESUME
-    if not run.is_finished() and run_resumable(run):
-        return REQUEUE
-    return None
-
-
-def _worker_note() -> str | None:
-    """Why a run may not move: no worker listens, or Redis does not answer."""
-    try:
-        if generation_workers() == 0:
-            return (
-                "No worker is listening on the generation queue: start one with"
-                " `python manage.py rqworker generation`."
-            )
-    except QueueUnavailable as exc:
-        return str(exc)
-    return None
 
 
 @admin_required

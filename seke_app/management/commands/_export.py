@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from seke_app.exports.services import (
     export_file,
     export_run,
 )
+from seke_app.media import download, exports_storage, local_path
 from seke_app.models import Dataset
 from seke_app.models.exports import Export
 from seke_app.queue import QueueUnavailable
@@ -99,13 +99,16 @@ def run_export(
         raise CommandError(
             f"the export ended {export.get_status_display().lower()}: {export.error}"
         )
-    path = export_file(export)
+    name = export_file(export)
+    storage = exports_storage()
+    where = local_path(storage, name) or f"{name} in the exports storage"
     command.stdout.write(
-        f"{export.n_written} records from {export.n_done} images read; file {path}"
+        f"{export.n_written} records from {export.n_done} images read; file {where}"
     )
     if options.get("out"):
-        target = options["out"] / path.name if options["out"].is_dir() else options["out"]
-        shutil.copyfile(path, target)
+        out: Path = options["out"]
+        target = out / export.file_name() if out.is_dir() else out
+        download(storage, name, target)
         command.stdout.write(f"copied to {target}")
     return export
 
