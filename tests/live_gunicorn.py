@@ -69,6 +69,12 @@ SETTINGS_ENV: dict[str, Callable[[Any], tuple[str, str]]] = {
     "MAX_UPLOAD_BYTES": lambda value: ("SEKE_MAX_UPLOAD_MB", _mebibytes(value)),
     # A bucket (tests/test_object_storage.py); None gives the empty value, unset.
     "OBJECT_STORAGE": lambda value: ("SEKE_STORAGE_URL", value.url() if value else ""),
+    # tests/test_webhooks.py shortens the delivery's timeout and retry delays.
+    "WEBHOOK_TIMEOUT": lambda value: ("SEKE_WEBHOOK_TIMEOUT", repr(float(value))),
+    "WEBHOOK_RETRY_DELAYS": lambda value: (
+        "SEKE_WEBHOOK_RETRY_DELAYS",
+        ",".join(str(int(delay)) for delay in value),
+    ),
 }
 # Settings that differ from the session's start for reasons the server's
 # environment already covers: the test database (DATABASE_URL), the test's data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import os
 import re
@@ -15,7 +16,7 @@ from urllib.request import Request
 
 import pytest
 
-from seke_app.gunicorn_conf import available_cores, default_workers
+from seke_app.gunicorn_conf import available_cores, default_workers, post_worker_init
 from tests.live_gunicorn import NO_PROXY_OPENER, SERVER_ARGS, GunicornServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +72,15 @@ def test_it_reads_its_settings_from_the_environment(monkeypatch: pytest.MonkeyPa
 
 def test_the_default_workers_are_two_per_core_and_one_at_most_eight() -> None:
     assert [default_workers(cores) for cores in (1, 2, 3, 4, 64)] == [3, 5, 7, 8, 8]
+
+
+def test_a_worker_freezes_what_the_application_loaded() -> None:
+    assert gc.get_freeze_count() == 0
+    try:
+        post_worker_init(object())
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_it_refuses_a_malformed_variable_before_starting(tmp_path: Path) -> None:

@@ -89,8 +89,9 @@ _CONFIDENCE_FIELDS = {
 
 def datasets_counted() -> QuerySet[Dataset]:
     """Every dataset with its images and known labels counted (``n_images``,
-    ``n_expression``, ``n_va``, ``n_aus``), in one query."""
-    return Dataset.objects.annotate(**_label_counts("images__"))
+    ``n_expression``, ``n_va``, ``n_aus``), in one query, by name (a query that groups
+    rows ignores the model's ordering)."""
+    return Dataset.objects.annotate(**_label_counts("images__")).order_by("name")
 
 
 def _label_counts(prefix: str) -> dict[str, Count]:
