@@ -41,6 +41,7 @@ from django.conf import settings
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rq import Queue
+from rq import Worker as RqWorker
 
 log = logging.getLogger("seke.queue")
 
@@ -171,6 +172,42 @@ def _start_server(socket: Path) -> None:
                 f" {directory / 'redis.log'}"
             )
         time.sleep(0.05)
+
+
+class Worker(RqWorker):
+    """RQ's worker, whose exit never waits on its "stop the job" listener.
+
+    RQ reads its pubsub channel in a thread that blocks up to 60 seconds per read,
+    and with redis-py 8 stopping that thread waits the read out: a ``--burst``
+    worker that had finished its jobs now and then sat for a minute before exiting.
+    Here a read lasts at most a second, and the exit waits at most a few seconds for
+    the thread (a daemon, which ends with the process anyway); closing its
+    connection is what unsubscribes. ``settings.RQ`` makes this the class
+    ``rqworker`` runs.
+    """
+
+    LISTENER_STOP_SECONDS = 3.0
+
+    def subscribe(self) -> None:
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]
+            sleep_time=1, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
+
+    def unsubscribe(self) -> None:
+        if self.pubsub_thread is None:
+            return
+        self.log.info(
+            "Worker %s: unsubscribing from channel %s", self.name, self.pubsub_channel_name
+        )
+        # The thread closes the pubsub connection itself as its loop ends.
+        self.pubsub_thread.stop(timeout=self.LISTENER_STOP_SECONDS)
+        if self.pubsub_thread.is_alive():
+            self.log.warning(
+                "Worker %s: the pubsub listener did not stop; exiting anyway", self.name
+            )
 
 
 def get_queue(name: str = "default") -> Queue:

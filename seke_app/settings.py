@@ -200,7 +200,7 @@ RQ_QUEUES = {
     name: {"URL": _queue_url, "DEFAULT_TIMEOUT": JOB_TIMEOUT}
     for name in ("default", "generation", "exports")
 }
-RQ = {"COMMIT_MODE": "on_db_commit"}
+RQ = {"COMMIT_MODE": "on_db_commit", "WORKER_CLASS": "seke_app.queue.Worker"}
 
 # Checked wherever a password is set: add_user, the demo's admin, the Django admin.
 AUTH_PASSWORD_VALIDATORS = [
