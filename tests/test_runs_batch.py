@@ -8,12 +8,16 @@ its open batch; a run whose worker stopped with a batch in progress picks it up.
 
 from __future__ import annotations
 
+import io
 import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
+from django.core.management import CommandError, call_command
+from django.urls import reverse
 from rq.registry import ScheduledJobRegistry
 
 from seke_app.engine.llm.client import DEFAULT_PRICES
@@ -25,6 +29,8 @@ from seke_app.models import Annotation, AnnotationSample, GenerationRun, RunBatc
 from seke_app.queue import get_queue
 from seke_app.runs.batches import run_batch_step
 from seke_app.runs.services import RunRefused, run_cancel, run_create, run_resume
+from tests.api_client import ApiClient
+from tests.conftest import client_for
 from tests.factories import make_dataset
 from tests.fake_openai import BatchPlan, FakeOpenAI
 from tests.workers import emptied_queue, work_in_process
@@ -249,3 +255,95 @@ def test_it_refuses_a_batch_run_of_the_offline_annotator(tmp_path: Path) -> None
     with pytest.raises(RunRefused, match="Batch API is OpenAI's"):
         run_create(dataset=dataset, backend="offline", params=UAMCParams(), batch=True)
     assert not GenerationRun.objects.exists()
+
+
+FORM = {
+    "strategy": "uamc",
+    "k0": 3,
+    "kmax": 10,
+    "step": 2,
+    "temperature": 1.0,
+    "verify": "on",
+    "review_threshold": 0.7,
+    "concurrency": 1,
+    "batch": "on",
+}
+
+
+def test_the_form_starts_a_batch_run_and_refuses_one_offline(
+    tmp_path: Path, settings: Any, admin_user: User
+) -> None:
+    with FakeOpenAI() as server:
+        use_fake(settings, server)
+        dataset = make_dataset(tmp_path, n=2)
+        page = client_for(admin_user)
+        refused = page.post(
+            reverse("run_new"), FORM | {"dataset": dataset.code, "backend": "offline"}
+        )
+        assert "Batch API is OpenAI" in refused.content.decode()
+        assert not GenerationRun.objects.exists()
+        started = page.post(
+            reverse("run_new"), FORM | {"dataset": dataset.code, "backend": "openai"}
+        )
+        assert started.status_code == 302
+        assert GenerationRun.objects.get().batch
+
+
+def test_the_form_offers_no_batch_without_an_api_key(settings: Any, admin_user: User) -> None:
+    settings.OPENAI_API_KEY = ""
+    html = client_for(admin_user).get(reverse("run_new")).content.decode()
+    assert 'name="batch"' in html and "disabled" in html.split('name="batch"')[1].split(">")[0]
+    assert "Needs OPENAI_API_KEY" in html
+
+
+def test_the_run_page_shows_each_round(
+    tmp_path: Path, settings: Any, admin_user: User, annotator: User
+) -> None:
+    with FakeOpenAI(responder=split_responder) as server:
+        use_fake(settings, server)
+        server.batches.script(BatchPlan(), BatchPlan(expire_lines=frozenset({0})))
+        run = batch_run(tmp_path, 2)
+        work()
+    url = reverse("run_progress", args=[run.code])
+    assert client_for(annotator).get(url).status_code == 403
+    html = client_for(admin_user).get(reverse("run_detail", args=[run.code])).content.decode()
+    table = html.split('id="batch-rounds"')[1].split("</table>")[0]
+    rows = table.split("<tr>")[2:]
+    assert len(rows) == 4
+    assert "first samples 2" in rows[0] and "Completed" in rows[0]
+    assert "extra samples 2" in rows[1] and "Expired" in rows[1]
+    cells = [c.split("</td>")[0].strip() for c in rows[1].split("<td>")[1:]]
+    assert cells[4:8] == ["2", "1", "0", "1"]
+    assert "extra samples 1" in rows[2] and "verification 1" in rows[2]
+
+
+def test_the_api_starts_a_batch_run_and_shows_its_rounds(
+    tmp_path: Path, settings: Any, admin_user: User
+) -> None:
+    with FakeOpenAI() as server:
+        use_fake(settings, server)
+        dataset = make_dataset(tmp_path, n=2)
+        api = ApiClient(admin_user)
+        body = {"dataset": str(dataset.code), "backend": "openai", "batch": True}
+        created = api.post("/api/v1/runs", body)
+        assert created.status_code == 201 and created.json()["batch"] is True
+        work()
+        detail = api.get(created.json()["url"]).json()
+    assert detail["status"] == "completed"
+    assert [r["asked"] for r in detail["rounds"]] == [{"first": 2}, {"verify": 2}]
+    assert all(r["batch_id"] and r["collected_at"] for r in detail["rounds"])
+
+
+def test_the_command_starts_a_batch_run_and_refuses_one_inline(
+    tmp_path: Path, settings: Any
+) -> None:
+    with FakeOpenAI() as server:
+        use_fake(settings, server)
+        dataset = make_dataset(tmp_path, n=1)
+        with pytest.raises(CommandError, match="drop --inline"):
+            call_command("run_generation", "--dataset", dataset.name, "--batch", "--inline")
+        args = ["--dataset", dataset.name, "--backend", "openai", "--model", "gpt-4o", "--batch"]
+        call_command("run_generation", *args, stdout=io.StringIO())
+        work()
+    run = GenerationRun.objects.get()
+    assert run.batch and run.status == GenerationRun.Status.COMPLETED and run.n_done == 1

@@ -91,6 +91,7 @@ def _progress_context(run: GenerationRun) -> dict[str, object]:
         "stalled": progress.stalled,
         "resume_label": {"resume": RESUME, "requeue": REQUEUE}.get(progress.resume or ""),
         "workers": progress.workers_note,
+        "rounds": list(run.batches.all()) if run.batch else [],
     }
 
 
