@@ -28,7 +28,13 @@ from seke_app.engine.vocab import FEID_AUS
 from seke_app.models import Annotation, AnnotationSample, GenerationRun, RunBatch, RunItem
 from seke_app.queue import get_queue
 from seke_app.runs.batches import run_batch_step
-from seke_app.runs.services import RunRefused, run_cancel, run_create, run_resume
+from seke_app.runs.services import (
+    RunRefused,
+    run_cancel,
+    run_create,
+    run_resume,
+    run_retry_failed,
+)
 from tests.api_client import ApiClient
 from tests.conftest import client_for
 from tests.factories import make_dataset
@@ -179,6 +185,37 @@ def test_it_sends_failed_and_expired_lines_again_then_fails_the_image_with_the_r
     assert "failed 2 times" in failed.error and "HTTP 500" in failed.error
     expired = RunItem.objects.filter(run=run, batch_failures=1).get()
     assert expired.status == RunItem.Status.DONE
+    # Retried, the failed image starts afresh and is annotated.
+    with FakeOpenAI() as server:
+        use_fake(settings, server)
+        assert run_retry_failed(run=run) == 1
+        work()
+    run.refresh_from_db()
+    assert (run.status, run.n_done, run.n_failed) == (GenerationRun.Status.COMPLETED, 3, 0)
+
+
+def test_it_stops_between_rounds_at_the_cost_cap(tmp_path: Path, settings: Any) -> None:
+    with FakeOpenAI() as server:
+        use_fake(settings, server)
+        run = batch_run(tmp_path, 2, budget_usd=Decimal("0.0001"))
+        work()
+    run.refresh_from_db()
+    assert run.status == GenerationRun.Status.BUDGET_EXHAUSTED
+    assert run.batches.count() == 1 and run.n_done == 0 and run.cost_usd > 0
+
+
+def test_a_round_the_endpoint_refuses_fails_the_run_with_the_reason(
+    tmp_path: Path, settings: Any
+) -> None:
+    with FakeOpenAI(api_key="sk-another-key") as server:
+        use_fake(settings, server)
+        run = batch_run(tmp_path, 1)
+        work()
+    run.refresh_from_db()
+    assert run.status == GenerationRun.Status.FAILED
+    assert "round 1 could not be sent" in run.error and "401" in run.error
+    batch = run.batches.get()
+    assert batch.status == RunBatch.Status.FAILED and "refused the credentials" in batch.error
 
 
 def test_a_batch_that_fails_as_a_whole_fails_its_images_with_the_reason(

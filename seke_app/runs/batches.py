@@ -203,6 +203,9 @@ def _send(
     data: bytes,
 ) -> RunBatch | None:
     """Record the round, then upload its file and create its batch."""
+    if not services._run_is_running(run.id):
+        # Cancelled while the round was being built: nothing is sent.
+        return None
     number = (RunBatch.objects.filter(run=run).aggregate(n=Max("number"))["n"] or 0) + 1
     try:
         with transaction.atomic():
