@@ -646,7 +646,11 @@ class _Batch:
 
 
 class _Batches:
-    """The uploaded files and the batches, with their plans."""
+    """The uploaded files and the batches, with their plans.
+
+    ``lines_answered`` counts the lines answered by ``handle`` (planned failures and
+    expiries are not); ``cancelled`` lists the batches a client asked to cancel.
+    """
 
     def __init__(self, fake: FakeOpenAI) -> None:
         self._fake = fake

@@ -30,7 +30,6 @@ from seke_app.queue import get_queue
 from seke_app.runs.batches import run_batch_step
 from seke_app.runs.services import (
     RunRefused,
-    run_cancel,
     run_create,
     run_resume,
     run_retry_failed,
@@ -266,14 +265,18 @@ def test_it_picks_up_a_batch_in_progress_after_its_worker_stopped(
     assert len(server.batches.ids()) == 2
 
 
-def test_cancelling_the_run_cancels_its_open_batch(tmp_path: Path, settings: Any) -> None:
+def test_cancelling_the_run_cancels_its_open_batch(
+    tmp_path: Path, settings: Any, admin_user: User
+) -> None:
     with FakeOpenAI() as server:
         use_fake(settings, server, poll=60)
         server.batches.script(BatchPlan(in_progress=5))
         run = batch_run(tmp_path, 2)
         work()
         batch = run.batches.get()
-        run_cancel(run=run)
+        url = reverse("run_cancel", args=[run.code])
+        page = client_for(admin_user).post(url, follow=True).content.decode()
+        assert "its open batch is cancelled" in page
         assert server.batches.cancelled == [batch.batch_id]
         batch.refresh_from_db()
         assert batch.status == RunBatch.Status.CANCELLING
