@@ -19,6 +19,7 @@ from seke_app.models import (
     FaceImage,
     GenerationRun,
     PromptVersion,
+    RunBatch,
     RunItem,
 )
 from seke_app.models.exports import Export
@@ -59,12 +60,45 @@ class PromptVersionAdmin(admin.ModelAdmin[PromptVersion]):
     readonly_fields = ["code", "fingerprint"]
 
 
+_ROUND_FIELDS = (
+    "number",
+    "batch_id",
+    "status",
+    "asked",
+    "n_lines",
+    "n_completed",
+    "n_failed",
+    "n_expired",
+    "error",
+    "created_at",
+    "finished_at",
+    "collected_at",
+)
+
+
+class RunBatchInline(admin.TabularInline[RunBatch, GenerationRun]):
+    """A batch run's rounds, read-only: the endpoint's batches are the record."""
+
+    model = RunBatch
+    extra = 0
+    can_delete = False
+    readonly_fields = _ROUND_FIELDS
+    fields = _ROUND_FIELDS
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(GenerationRun)
 class GenerationRunAdmin(admin.ModelAdmin[GenerationRun]):
     list_display = ["label", "backend", "model_name", "status", "n_done", "n_total"]
-    list_filter = ["status", "backend"]
+    list_filter = ["status", "backend", "batch"]
     list_select_related = ["dataset"]
     readonly_fields = ["code", "number", "job_id"]
+    inlines = [RunBatchInline]
 
 
 @admin.register(RunItem)

@@ -303,6 +303,11 @@ OPENAI_RPM = env_int("SEKE_OPENAI_RPM", 500, minimum=0)
 OPENAI_TPM = env_int("SEKE_OPENAI_TPM", 2_000_000, minimum=0)
 # How long a worker holds an image of a run before another worker may take it over.
 RUN_LEASE_SECONDS = env_int("SEKE_RUN_LEASE_SECONDS", 30, minimum=5)
+# Batch runs (the OpenAI Batch API): how often an open batch is looked at (0 looks
+# again at once, for tests), and how many times an image's failed or expired line is
+# sent again before the image fails with the line's reason.
+BATCH_POLL_SECONDS = env_int("SEKE_BATCH_POLL_SECONDS", 60, minimum=0)
+BATCH_LINE_ATTEMPTS = env_int("SEKE_BATCH_LINE_ATTEMPTS", 3, minimum=1)
 REVIEW_LEASE_MINUTES = env_int("SEKE_REVIEW_LEASE_MINUTES", 10, minimum=1)
 # Probability that claiming the next task serves a gold question instead (0 = never).
 GOLD_RATE = env_float("SEKE_GOLD_RATE", 0.1, minimum=0.0)

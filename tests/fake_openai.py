@@ -14,7 +14,19 @@ fault in order, and requests after the script is exhausted are answered normally
 
 ``server.billed`` is what the server would bill, counted the way OpenAI bills:
 every request answered with a completion (HTTP 200, with its token usage),
-whether or not the client was still waiting for it; errors bill nothing.
+whether or not the client was still waiting for it; errors bill nothing. A batch
+line answered with a completion counts as a request too (the Batch API bills it
+at half price; pricing is the client's business, not the server's).
+
+The Batch API (a separate block below): ``POST /v1/files`` (multipart upload,
+``purpose=batch``), ``GET /v1/files/{id}/content``, ``POST /v1/batches``,
+``GET /v1/batches/{id}`` and ``POST /v1/batches/{id}/cancel``. A batch's lines are
+answered, when it is first retrieved after its plan's ``in_progress`` retrieves,
+by the same ``handle`` as chat completions, so the responder and scripted faults
+apply to them in order. ``server.batches.script(BatchPlan(...))`` plans the next
+created batches: stay in progress for some retrieves, fail or expire given lines
+(by position in the input file), or fail as a whole. A cancelled batch answers
+no line.
 """
 
 from __future__ import annotations
@@ -22,6 +34,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import email.parser
+import email.policy
 import io
 import json
 import math
@@ -150,6 +164,7 @@ class FakeOpenAI:
         self._connections: set[socket.socket] = set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.batches = _Batches(self)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -339,6 +354,8 @@ class _Reply:
     status: int
     payload: dict[str, Any]
     headers: dict[str, str]
+    # Sent as is instead of the JSON payload (a file's content).
+    raw: bytes | None = None
 
 
 def _error(status: int, message: str, code: str | None) -> _Reply:
@@ -543,9 +560,21 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             with contextlib.suppress(OSError):
                 super().finish()
 
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if not path.startswith(_BATCH_PREFIXES):
+                self._send(_error(404, f"Unknown path {self.path}", None))
+                return
+            self._send(fake.batches.route("GET", path, b"", self.headers))
+
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
+            if self.path.split("?", 1)[0].startswith(_BATCH_PREFIXES):
+                self._send(
+                    fake.batches.route("POST", self.path.split("?", 1)[0], raw, self.headers)
+                )
+                return
             if self.path.split("?", 1)[0] not in _PATHS:
                 self._send(_error(404, f"Unknown path {self.path}", None))
                 return
@@ -565,10 +594,11 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             self._send(reply)
 
         def _send(self, reply: _Reply) -> None:
-            data = json.dumps(reply.payload).encode()
+            data = reply.raw if reply.raw is not None else json.dumps(reply.payload).encode()
+            kind = "application/octet-stream" if reply.raw is not None else "application/json"
             try:
                 self.send_response(reply.status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(data)))
                 for key, value in reply.headers.items():
                     self.send_header(key, value)
@@ -583,6 +613,214 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+# -- the Batch API (files and batches) ---------------------------------------------
+
+_BATCH_PREFIXES = ("/v1/files", "/v1/batches")
+_BATCH_EXPIRED = "This request could not be executed before the completion window expired."
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one created batch behaves.
+
+    ``in_progress``: retrieves answered "in_progress" before its lines are answered;
+    ``fail_lines``: positions (0-based, in the input file) answered with an HTTP 500
+    error line; ``expire_lines``: positions left unanswered, which makes the batch
+    "expired" with those lines in its error file; ``fail_batch``: the batch fails as
+    a whole with this message and answers nothing.
+    """
+
+    in_progress: int = 0
+    fail_lines: frozenset[int] = frozenset()
+    expire_lines: frozenset[int] = frozenset()
+    fail_batch: str | None = None
+
+
+@dataclass
+class _Batch:
+    payload: dict[str, Any]
+    plan: BatchPlan
+    waits: int
+
+
+class _Batches:
+    """The uploaded files and the batches, with their plans.
+
+    ``lines_answered`` counts the lines answered by ``handle`` (planned failures and
+    expiries are not); ``cancelled`` lists the batches a client asked to cancel.
+    """
+
+    def __init__(self, fake: FakeOpenAI) -> None:
+        self._fake = fake
+        self._lock = threading.Lock()
+        self._files: dict[str, tuple[str, bytes]] = {}
+        self._batches: dict[str, _Batch] = {}
+        self._plans: deque[BatchPlan] = deque()
+        self.lines_answered = 0
+        self.cancelled: list[str] = []
+
+    def script(self, *plans: BatchPlan) -> None:
+        """Plan the next created batches, one plan each (later ones: all fine)."""
+        with self._lock:
+            self._plans.extend(plans)
+
+    def file(self, file_id: str) -> bytes:
+        with self._lock:
+            return self._files[file_id][1]
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._batches)
+
+    def route(self, method: str, path: str, raw: bytes, headers: Any) -> _Reply:
+        fake = self._fake
+        if fake.api_key is not None and headers.get("Authorization") != f"Bearer {fake.api_key}":
+            return _error(401, "Incorrect API key provided.", "invalid_api_key")
+        parts = path.strip("/").split("/")[1:]
+        if method == "POST" and parts == ["files"]:
+            return self._upload(raw, str(headers.get("Content-Type", "")))
+        if method == "GET" and len(parts) == 3 and parts[0] == "files" and parts[2] == "content":
+            with self._lock:
+                found = self._files.get(parts[1])
+            if found is None:
+                return _error(404, f"No such file {parts[1]}", None)
+            return _Reply(200, {}, {}, raw=found[1])
+        if method == "POST" and parts == ["batches"]:
+            return self._create(json.loads(raw or b"{}"))
+        if len(parts) >= 2 and parts[0] == "batches" and parts[1] in self.ids():
+            if method == "GET" and len(parts) == 2:
+                return _Reply(200, self._retrieve(parts[1]), {})
+            if method == "POST" and parts[2:] == ["cancel"]:
+                return _Reply(200, self._cancel(parts[1]), {})
+        return _error(404, f"Unknown path {path}", None)
+
+    def _new_file(self, purpose: str, content: bytes, filename: str) -> dict[str, Any]:
+        with self._lock:
+            file_id = f"file-fake{len(self._files) + 1}"
+            self._files[file_id] = (purpose, content)
+        return {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+        }
+
+    def _upload(self, raw: bytes, content_type: str) -> _Reply:
+        head = f"Content-Type: {content_type}\r\n\r\n".encode()
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
+        fields: dict[str, tuple[str, bytes]] = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            filename = part.get_param("filename", header="content-disposition")
+            fields[str(name)] = (str(filename or ""), part.get_payload(decode=True) or b"")
+        if "file" not in fields or "purpose" not in fields:
+            return _error(400, "A file and its purpose are required.", None)
+        purpose = fields["purpose"][1].decode()
+        return _Reply(200, self._new_file(purpose, fields["file"][1], fields["file"][0]), {})
+
+    def _create(self, body: dict[str, Any]) -> _Reply:
+        file_id = str(body.get("input_file_id", ""))
+        with self._lock:
+            found = self._files.get(file_id)
+            plan = self._plans.popleft() if self._plans else BatchPlan()
+        if found is None or found[0] != "batch":
+            return _error(400, f"No batch input file {file_id}", None)
+        if body.get("endpoint") != "/v1/chat/completions" or body.get("completion_window") != "24h":
+            return _error(400, "Only /v1/chat/completions in a 24h window is supported.", None)
+        lines = [line for line in found[1].decode().splitlines() if line.strip()]
+        with self._lock:
+            batch_id = f"batch_fake{len(self._batches) + 1}"
+            payload = {
+                "id": batch_id,
+                "object": "batch",
+                "endpoint": body["endpoint"],
+                "errors": None,
+                "input_file_id": file_id,
+                "completion_window": "24h",
+                "status": "in_progress",
+                "output_file_id": None,
+                "error_file_id": None,
+                "created_at": int(time.time()),
+                "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+                "metadata": body.get("metadata"),
+            }
+            self._batches[batch_id] = _Batch(payload, plan, plan.in_progress)
+        return _Reply(200, dict(payload), {})
+
+    def _retrieve(self, batch_id: str) -> dict[str, Any]:
+        with self._lock:
+            batch = self._batches[batch_id]
+            status = batch.payload["status"]
+            if status == "cancelling":
+                batch.payload["status"] = "cancelled"
+            if status != "in_progress" or batch.waits > 0:
+                batch.waits -= 1
+                return dict(batch.payload)
+        self._answer(batch)
+        with self._lock:
+            return dict(batch.payload)
+
+    def _cancel(self, batch_id: str) -> dict[str, Any]:
+        with self._lock:
+            batch = self._batches[batch_id]
+            if batch.payload["status"] == "in_progress":
+                batch.payload["status"] = "cancelling"
+            self.cancelled.append(batch_id)
+            return dict(batch.payload)
+
+    def _answer(self, batch: _Batch) -> None:
+        """Answer every line of the batch (once), and finish it as its plan says."""
+        plan = batch.plan
+        if plan.fail_batch is not None:
+            with self._lock:
+                batch.payload["status"] = "failed"
+                batch.payload["errors"] = {
+                    "object": "list",
+                    "data": [{"code": "invalid_batch", "message": plan.fail_batch}],
+                }
+            return
+        content = self.file(batch.payload["input_file_id"]).decode()
+        lines = [json.loads(line) for line in content.splitlines() if line.strip()]
+        output, errors = [], []
+        authorization = f"Bearer {self._fake.api_key}" if self._fake.api_key else None
+        for position, line in enumerate(lines):
+            custom_id = line["custom_id"]
+            if position in plan.expire_lines:
+                error = {"code": "batch_expired", "message": _BATCH_EXPIRED}
+                errors.append({"custom_id": custom_id, "response": None, "error": error})
+                continue
+            if position in plan.fail_lines:
+                reply = _status_fault(Fault("500"))
+            else:
+                reply = self._fake.handle(line["body"], authorization)
+                with self._lock:
+                    self.lines_answered += 1
+            response = {"status_code": reply.status, "body": reply.payload}
+            row = {"id": f"batch_req_{position}", "custom_id": custom_id, "response": response}
+            (output if reply.status == 200 else errors).append(row | {"error": None})
+        purpose = "batch_output"
+        out_file = self._new_file(purpose, _jsonl(output), "output.jsonl") if output else None
+        err_file = self._new_file(purpose, _jsonl(errors), "errors.jsonl") if errors else None
+        with self._lock:
+            batch.payload.update(
+                status="expired" if plan.expire_lines else "completed",
+                output_file_id=out_file["id"] if out_file else None,
+                error_file_id=err_file["id"] if err_file else None,
+                request_counts={
+                    "total": len(lines),
+                    "completed": len(output),
+                    "failed": len(errors),
+                },
+            )
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(row).encode() + b"\n" for row in rows)
 
 
 @pytest.fixture

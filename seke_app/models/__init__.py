@@ -21,6 +21,7 @@ from seke_app.models.runs import (
     CalibrationFit,
     GenerationRun,
     PromptVersion,
+    RunBatch,
     RunCertificate,
     RunItem,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "FaceImage",
     "GenerationRun",
     "PromptVersion",
+    "RunBatch",
     "RunCertificate",
     "RunItem",
     "TrackedJob",

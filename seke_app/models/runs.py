@@ -152,6 +152,9 @@ class GenerationRun(TrackedJob):
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    # Sent through the OpenAI Batch API, a round of calls at a time (``RunBatch``),
+    # at half the price, answered within 24 hours (``seke_app.runs.batches``).
+    batch = models.BooleanField(default=False)
 
     FINISHED = frozenset(
         {Status.CANCELLED, Status.BUDGET_EXHAUSTED, Status.COMPLETED, Status.FAILED}
@@ -273,6 +276,12 @@ class RunItem(models.Model):
     # Drawn at run creation for the blind audit: its annotation goes to review
     # whatever its confidence, and the reviewer does not see the machine's answer.
     audit = models.BooleanField(default=False)
+    # A batch run's replies to the image's calls so far, in call order
+    # (``engine.llm.batch.Reply.to_json``): SV-UAMC is replayed from them every round.
+    batch_replies = models.JSONField(default=list, blank=True)
+    # How many of the image's batch lines failed or expired (sent again next round
+    # until ``SEKE_BATCH_LINE_ATTEMPTS``).
+    batch_failures = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -285,6 +294,67 @@ class RunItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id}/{self.image_id} {self.status}"
+
+
+class RunBatch(models.Model):
+    """One round of a batch run: the next call of every open image, as one Batch API job.
+
+    ``status`` mirrors the endpoint's (``preparing`` until the batch is created
+    there); the counts are the lines sent and what became of them, ``asked`` how
+    many lines asked for first samples (``first``), extra samples (``more``) and
+    verifications (``verify``). A batch is *collected* once its replies are recorded
+    on the run's items; until then it is the run's open batch.
+    """
+
+    class Status(models.TextChoices):
+        PREPARING = "preparing", "Preparing"
+        VALIDATING = "validating", "Validating"
+        IN_PROGRESS = "in_progress", "In progress"
+        FINALIZING = "finalizing", "Finalizing"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        EXPIRED = "expired", "Expired"
+        CANCELLING = "cancelling", "Cancelling"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ASKED_NAMES = {"first": "first samples", "more": "extra samples", "verify": "verification"}
+
+    run = models.ForeignKey(GenerationRun, on_delete=models.CASCADE, related_name="batches")
+    number = models.PositiveSmallIntegerField()
+    batch_id = models.CharField(max_length=100, blank=True)
+    input_file_id = models.CharField(max_length=100, blank=True)
+    output_file_id = models.CharField(max_length=100, blank=True)
+    error_file_id = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PREPARING)
+    asked = models.JSONField(default=dict)
+    # The lines sent, each [item id, call index, call kind, answers asked (k)].
+    lines = models.JSONField(default=list)
+    n_lines = models.PositiveIntegerField(default=0)
+    n_completed = models.PositiveIntegerField(default=0)
+    n_failed = models.PositiveIntegerField(default=0)
+    n_expired = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    collected_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "number"], name="run_batch_number"),
+        ]
+
+    def __str__(self) -> str:
+        return f"round {self.number} of {self.run_id} ({self.batch_id or 'not created'})"
+
+    def asked_text(self) -> str:
+        """What the round asked, in words: "extra samples 3 · verification 47"."""
+        parts = [
+            f"{name} {self.asked[key]}"
+            for key, name in self.ASKED_NAMES.items()
+            if self.asked.get(key)
+        ]
+        return " · ".join(parts)
 
 
 class Annotation(models.Model):

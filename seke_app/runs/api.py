@@ -26,7 +26,7 @@ from pydantic import ConfigDict
 
 from seke_app.api.core import ADMINS_ONLY, ErrorOut, api_user, choices_schema, refused
 from seke_app.api.forms import validated
-from seke_app.models import Annotation, AnnotationSample, GenerationRun
+from seke_app.models import Annotation, AnnotationSample, GenerationRun, RunBatch
 from seke_app.models.runs import confident
 from seke_app.queue import QueueUnavailable
 from seke_app.runs.forms import RunForm
@@ -100,6 +100,7 @@ class RunIn(Schema):
         _initial("audit_share"), description=str(_FORM["audit_share"].help_text)
     )
     budget_usd: Decimal | None = Field(None, description=str(_FORM["budget_usd"].help_text))
+    batch: bool = Field(False, description=str(_FORM["batch"].help_text))
 
 
 class RunOut(Schema):
@@ -139,6 +140,7 @@ class RunOut(Schema):
     prompt_tokens: int
     completion_tokens: int
     cost_usd: Decimal
+    batch: bool = Field(description="Sent through the OpenAI Batch API, a round at a time.")
 
     @staticmethod
     def resolve_url(run: GenerationRun) -> str:
@@ -199,12 +201,39 @@ class RunProgressOut(Schema):
     can_retry: bool = Field(description="POST .../retry queues the failed images again.")
 
 
+class RunBatchOut(Schema):
+    """One round of a batch run, as the run page's table shows it."""
+
+    number: int
+    asked: dict[str, int] = Field(
+        description="Lines asking for first samples (first), extra samples (more) and"
+        " verifications (verify)."
+    )
+    batch_id: str = Field(description="The endpoint's batch id; empty until it is created.")
+    status: str = Field(description="The batch's state as the endpoint reports it.")
+    n_lines: int
+    n_completed: int
+    n_failed: int
+    n_expired: int
+    error: str
+    created_at: datetime
+    finished_at: datetime | None
+    collected_at: datetime | None = Field(
+        description="When its replies were recorded; null while it is the run's open batch."
+    )
+
+
 class RunDetailOut(RunOut):
     progress: RunProgressOut
+    rounds: list[RunBatchOut] = Field(description="A batch run's rounds; empty for other runs.")
 
     @staticmethod
     def resolve_progress(run: GenerationRun) -> dict[str, Any]:
         return _progress(run_progress_of(run))
+
+    @staticmethod
+    def resolve_rounds(run: GenerationRun) -> list[RunBatch]:
+        return list(run.batches.all())
 
 
 class RunActionOut(Schema):

@@ -95,17 +95,7 @@ def backend_for(
                 " so no request could be sent: set it to the endpoint's tokens-per-minute"
                 " limit, or 0 for no limit"
             )
-        config = ClientConfig(
-            base_url=settings.OPENAI_BASE_URL,
-            api_key=settings.OPENAI_API_KEY,
-            model=model_name,
-            timeout_s=settings.OPENAI_TIMEOUT,
-            max_retries=settings.OPENAI_MAX_RETRIES,
-            max_concurrency=concurrency,
-        )
-        openai_backend = OpenAIBackend(
-            VLLMClient(config), model=model_name, max_side=settings.IMAGE_MAX_SIDE
-        )
+        openai_backend = _openai_backend(model_name, concurrency)
         if check_only or not limits.active:
             return openai_backend
         limiter = RedisRateLimiter(
@@ -113,3 +103,29 @@ def backend_for(
         )
         return RateLimitedBackend(openai_backend, limiter)
     raise BackendUnavailable(f"unknown backend {backend!r}")
+
+
+def _openai_backend(model_name: str, concurrency: int) -> OpenAIBackend:
+    config = ClientConfig(
+        base_url=settings.OPENAI_BASE_URL,
+        api_key=settings.OPENAI_API_KEY,
+        model=model_name,
+        timeout_s=settings.OPENAI_TIMEOUT,
+        max_retries=settings.OPENAI_MAX_RETRIES,
+        max_concurrency=concurrency,
+    )
+    return OpenAIBackend(VLLMClient(config), model=model_name, max_side=settings.IMAGE_MAX_SIDE)
+
+
+def batch_backend_for(model_name: str) -> OpenAIBackend:
+    """The OpenAI backend a batch run builds its requests with and parses its replies
+    with, and whose client talks to the Batch API; the caller closes it.
+
+    No rate limiter: a batch's lines count against the endpoint's batch queue, not
+    its per-minute limits.
+    """
+    if not openai_configured():
+        raise BackendUnavailable(
+            "no OPENAI_API_KEY is configured: a batch run needs the OpenAI Batch API"
+        )
+    return _openai_backend(model_name, 1)

@@ -36,6 +36,13 @@ class RunForm(forms.Form):
         label="Model",
         help_text="Empty: SEKE_MODEL for the VLLM, the bundled CNN for the offline annotator.",
     )
+    batch = forms.BooleanField(
+        required=False,
+        label="Batch API (half price, results within 24 h)",
+        help_text="OpenAI-compatible backend on OpenAI only: each round of calls (first"
+        " samples, extra samples, verification) goes out as one OpenAI batch, billed at half"
+        " the price; a round may take up to 24 hours.",
+    )
     prompt_version = forms.ModelChoiceField(
         queryset=PromptVersion.objects.all(),
         to_field_name="code",
@@ -136,6 +143,8 @@ class RunForm(forms.Form):
                 "The OpenAI-compatible backend needs OPENAI_API_KEY in the server's environment."
             )
             self.fields["backend"].initial = GenerationRun.Backend.OFFLINE
+            self.fields["batch"].disabled = True
+            self.fields["batch"].help_text = "Needs OPENAI_API_KEY: the Batch API is OpenAI's."
 
     def params(self) -> UAMCParams:
         return UAMCParams.from_options(self.cleaned_data)
@@ -160,6 +169,7 @@ class RunForm(forms.Form):
             ),
             name=data["name"],
             user=user,
+            batch=data["batch"],
         )
 
     def clean(self) -> dict[str, Any]:

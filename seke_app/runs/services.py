@@ -54,7 +54,7 @@ from seke_app.models import (
 )
 from seke_app.models.runs import NAME_MAX_LENGTH, confident
 from seke_app.queue import QueueUnavailable, get_queue
-from seke_app.runs import hooks
+from seke_app.runs import batches, hooks
 from seke_app.runs.backends import BackendUnavailable, backend_for, default_model
 from seke_app.runs.calls import ImageCalls, LeaseLost
 from seke_app.runs.leases import LeaseKeeper, expired, lease_end, lease_renew, poll_seconds
@@ -137,6 +137,7 @@ def run_create(
     name: str = "",
     user: AbstractBaseUser | None = None,
     enqueue: bool = True,
+    batch: bool = False,
 ) -> GenerationRun:
     """Create a run over the selected images and enqueue it once committed.
 
@@ -145,6 +146,9 @@ def run_create(
 
     ``enqueue=False`` leaves the run queued with no job, for a caller that
     processes it in its own process (``run_generation --inline``).
+
+    ``batch`` sends the run's calls through the OpenAI Batch API, a round at a time
+    (``seke_app.runs.batches``); only the openai backend has it.
     """
     image_filter = image_filter or ImageFilter()
     if backend not in GenerationRun.Backend.values:
@@ -160,6 +164,10 @@ def run_create(
     name = " ".join(name.split())
     if len(name) > NAME_MAX_LENGTH:
         raise RunRefused(f"a run's name has at most {NAME_MAX_LENGTH} characters")
+    if batch and backend != GenerationRun.Backend.OPENAI:
+        raise RunRefused(
+            "the Batch API is OpenAI's: a batch run needs the OpenAI-compatible backend"
+        )
     model_name = model_name or default_model(backend)
     prompt_version = prompt_version or prompt_version_active()
     try:
@@ -186,6 +194,7 @@ def run_create(
             audit_seed=secrets.randbits(62),
             name=name,
             created_by=user,  # type: ignore[misc]
+            batch=batch,
         )
         ids = list(select_images(dataset, image_filter).values_list("id", flat=True))
         if not ids:
@@ -203,7 +212,13 @@ def run_create(
 
 
 def run_enqueue(*, run_id: int) -> int:
-    """Queue chunk jobs for every pending item of the run; return how many jobs."""
+    """Queue chunk jobs for every pending item of the run; return how many jobs.
+
+    A batch run gets one job instead, its next batch step (``batches``).
+    """
+    if GenerationRun.objects.values_list("batch", flat=True).get(id=run_id):
+        batches.batch_enqueue(run_id=run_id)
+        return 1
     queue = get_queue("generation")
     ids = list(
         RunItem.objects.filter(run_id=run_id, status=RunItem.Status.PENDING)
@@ -254,7 +269,8 @@ def run_process_chunk(*, run_id: int, item_ids: list[int]) -> None:
     run = GenerationRun.objects.select_related("dataset", "prompt_version").get(id=run_id)
     if started:
         log.info("run %s started", run.code)
-    if run.status != Status.RUNNING:
+    if run.status != Status.RUNNING or run.batch:
+        # A batch run's calls go through its batch steps, never a chunk's threads.
         return
     try:
         backend = backend_for(
@@ -726,6 +742,8 @@ def run_cancel(*, run: GenerationRun) -> None:
                 f"a run that is {run.get_status_display().lower()} cannot be cancelled"
             )
         _announce_stop(run.id)
+    if run.batch:
+        batches.batch_cancel_open(run=run)
 
 
 _STOPPED = (Status.CANCELLING, Status.CANCELLED, Status.BUDGET_EXHAUSTED, Status.FAILED)
@@ -763,7 +781,12 @@ def run_retry_failed(*, run: GenerationRun) -> int:
         raise RunRefused("wait for the run to stop before retrying its failed images")
     with transaction.atomic():
         count = RunItem.objects.filter(run=run, status=RunItem.Status.FAILED).update(
-            status=RunItem.Status.PENDING, error="", lease_until=None, worker="", finished_at=None
+            status=RunItem.Status.PENDING,
+            error="",
+            lease_until=None,
+            worker="",
+            finished_at=None,
+            batch_failures=0,
         )
         if not count:
             raise RunRefused("the run has no failed images")

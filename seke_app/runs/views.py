@@ -91,6 +91,7 @@ def _progress_context(run: GenerationRun) -> dict[str, object]:
         "stalled": progress.stalled,
         "resume_label": {"resume": RESUME, "requeue": REQUEUE}.get(progress.resume or ""),
         "workers": progress.workers_note,
+        "rounds": list(run.batches.all()) if run.batch else [],
     }
 
 
@@ -125,7 +126,12 @@ def _act(request: HttpRequest, code: UUID, action: str) -> HttpResponse:
     try:
         if action == "cancel":
             run_cancel(run=run)
-            messages.success(request, "Run cancelled: no new image is started.")
+            if run.batch:
+                messages.success(
+                    request, "Run cancelled: no new round is sent, and its open batch is cancelled."
+                )
+            else:
+                messages.success(request, "Run cancelled: no new image is started.")
         elif action == "resume":
             stopped = run.is_finished()
             count = run_resume(run=run)

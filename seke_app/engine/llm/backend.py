@@ -10,9 +10,15 @@ later or give up is the job layer's decision.
 from __future__ import annotations
 
 import math
-from typing import Self
+from typing import Any, Self
 
-from seke_app.engine.llm.client import Choice, VLLMClient, image_data_url
+from seke_app.engine.llm.client import (
+    ChatResult,
+    Choice,
+    VLLMClient,
+    chat_request_body,
+    image_data_url,
+)
 from seke_app.engine.prompts import build_messages, build_verification_messages
 from seke_app.engine.schema import (
     ANSWER_SCHEMA_NAME,
@@ -123,33 +129,20 @@ class OpenAIBackend:
 
     def sample(self, request: AnnotationRequest, k: int, temperature: float) -> list[Sample]:
         """Draw ``k`` answers with one request (``n=k``); the client splits it if it must."""
-        messages = build_messages(
-            request, self._image_url(request), detail=self.detail, structured=self.structured
-        )
+        messages, schema = self._sample_prompt(request)
         result = self.client.chat(
             messages,
             n=k,
             temperature=temperature,
-            json_schema=answer_json_schema(request.vocabulary) if self.structured else None,
+            json_schema=schema,
             schema_name=ANSWER_SCHEMA_NAME,
             max_tokens=self.max_tokens,
         )
-        shares = split_usage(result.usage, len(result.choices))
-        return [
-            self._answer_sample(choice, request.vocabulary, share)
-            for choice, share in zip(result.choices, shares, strict=True)
-        ]
+        return self.samples_from(result, request.vocabulary)
 
     def verify(self, verification: VerificationRequest) -> Sample:
         """Ask once, at temperature 0, to confirm or revise each grain of the aggregate."""
-        request = verification.request
-        messages = build_verification_messages(
-            verification,
-            self._image_url(request),
-            detail=self.detail,
-            structured=self.structured,
-        )
-        schema = verification_json_schema(request.vocabulary) if self.structured else None
+        messages, schema = self._verification_prompt(verification)
         result = self.client.chat(
             messages,
             n=1,
@@ -158,7 +151,67 @@ class OpenAIBackend:
             schema_name=VERIFICATION_SCHEMA_NAME,
             max_tokens=self.max_tokens,
         )
-        return self._verification_sample(result.choices[0], request.vocabulary, result.usage)
+        return self.verification_from(result, verification.request.vocabulary)
+
+    # -- the same calls as request bodies and replies, for the Batch API ----------
+
+    def sample_body(self, request: AnnotationRequest, k: int, temperature: float) -> dict[str, Any]:
+        """The chat-completions body ``sample`` would send (strict JSON schema)."""
+        messages, schema = self._sample_prompt(request)
+        return chat_request_body(
+            self.client.model,
+            messages,
+            n=k,
+            temperature=temperature,
+            json_schema=schema,
+            schema_name=ANSWER_SCHEMA_NAME,
+            max_tokens=self.max_tokens,
+        )
+
+    def verify_body(self, verification: VerificationRequest) -> dict[str, Any]:
+        """The chat-completions body ``verify`` would send."""
+        messages, schema = self._verification_prompt(verification)
+        return chat_request_body(
+            self.client.model,
+            messages,
+            n=1,
+            temperature=0.0,
+            json_schema=schema,
+            schema_name=VERIFICATION_SCHEMA_NAME,
+            max_tokens=self.max_tokens,
+        )
+
+    def samples_from(self, result: ChatResult, vocabulary: Vocabulary) -> list[Sample]:
+        """One sample per choice, the call's usage split among them."""
+        shares = split_usage(result.usage, len(result.choices))
+        return [
+            self._answer_sample(choice, vocabulary, share)
+            for choice, share in zip(result.choices, shares, strict=True)
+        ]
+
+    def verification_from(self, result: ChatResult, vocabulary: Vocabulary) -> Sample:
+        return self._verification_sample(result.choices[0], vocabulary, result.usage)
+
+    def _sample_prompt(
+        self, request: AnnotationRequest
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        messages = build_messages(
+            request, self._image_url(request), detail=self.detail, structured=self.structured
+        )
+        return messages, answer_json_schema(request.vocabulary) if self.structured else None
+
+    def _verification_prompt(
+        self, verification: VerificationRequest
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        request = verification.request
+        messages = build_verification_messages(
+            verification,
+            self._image_url(request),
+            detail=self.detail,
+            structured=self.structured,
+        )
+        schema = verification_json_schema(request.vocabulary) if self.structured else None
+        return messages, schema
 
     def _image_url(self, request: AnnotationRequest) -> str:
         return image_data_url(request.image_bytes, max_side=self.max_side)

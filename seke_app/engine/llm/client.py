@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx2
 import openai
@@ -59,6 +59,8 @@ _N_WORD = re.compile(r"(?<![\w.-])[`'\"]?n[`'\"]?(?![\w-])")
 
 # A server's error text goes into exception messages and logs; keep it readable.
 _MAX_SERVER_TEXT = 300
+
+_T = TypeVar("_T")
 
 FormatMode = Literal["json_schema", "json_object", "none"]
 _FORMAT_FALLBACK: dict[FormatMode, FormatMode] = {
@@ -142,6 +144,47 @@ class ChatResult:
     priced: bool
 
 
+# The states in which a batch has stopped for good (the Batch API's names).
+BATCH_FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+@dataclass(frozen=True)
+class BatchState:
+    """A batch as the endpoint reports it: its state, files and line counts.
+
+    ``failed`` counts the lines that failed or expired, as the endpoint counts them;
+    ``errors`` are the reasons a batch failed as a whole (a malformed input file).
+    """
+
+    id: str
+    status: str
+    output_file_id: str | None
+    error_file_id: str | None
+    total: int
+    completed: int
+    failed: int
+    errors: tuple[str, ...] = ()
+
+    @property
+    def final(self) -> bool:
+        return self.status in BATCH_FINAL
+
+
+def _batch_state(batch: Any) -> BatchState:
+    counts = getattr(batch, "request_counts", None)
+    errors = getattr(getattr(batch, "errors", None), "data", None) or []
+    return BatchState(
+        id=str(batch.id),
+        status=str(batch.status),
+        output_file_id=getattr(batch, "output_file_id", None),
+        error_file_id=getattr(batch, "error_file_id", None),
+        total=int(getattr(counts, "total", 0) or 0),
+        completed=int(getattr(counts, "completed", 0) or 0),
+        failed=int(getattr(counts, "failed", 0) or 0),
+        errors=tuple(str(getattr(e, "message", "") or getattr(e, "code", "") or e) for e in errors),
+    )
+
+
 def model_price(
     model: str, overrides: Mapping[str, tuple[float, float]] | None = None
 ) -> tuple[float, float] | None:
@@ -153,6 +196,83 @@ def model_price(
         if model.startswith(name) and _SNAPSHOT_SUFFIX.match(model[len(name) :]):
             return table[name]
     return None
+
+
+def batch_price(
+    model: str, overrides: Mapping[str, tuple[float, float]] | None = None
+) -> tuple[float, float] | None:
+    """USD per 1M (input, output) tokens for ``model`` through the Batch API, or None.
+
+    OpenAI bills a batch's requests at half the list price of the same requests
+    made one by one; this is the only place SEKE knows that.
+    """
+    price = model_price(model, overrides)
+    if price is None:
+        return None
+    return price[0] / 2, price[1] / 2
+
+
+def chat_request_body(
+    model: str,
+    messages: list[dict[str, Any]],
+    *,
+    n: int,
+    temperature: float,
+    json_schema: dict[str, Any] | None,
+    schema_name: str,
+    max_tokens: int,
+    mode: FormatMode = "json_schema",
+) -> dict[str, Any]:
+    """The body of one chat-completions request, as ``chat`` sends it and as a batch
+    line carries it (``mode`` is the structured-output mode; batches use OpenAI's
+    strict JSON schema)."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "temperature": temperature,
+        # max_tokens rather than max_completion_tokens: every
+        # OpenAI-compatible server we target understands it.
+        "max_tokens": max_tokens,
+    }
+    if n > 1:
+        body["n"] = n
+    response_format = _response_format(
+        mode if json_schema is not None else "none", json_schema, schema_name
+    )
+    if response_format is not None:
+        body["response_format"] = response_format
+    return body
+
+
+def parse_completion(
+    completion: ChatCompletion, price: tuple[float, float] | None
+) -> tuple[list[Choice], Usage]:
+    """The choices of one answered request and its usage, priced at ``price`` (USD
+    per 1M input and output tokens; None: unpriced, cost 0). Raises ``VLLMError``
+    (retryable) for a completion without choices, with the usage it billed."""
+    raw_usage = getattr(completion, "usage", None)
+    prompt = int(getattr(raw_usage, "prompt_tokens", 0) or 0)
+    completion_tokens = int(getattr(raw_usage, "completion_tokens", 0) or 0)
+    cost = 0.0
+    if price is not None:
+        cost = (prompt * price[0] + completion_tokens * price[1]) / 1_000_000
+    usage = Usage(
+        requests=1, prompt_tokens=prompt, completion_tokens=completion_tokens, cost_usd=cost
+    )
+    raw_choices = getattr(completion, "choices", None) or []
+    if not raw_choices:
+        raise VLLMError("the VLLM returned no choices", retryable=True, status=200, usage=usage)
+    choices = []
+    for raw in sorted(raw_choices, key=lambda c: getattr(c, "index", 0) or 0):
+        message = getattr(raw, "message", None)
+        choices.append(
+            Choice(
+                text=getattr(message, "content", None),
+                refusal=getattr(message, "refusal", None),
+                finish_reason=getattr(raw, "finish_reason", None),
+            )
+        )
+    return choices, usage
 
 
 def retry_after_seconds(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
@@ -305,19 +425,16 @@ class VLLMClient:
         """One logical request, stepping down on a 400 about ``n`` or the format."""
         while True:
             mode = self._format_mode if json_schema is not None else "none"
-            params: dict[str, Any] = {
-                "model": self._config.model,
-                "messages": messages,
-                "temperature": temperature,
-                # max_tokens rather than max_completion_tokens: every
-                # OpenAI-compatible server we target understands it.
-                "max_tokens": max_tokens,
-            }
-            if n > 1:
-                params["n"] = n
-            response_format = _response_format(mode, json_schema, schema_name)
-            if response_format is not None:
-                params["response_format"] = response_format
+            params = chat_request_body(
+                self._config.model,
+                messages,
+                n=n,
+                temperature=temperature,
+                json_schema=json_schema,
+                schema_name=schema_name,
+                max_tokens=max_tokens,
+                mode=mode,
+            )
             try:
                 completion = self._create_with_retries(params)
             except _BadRequest as err:
@@ -334,6 +451,66 @@ class VLLMClient:
                 ) from None
             return self._parse(completion)
 
+    # -- the Batch API ---------------------------------------------------------
+
+    def batch_result(self, body: dict[str, Any], n: int) -> ChatResult:
+        """The result of one batch line's completion (its ``response.body``), parsed
+        as ``chat`` parses a reply and priced at batch prices (``batch_price``);
+        at most ``n`` choices are kept. Raises ``VLLMError`` when the body is not a
+        chat completion or has no choices."""
+        try:
+            completion = ChatCompletion.model_validate(body)
+        except ValueError as err:
+            raise VLLMError(
+                f"a batch line is not a chat completion: {self._scrub(str(err))}",
+                retryable=True,
+                status=200,
+            ) from None
+        price = batch_price(self._config.model, self._config.prices)
+        choices, usage = parse_completion(completion, price)
+        return ChatResult(choices=choices[:n], usage=usage, priced=price is not None)
+
+    def batch_upload(self, lines: bytes, *, filename: str) -> str:
+        """Upload a batch's JSONL input (``purpose="batch"``); return the file's id."""
+        uploaded = self._batch_call(
+            lambda: self._openai.files.create(file=(filename, lines), purpose="batch")
+        )
+        return str(uploaded.id)
+
+    def batch_create(self, input_file_id: str, *, metadata: dict[str, str]) -> BatchState:
+        """Create a batch of chat completions over an uploaded input file (24 h window)."""
+        batch = self._batch_call(
+            lambda: self._openai.batches.create(
+                input_file_id=input_file_id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                metadata=metadata,
+            )
+        )
+        return _batch_state(batch)
+
+    def batch_retrieve(self, batch_id: str) -> BatchState:
+        return _batch_state(self._batch_call(lambda: self._openai.batches.retrieve(batch_id)))
+
+    def batch_cancel(self, batch_id: str) -> BatchState:
+        return _batch_state(self._batch_call(lambda: self._openai.batches.cancel(batch_id)))
+
+    def file_text(self, file_id: str) -> str:
+        """The content of a file (a batch's output or error file)."""
+        return self._batch_call(lambda: self._openai.files.content(file_id)).text
+
+    def _batch_call(self, call: Callable[[], _T]) -> _T:
+        if self.closed:
+            raise VLLMError("the VLLM client has been closed", retryable=False, status=None)
+        try:
+            return self._with_retries(call)
+        except _BadRequest as err:
+            raise VLLMError(
+                f"the endpoint rejected the batch request (400): {err.text}",
+                retryable=False,
+                status=400,
+            ) from None
+
     def _step_down_format(self, rejected: FormatMode) -> None:
         with self._lock:
             # Another thread may already have stepped down past this mode.
@@ -347,15 +524,23 @@ class VLLMClient:
 
     def _create_with_retries(self, params: dict[str, Any]) -> ChatCompletion:
         """Send one request, retrying 429, 5xx, timeouts and connection failures."""
+
+        def create() -> ChatCompletion:
+            completion: ChatCompletion = self._openai.chat.completions.create(
+                **params, timeout=self._config.timeout_s
+            )
+            return completion
+
+        return self._with_retries(create)
+
+    def _with_retries(self, call: Callable[[], _T]) -> _T:
+        """Make one SDK call, retrying 429, 5xx, timeouts and connection failures."""
         attempt = 0
         waited = 0.0
         while True:
             try:
                 with self._semaphore:
-                    completion: ChatCompletion = self._openai.chat.completions.create(
-                        **params, timeout=self._config.timeout_s
-                    )
-                return completion
+                    return call()
             except openai.APIStatusError as err:
                 failure = self._classify_status(err)
             except openai.APITimeoutError:
@@ -417,33 +602,7 @@ class VLLMClient:
         return step / 2.0 + self._random.uniform(0.0, step / 2.0)
 
     def _parse(self, completion: ChatCompletion) -> tuple[list[Choice], Usage]:
-        usage = self._usage(completion)
-        raw_choices = getattr(completion, "choices", None) or []
-        if not raw_choices:
-            raise VLLMError("the VLLM returned no choices", retryable=True, status=200, usage=usage)
-        choices = []
-        for raw in sorted(raw_choices, key=lambda c: getattr(c, "index", 0) or 0):
-            message = getattr(raw, "message", None)
-            choices.append(
-                Choice(
-                    text=getattr(message, "content", None),
-                    refusal=getattr(message, "refusal", None),
-                    finish_reason=getattr(raw, "finish_reason", None),
-                )
-            )
-        return choices, usage
-
-    def _usage(self, completion: ChatCompletion) -> Usage:
-        """What one answered request billed, priced when the model's price is known."""
-        raw_usage = getattr(completion, "usage", None)
-        prompt = int(getattr(raw_usage, "prompt_tokens", 0) or 0)
-        completion_tokens = int(getattr(raw_usage, "completion_tokens", 0) or 0)
-        cost = 0.0
-        if self._price is not None:
-            cost = (prompt * self._price[0] + completion_tokens * self._price[1]) / 1_000_000
-        return Usage(
-            requests=1, prompt_tokens=prompt, completion_tokens=completion_tokens, cost_usd=cost
-        )
+        return parse_completion(completion, self._price)
 
     def _scrub(self, text: str) -> str:
         # Some proxies echo the presented key in their 401 text; it must never

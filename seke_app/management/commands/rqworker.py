@@ -7,8 +7,9 @@ for the next start (``seke_app.queue`` explains the lifetime).
 
 Every worker but a ``--burst`` one runs RQ's scheduler unless told
 ``--without-scheduler`` (``--with-scheduler`` makes a burst worker run it too): a webhook
-delivery that failed is retried by a job scheduled for later (``enqueue_at``), which
-only a scheduler moves to its queue when it is due. RQ lets one scheduler per queue
+delivery that failed is retried, and a batch run's open batch is polled, by a job
+scheduled for later (``enqueue_at``, ``enqueue_in``), which only a scheduler moves to
+its queue when it is due. RQ lets one scheduler per queue
 work at a time, so many workers cost nothing more. A worker on "default" also
 queues, as it starts, every webhook delivery that is due (``seke_app.webhooks``),
 so that none waits for ever after a crash or a lost queue.
@@ -41,8 +42,8 @@ class Command(rqworker.Command):
             "--without-scheduler",
             action="store_false",
             dest="with_scheduler",
-            help="do not run RQ's scheduler: jobs scheduled for later (webhook retries)"
-            " wait for a worker that does",
+            help="do not run RQ's scheduler: jobs scheduled for later (webhook retries,"
+            " batch runs' polls) wait for a worker that does",
         )
         # Unset: on, except for a --burst worker, which stops as soon as its queues are
         # empty (jobs scheduled for later are not its to wait for) and whose exit the

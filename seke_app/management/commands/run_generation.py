@@ -76,6 +76,12 @@ class Command(BaseCommand):
             action="store_true",
             help="only images without an auto-accepted or human label",
         )
+        parser.add_argument(
+            "--batch",
+            action="store_true",
+            help="send each round of calls as one OpenAI Batch API job (half price, answered"
+            " within 24 h; openai backend only, needs a worker)",
+        )
         parser.add_argument("--wait", action="store_true", help="show progress until it ends")
         parser.add_argument(
             "--inline",
@@ -84,6 +90,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["batch"] and options["inline"]:
+            raise CommandError(
+                "a batch run waits for its batches in the workers' queue: drop --inline"
+            )
         dataset = Dataset.objects.filter(name=options["dataset"]).first()
         if dataset is None:
             raise CommandError(f"no dataset called {options['dataset']!r}")
@@ -120,6 +130,7 @@ class Command(BaseCommand):
             ),
             name=options["name"],
             enqueue=not options["inline"],
+            batch=options["batch"],
         )
 
     def _inline(self, run: GenerationRun) -> None:
