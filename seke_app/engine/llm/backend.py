@@ -5,6 +5,11 @@ choice into a ``Sample``. A reply that is refused, cut off or not a valid answer
 becomes an invalid sample with its reason, never an exception, so that SV-UAMC can
 count it. A ``VLLMError`` (the request itself failed) propagates: whether to retry
 later or give up is the job layer's decision.
+
+When the endpoint returns token log-probabilities, a valid sample (and the
+verification reply) carries the model's probability of each expression, read at
+the expression value's first token (``logprobs.read_expression``): SV-UAMC counts
+a sample's as a soft vote and grades the verification by the verifier's.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import math
 from typing import Self
 
 from seke_app.engine.llm.client import Choice, VLLMClient, image_data_url
+from seke_app.engine.llm.logprobs import ANSWER_PATH, VERIFICATION_PATH, expression_probs
 from seke_app.engine.prompts import build_messages, build_verification_messages
 from seke_app.engine.schema import (
     ANSWER_SCHEMA_NAME,
@@ -172,7 +178,10 @@ class OpenAIBackend:
             answer = parse_answer(choice.text, vocabulary)
         except AnswerError as err:
             return _invalid("sample", raw, str(err), usage)
-        return Sample(kind="sample", raw=raw, answer=answer, usage=usage)
+        probs = expression_probs(
+            choice.tokens, vocabulary.expressions, answer.expression, path=ANSWER_PATH
+        )
+        return Sample(kind="sample", raw=raw, answer=answer, usage=usage, expression_probs=probs)
 
     def _verification_sample(self, choice: Choice, vocabulary: Vocabulary, usage: Usage) -> Sample:
         raw = choice.text or choice.refusal or ""
@@ -183,7 +192,17 @@ class OpenAIBackend:
             answer, verdict = parse_verification(choice.text, vocabulary)
         except AnswerError as err:
             return _invalid("verification", raw, str(err), usage)
-        return Sample(kind="verification", raw=raw, answer=answer, verdict=verdict, usage=usage)
+        probs = expression_probs(
+            choice.tokens, vocabulary.expressions, answer.expression, path=VERIFICATION_PATH
+        )
+        return Sample(
+            kind="verification",
+            raw=raw,
+            answer=answer,
+            verdict=verdict,
+            usage=usage,
+            expression_probs=probs,
+        )
 
 
 def _invalid(kind: SampleKind, raw: str, reason: str, usage: Usage) -> Sample:

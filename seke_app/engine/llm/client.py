@@ -5,10 +5,13 @@ typed ``ChatResult`` (choices, token usage, cost) and turns every failure into a
 single ``VLLMError`` that says whether retrying later can help, so that callers
 (SV-UAMC, jobs, views) never need to know about HTTP or the SDK's exceptions.
 
-Endpoints differ in what they accept: OpenAI takes ``n`` choices per request and
-strict JSON schemas; vLLM, Ollama, LM Studio and proxies accept some, none or all
-of those. The client starts with the best option, steps down when the endpoint
-rejects it with a 400, and remembers what works for the rest of its life.
+Endpoints differ in what they accept: OpenAI takes ``n`` choices per request,
+strict JSON schemas and token log-probabilities; vLLM, Ollama, LM Studio and
+proxies accept some, none or all of those. The client starts with the best option,
+steps down when the endpoint rejects it with a 400, and remembers what works for
+the rest of its life. Log-probabilities are given up first (they only refine the
+votes), then ``n``, then the schema. An endpoint that accepts log-probabilities but
+returns none (Ollama) is asked again each time: the request is the same either way.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import openai
 from openai.types.chat import ChatCompletion
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from seke_app.engine.llm.logprobs import TokenLogprob
 from seke_app.engine.types import Usage
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,10 @@ _SNAPSHOT_SUFFIX = re.compile(r"^-\d{4}-\d{2}-\d{2}$")
 # Error texts that show a 400 was about a parameter the endpoint does not support.
 _FORMAT_WORDS = re.compile(r"response_format|json_schema|json_object|structured output", re.I)
 _N_WORD = re.compile(r"(?<![\w.-])[`'\"]?n[`'\"]?(?![\w-])")
+_LOGPROBS_WORD = re.compile(r"logprobs", re.I)
+
+# OpenAI returns at most 20 alternatives per token.
+MAX_TOP_LOGPROBS = 20
 
 # A server's error text goes into exception messages and logs; keep it readable.
 _MAX_SERVER_TEXT = 300
@@ -108,6 +116,9 @@ class ClientConfig:
     # Total time one call may spend sleeping between retries; past it, give up
     # (retryable) so a job is not stuck for minutes behind a long Retry-After.
     max_total_wait_s: float = 120.0
+    # Ask for each token's log-probability and this many alternatives (0: do not
+    # ask), so that a sample's expression can count as a soft vote.
+    top_logprobs: int = 10
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -120,15 +131,22 @@ class ClientConfig:
             raise ValueError("ClientConfig.max_concurrency must be at least 1")
         if self.backoff_base_s < 0 or self.backoff_max_s < 0 or self.max_total_wait_s < 0:
             raise ValueError("ClientConfig backoff and wait limits must not be negative")
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"ClientConfig.top_logprobs must lie in [0, {MAX_TOP_LOGPROBS}]")
 
 
 @dataclass(frozen=True)
 class Choice:
-    """One completion as it came back; a refusal or truncation is reported, not raised."""
+    """One completion as it came back; a refusal or truncation is reported, not raised.
+
+    ``tokens``: the content's tokens with their log-probabilities and top
+    alternatives, when the endpoint returned them; None otherwise.
+    """
 
     text: str | None
     refusal: str | None
     finish_reason: str | None
+    tokens: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +220,7 @@ class VLLMClient:
         self._lock = threading.Lock()
         self._supports_n: bool | None = None
         self._format_mode: FormatMode = "json_schema"
+        self._top_logprobs = config.top_logprobs
         self._price = model_price(config.model, config.prices)
         # Retries are ours alone (max_retries=0): the SDK's would hide waits from
         # the injected sleep, double the retry budget and ignore max_total_wait_s.
@@ -240,6 +259,12 @@ class VLLMClient:
     def supports_n(self) -> bool | None:
         """Whether the endpoint returns several choices per request; None until known."""
         return self._supports_n
+
+    @property
+    def top_logprobs(self) -> int:
+        """How many alternatives per token are asked for; 0 when log-probabilities
+        are not asked for (turned off, or rejected by the endpoint)."""
+        return self._top_logprobs
 
     @property
     def response_format_mode(self) -> FormatMode:
@@ -302,9 +327,11 @@ class VLLMClient:
         schema_name: str,
         max_tokens: int,
     ) -> tuple[list[Choice], Usage]:
-        """One logical request, stepping down on a 400 about ``n`` or the format."""
+        """One logical request, stepping down on a 400 about log-probabilities, ``n``
+        or the format."""
         while True:
             mode = self._format_mode if json_schema is not None else "none"
+            top_logprobs = self._top_logprobs
             params: dict[str, Any] = {
                 "model": self._config.model,
                 "messages": messages,
@@ -315,12 +342,18 @@ class VLLMClient:
             }
             if n > 1:
                 params["n"] = n
+            if top_logprobs > 0:
+                params["logprobs"] = True
+                params["top_logprobs"] = top_logprobs
             response_format = _response_format(mode, json_schema, schema_name)
             if response_format is not None:
                 params["response_format"] = response_format
             try:
                 completion = self._create_with_retries(params)
             except _BadRequest as err:
+                if top_logprobs > 0 and err.about_logprobs():
+                    self._stop_logprobs()
+                    continue
                 if n > 1 and err.about_n():
                     log.info("endpoint rejected n=%d; using single requests", n)
                     self._remember_n(False)
@@ -333,6 +366,12 @@ class VLLMClient:
                     f"the VLLM rejected the request (400): {err.text}", retryable=False, status=400
                 ) from None
             return self._parse(completion)
+
+    def _stop_logprobs(self) -> None:
+        with self._lock:
+            if self._top_logprobs:
+                log.info("endpoint rejected logprobs; asking without them")
+            self._top_logprobs = 0
 
     def _step_down_format(self, rejected: FormatMode) -> None:
         with self._lock:
@@ -429,6 +468,7 @@ class VLLMClient:
                     text=getattr(message, "content", None),
                     refusal=getattr(message, "refusal", None),
                     finish_reason=getattr(raw, "finish_reason", None),
+                    tokens=_tokens(getattr(raw, "logprobs", None)),
                 )
             )
         return choices, usage
@@ -478,12 +518,37 @@ class _BadRequest(Exception):
             return True
         return bool(_FORMAT_WORDS.search(self.text))
 
+    def about_logprobs(self) -> bool:
+        if self.param is not None:
+            return self.param in ("logprobs", "top_logprobs")
+        return bool(_LOGPROBS_WORD.search(self.text))
+
     def about_n(self) -> bool:
         if self.param is not None:
             return self.param == "n"
         # A message that names the format is about the format even if it also
         # mentions n; dropping the schema first keeps the cheaper option (n).
         return not _FORMAT_WORDS.search(self.text) and bool(_N_WORD.search(self.text))
+
+
+def _tokens(logprobs: Any) -> tuple[TokenLogprob, ...] | None:
+    """The content's tokens from a choice's ``logprobs``; None when it has none."""
+    content = getattr(logprobs, "content", None)
+    if not content:
+        return None
+    tokens = []
+    for entry in content:
+        token, logprob = getattr(entry, "token", None), getattr(entry, "logprob", None)
+        if not isinstance(token, str) or not isinstance(logprob, int | float):
+            return None
+        top = tuple(
+            (alt.token, float(alt.logprob))
+            for alt in getattr(entry, "top_logprobs", None) or []
+            if isinstance(getattr(alt, "token", None), str)
+            and isinstance(getattr(alt, "logprob", None), int | float)
+        )
+        tokens.append(TokenLogprob(token, float(logprob), top))
+    return tuple(tokens)
 
 
 def _server_text(err: openai.APIStatusError) -> str:
