@@ -36,6 +36,7 @@ from openai.types.chat import ChatCompletion
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from seke_app.engine.llm.logprobs import TokenLogprob
+from seke_app.engine.llm.prices import ModelPrice, model_price
 from seke_app.engine.types import Usage
 
 log = logging.getLogger(__name__)
@@ -43,19 +44,6 @@ log = logging.getLogger(__name__)
 # Passed explicitly when the config has no base_url, so that an OPENAI_BASE_URL
 # left in the environment cannot silently redirect requests (and the key) elsewhere.
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-
-# USD per 1M (input, output) tokens. OpenAI list prices, overridable: a caller
-# passes ClientConfig.prices to correct them or to price other models.
-DEFAULT_PRICES: Mapping[str, tuple[float, float]] = {
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-}
-
-# A dated snapshot ("gpt-4o-2024-08-06") is billed like its family; any other
-# suffix ("gpt-4o-audio-preview") is a different product and stays unpriced.
-_SNAPSHOT_SUFFIX = re.compile(r"^-\d{4}-\d{2}-\d{2}$")
 
 # Error texts that show a 400 was about a parameter the endpoint does not support.
 _FORMAT_WORDS = re.compile(r"response_format|json_schema|json_object|structured output", re.I)
@@ -112,7 +100,7 @@ class ClientConfig:
     backoff_base_s: float = 1.0
     backoff_max_s: float = 30.0
     max_concurrency: int = 4
-    prices: Mapping[str, tuple[float, float]] | None = None  # overrides, USD per 1M (in, out)
+    prices: Mapping[str, ModelPrice] | None = None  # overrides of prices.DEFAULT_PRICES
     # Total time one call may spend sleeping between retries; past it, give up
     # (retryable) so a job is not stuck for minutes behind a long Retry-After.
     max_total_wait_s: float = 120.0
@@ -155,22 +143,9 @@ class ChatResult:
 
     choices: list[Choice]
     usage: Usage
-    # False when the model is not in the price table: cost_usd is then 0 and the
-    # UI should say "price unknown" rather than "free".
+    # False when the model is not in the price table: cost_usd is then 0, which
+    # means "unknown", not "free" (see ``prices``).
     priced: bool
-
-
-def model_price(
-    model: str, overrides: Mapping[str, tuple[float, float]] | None = None
-) -> tuple[float, float] | None:
-    """USD per 1M (input, output) tokens for ``model``, or None when unknown."""
-    table = {**DEFAULT_PRICES, **(overrides or {})}
-    if model in table:
-        return table[model]
-    for name in sorted(table, key=len, reverse=True):
-        if model.startswith(name) and _SNAPSHOT_SUFFIX.match(model[len(name) :]):
-            return table[name]
-    return None
 
 
 def retry_after_seconds(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
@@ -254,6 +229,11 @@ class VLLMClient:
     @property
     def model(self) -> str:
         return self._config.model
+
+    @property
+    def priced(self) -> bool:
+        """Whether the model's price is known, so that cost_usd means what it says."""
+        return self._price is not None
 
     @property
     def supports_n(self) -> bool | None:
@@ -480,7 +460,7 @@ class VLLMClient:
         completion_tokens = int(getattr(raw_usage, "completion_tokens", 0) or 0)
         cost = 0.0
         if self._price is not None:
-            cost = (prompt * self._price[0] + completion_tokens * self._price[1]) / 1_000_000
+            cost = self._price.cost(prompt, completion_tokens)
         return Usage(
             requests=1, prompt_tokens=prompt, completion_tokens=completion_tokens, cost_usd=cost
         )
