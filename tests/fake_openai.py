@@ -28,9 +28,11 @@ gives the token its first characters make (as many as the chosen token has, afte
 the opening quote when the token carries it); names giving the same token add up,
 and a name outside the vocabulary gives a token that names no class; when names
 share the chosen token, the next token's alternatives are their continuations with
-their conditional probabilities. Without a
-mapping, and at every other position, the chosen token is the only alternative,
-with log-probability 0. ``reject_logprobs`` answers such requests with OpenAI's
+their conditional probabilities. Where the callable returns None, and at every
+other position, the chosen token is the only alternative, with log-probability 0.
+Without ``expression_logprobs`` the server answers ``"logprobs": null`` (as an
+endpoint without them does), so that tests about other things see replies
+without soft votes. ``reject_logprobs`` answers such requests with OpenAI's
 400 for an unsupported parameter; ``ignore_logprobs`` returns ``"logprobs": null``
 as Ollama does.
 """
@@ -346,7 +348,8 @@ class FakeOpenAI:
             message, finish = _apply_content_fault(content, kind)
             completion_tokens += _text_tokens(message["content"] or message["refusal"] or "")
             logprobs = None
-            if body.get("logprobs") and not self.ignore_logprobs and message["content"]:
+            wanted = body.get("logprobs") and self.expression_logprobs is not None
+            if wanted and not self.ignore_logprobs and message["content"]:
                 logprobs = self._logprobs(body, index, message["content"])
             choices.append(
                 {"index": index, "message": message, "finish_reason": finish, "logprobs": logprobs}

@@ -326,6 +326,7 @@ def test_the_backend_gives_samples_and_the_verification_their_probabilities(
 
 def test_without_logprobs_samples_stay_whole_votes(fake_openai: FakeOpenAI) -> None:
     fake_openai.responder = _answers("happiness")
+    fake_openai.expression_logprobs = _log(SOFT)
     fake_openai.ignore_logprobs = True
     request = AnnotationRequest(image_bytes=_face(), vocabulary=Vocabulary())
     with OpenAIBackend(_client(fake_openai), model="gpt-4o") as backend:

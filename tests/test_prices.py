@@ -13,6 +13,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
 
+from review.feedback.services import gold_check_create, prompt_version_create
+from review.models import GoldCheck
+from review.tasks.services import Decision, decision_record, task_claim_next
 from seke_app.engine.llm.prices import (
     DEFAULT_PRICES,
     PRICES_AS_OF,
@@ -22,14 +25,20 @@ from seke_app.engine.llm.prices import (
     parse_prices,
 )
 from seke_app.engine.uamc import UAMCParams
+from seke_app.insights.comparisons import Side, compare
 from seke_app.models import GenerationRun
+from seke_app.queue import get_queue
 from seke_app.runs.backends import backend_for, model_priced
+from seke_app.runs.prompts import prompt_version_active
 from seke_app.runs.services import RunRefused, run_create
 from seke_app.webhooks import events
 from tests.api_client import ApiClient
 from tests.conftest import client_for
-from tests.factories import make_dataset
+from tests.factories import make_dataset, scripted_images
+from tests.fake_openai import FakeOpenAI
 from tests.fake_openai import image_tokens as fake_image_tokens
+from tests.test_dashboards import annotation_row, make_run
+from tests.workers import work_in_process
 
 LIST_PRICES = {
     "gpt-4o": (2.50, 10.00),
@@ -176,8 +185,6 @@ def test_a_run_on_an_unpriced_model_is_marked_and_refuses_a_cost_cap(
 
 
 def _version() -> Any:
-    from seke_app.runs.prompts import prompt_version_active
-
     return prompt_version_active()
 
 
@@ -229,3 +236,65 @@ def test_the_api_and_webhooks_give_null_for_an_unknown_cost(
     assert unknown is not None and known is not None
     assert unknown.data["cost_usd"] is None
     assert Decimal(known.data["cost_usd"]) == Decimal("0.018")
+
+
+@pytest.mark.django_db
+def test_a_comparison_with_an_unpriced_run_gives_its_cost_as_unknown(admin_user: User) -> None:
+    images = scripted_images(3)
+    rows = [annotation_row(i, expression="happiness", cost_usd=Decimal("0.002")) for i in images]
+    priced, unpriced = make_run(rows), make_run(rows)
+    GenerationRun.objects.filter(id=unpriced.id).update(priced=False)
+    unpriced.refresh_from_db()
+
+    result = compare(a=Side.of_run(priced), b=Side.of_run(unpriced))
+
+    assert result.a.cost_known and result.a.cost_per_annotation == pytest.approx(0.002)
+    assert not result.b.cost_known and result.b.cost_per_annotation is None
+    page = client_for(admin_user).get(
+        reverse("compare"), {"a": str(priced.code), "b": str(unpriced.code)}
+    )
+    table = page.content.decode()
+    assert "<td>$0.0060</td><td>unknown</td>" in table
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_gold_check_on_an_unpriced_model_gives_its_cost_as_unknown(
+    tmp_path: Path, settings: Any, admin_user: User, annotator: User
+) -> None:
+    for name in ("generation", "default"):
+        get_queue(name).empty()
+    dataset = make_dataset(tmp_path, n=2)
+    run_create(dataset=dataset, backend="offline", params=UAMCParams(review_threshold=1.0))
+    work_in_process("generation")
+    while (task := task_claim_next(user=annotator)) is not None:
+        decision = Decision(action="correct", expression="happiness", valence=0.6, arousal=0.2)
+        decision_record(task=task, user=annotator, decision=decision)
+    parent = prompt_version_active()
+    version = prompt_version_create(
+        parent=parent,
+        name="child",
+        knowledge_text=parent.knowledge_text,
+        rule_notes="Look at the mouth.",
+        exemplars=[],
+        calibration={},
+        user=admin_user,
+    )
+    with FakeOpenAI() as server:
+        settings.OPENAI_API_KEY = "sk-test-prices"
+        settings.OPENAI_BASE_URL = server.base_url
+        settings.OPENAI_RPM = settings.OPENAI_TPM = 0
+        check = gold_check_create(
+            version=version,
+            backend="openai",
+            model_name="llava:13b",
+            include_imported=False,
+            user=admin_user,
+        )
+        work_in_process("default")
+    check.refresh_from_db()
+    assert check.status == GoldCheck.Status.DONE, check.error
+    for side in ("parent", "version"):
+        assert check.report[side]["cost_per_image"] is None
+        assert check.report[side]["cost_usd"] is None
+    page = client_for(admin_user).get(reverse("review:version_detail", args=[version.code]))
+    assert "<td>cost per image (USD)</td><td>unknown</td><td>unknown</td>" in page.content.decode()
