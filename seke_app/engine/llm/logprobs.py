@@ -35,8 +35,8 @@ What is read, and the rules this module defines
     vocabulary whose labels start alike is better renamed than read this way.
 
     No soft vote: ``probs`` is None (the sample stays one whole vote) when the
-    reply has no token log-probabilities, the tokens do not spell the reply, the
-    value cannot be found, the alternatives that name a class hold less than
+    reply has no token log-probabilities, the value cannot be found in the joined
+    tokens, the alternatives that name a class hold less than
     ``MIN_MASS`` of the first token's probability (the top-N list then describes
     mostly something else, and renormalising would magnify what little is left),
     or the reply's own expression gets no probability (the reading would contradict
