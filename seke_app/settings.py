@@ -31,6 +31,7 @@ from seke_app.config import (
     env_str,
     env_url,
 )
+from seke_app.engine.llm.prices import parse_prices
 from seke_app.engine.vocab import AU_VOCABULARIES
 
 # Lets admin and form classes be written with their model as a type parameter.
@@ -294,6 +295,13 @@ if AU_VOCABULARY not in AU_VOCABULARIES:
 OPENAI_API_KEY = env_str("OPENAI_API_KEY", "")
 OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", schemes=("http", "https"))
 SEKE_MODEL = env_str("SEKE_MODEL", "gpt-4o")
+# Corrections and additions to the built-in price table (seke_app.engine.llm.prices),
+# as JSON: {"model": {"input": 2.5, "output": 10, "batch_input": 1.25,
+# "batch_output": 5}} in USD per 1M tokens; the batch prices default to half.
+try:
+    SEKE_PRICES = parse_prices(env_str("SEKE_PRICES", "{}"))
+except ValueError as exc:
+    raise ConfigError(f"SEKE_PRICES {exc}") from None
 OPENAI_TIMEOUT = env_float("SEKE_OPENAI_TIMEOUT", 60.0, minimum=1.0)
 # Faces are sent downscaled so that their longer side is at most this many pixels.
 IMAGE_MAX_SIDE = env_int("SEKE_IMAGE_MAX_SIDE", 512, minimum=32)

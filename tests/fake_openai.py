@@ -27,6 +27,27 @@ apply to them in order. ``server.batches.script(BatchPlan(...))`` plans the next
 created batches: stay in progress for some retrieves, fail or expire given lines
 (by position in the input file), or fail as a whole. A cancelled batch answers
 no line.
+
+
+Token log-probabilities: a request with ``logprobs`` true gets, per choice,
+``logprobs.content`` shaped like OpenAI's (``token``, ``logprob``, ``bytes``,
+``top_logprobs`` with ``top_logprobs`` entries). The content is cut into tokens of
+1 to 4 characters at seeded random places, inside keys and values too. At the
+first token of the top-level expression value (the last ``"expression": "<one of
+SEKE's expressions>"``, so the answer's, not the evidence's) the alternatives come
+from ``server.expression_logprobs``: a mapping of expression names to
+log-probabilities, or a callable ``(body, index) -> mapping or None``. Each name
+gives the token its first characters make (as many as the chosen token has, after
+the opening quote when the token carries it); names giving the same token add up,
+and a name outside the vocabulary gives a token that names no class; when names
+share the chosen token, the next token's alternatives are their continuations with
+their conditional probabilities. Where the callable returns None, and at every
+other position, the chosen token is the only alternative, with log-probability 0.
+Without ``expression_logprobs`` the server answers ``"logprobs": null`` (as an
+endpoint without them does), so that tests about other things see replies
+without soft votes. ``reject_logprobs`` answers such requests with OpenAI's
+400 for an unsupported parameter; ``ignore_logprobs`` returns ``"logprobs": null``
+as Ollama does.
 """
 
 from __future__ import annotations
@@ -39,6 +60,8 @@ import email.policy
 import io
 import json
 import math
+import random
+import re
 import socket
 import threading
 import time
@@ -51,10 +74,14 @@ from typing import Any
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from seke_app.engine.vocab import FEID_AUS
+from seke_app.engine.vocab import EXPRESSIONS, FEID_AUS
 
 # (parsed request body, choice index) -> the assistant message's content.
 Responder = Callable[[dict[str, Any], int], str]
+# Log-probabilities at the expression value's first token, fixed or per choice.
+ExpressionLogprobs = (
+    dict[str, float] | Callable[[dict[str, Any], int], dict[str, float] | None] | None
+)
 
 CONTENT_FAULTS = ("malformed", "refusal", "out_of_range", "wrong_aus", "length", "content_filter")
 FAULT_KINDS = ("429", "500", "503", "401", "hang", *CONTENT_FAULTS)
@@ -144,6 +171,9 @@ class FakeOpenAI:
         reject_json_schema: bool = False,
         reject_json_object: bool = False,
         latency_s: float = 0.0,
+        expression_logprobs: ExpressionLogprobs = None,
+        reject_logprobs: bool = False,
+        ignore_logprobs: bool = False,
     ) -> None:
         self.responder: Responder = responder or default_responder
         # When set, requests must present this key or get a 401.
@@ -153,6 +183,9 @@ class FakeOpenAI:
         self.reject_json_schema = reject_json_schema
         self.reject_json_object = reject_json_object
         self.latency_s = latency_s
+        self.expression_logprobs = expression_logprobs
+        self.reject_logprobs = reject_logprobs  # 400 on logprobs, like models without them
+        self.ignore_logprobs = ignore_logprobs  # "logprobs": null, like Ollama
         self.errors: list[str] = []
         self._faults: deque[Fault] = deque()
         self._requests: list[CapturedRequest] = []
@@ -299,6 +332,13 @@ class FakeOpenAI:
         return self._completion(body, fault)
 
     def _rejection(self, body: dict[str, Any]) -> _Reply | None:
+        if self.reject_logprobs and body.get("logprobs"):
+            return _error(
+                400,
+                "Unsupported parameter: 'logprobs' is not supported with this model.",
+                "unsupported_parameter",
+                param="logprobs",
+            )
         n = int(body.get("n") or 1)
         if self.reject_n and n > 1:
             return _error(400, "Only n=1 is supported by this server.", None)
@@ -323,8 +363,12 @@ class FakeOpenAI:
                 return _error(500, f"responder failed: {err!r}", None)
             message, finish = _apply_content_fault(content, kind)
             completion_tokens += _text_tokens(message["content"] or message["refusal"] or "")
+            logprobs = None
+            wanted = body.get("logprobs") and self.expression_logprobs is not None
+            if wanted and not self.ignore_logprobs and message["content"]:
+                logprobs = self._logprobs(body, index, message["content"])
             choices.append(
-                {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
+                {"index": index, "message": message, "finish_reason": finish, "logprobs": logprobs}
             )
         prompt_tokens = prompt_tokens_for(body)
         with self._lock:
@@ -348,6 +392,12 @@ class FakeOpenAI:
         }
         return _Reply(200, payload, {})
 
+    def _logprobs(self, body: dict[str, Any], index: int, content: str) -> dict[str, Any]:
+        source = self.expression_logprobs
+        at_value = source(body, index) if callable(source) else source
+        top_n = int(body.get("top_logprobs") or 0)
+        return {"content": token_logprobs(content, at_value, top_n, seed=index), "refusal": None}
+
 
 @dataclass(frozen=True)
 class _Reply:
@@ -358,9 +408,9 @@ class _Reply:
     raw: bytes | None = None
 
 
-def _error(status: int, message: str, code: str | None) -> _Reply:
+def _error(status: int, message: str, code: str | None, *, param: str | None = None) -> _Reply:
     kind = "invalid_request_error" if status < 500 else "server_error"
-    payload = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    payload = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return _Reply(status, payload, {})
 
 
@@ -481,6 +531,98 @@ def _first_variant(schema: dict[str, Any]) -> dict[str, Any]:
             non_null = [v for v in variants if v.get("type") != "null"]
             return dict((non_null or variants)[0])
     return schema
+
+
+# -- token log-probabilities -----------------------------------------------------
+
+_EXPRESSION_VALUE = re.compile(r'"expression"\s*:\s*"([^"]*)"')
+
+
+def token_logprobs(
+    content: str, at_value: dict[str, float] | None, top_n: int, *, seed: int = 0
+) -> list[dict[str, Any]]:
+    """OpenAI-shaped ``logprobs.content`` for ``content`` (see the module docstring)."""
+    rng = random.Random(f"{seed}:{content}")
+    value = _expression_value(content)
+    if value is None:
+        return [_entry(token, 0.0, [(token, 0.0)], top_n) for token in _chunks(content, rng)]
+    start, text = value
+    # The opening quote starts the value's token, or ends the token before it.
+    quoted = rng.random() < 0.5
+    head_end = start - 1 if quoted else start
+    width = rng.randint(1, min(4, len(text)))
+    lead = '"' if quoted else ""
+    chosen = lead + text[:width]
+    entries = [_entry(t, 0.0, [(t, 0.0)], top_n) for t in _chunks(content[:head_end], rng)]
+    alternatives = _value_alternatives(at_value, lead, width, chosen)
+    entries.append(_entry(chosen, alternatives[chosen], list(alternatives.items()), top_n))
+    # Names that share the chosen first token part at the next one, by their
+    # conditional probabilities, as a model's next step would.
+    sharing = {
+        name[width:] or '"': lp
+        for name, lp in (at_value or {}).items()
+        if lead + name[:width] == chosen and name != text
+    }
+    rest = content[start + width :]
+    if sharing and len(text) > width:
+        second = text[width : width + rng.randint(1, min(4, len(text) - width))]
+        sharing[text[width:]] = math.log(1e-6 + math.exp((at_value or {}).get(text, -30.0)))
+        following = _value_alternatives(sharing, "", len(second), second)
+        total = math.log(sum(math.exp(lp) for lp in following.values()))
+        conditional = [(t, lp - total) for t, lp in following.items()]
+        entries.append(_entry(second, dict(conditional)[second], conditional, top_n))
+        rest = rest[len(second) :]
+    entries += [_entry(t, 0.0, [(t, 0.0)], top_n) for t in _chunks(rest, rng)]
+    return entries
+
+
+def _expression_value(content: str) -> tuple[int, str] | None:
+    """Where the top-level expression's value starts in ``content``, and its text."""
+    found = [
+        m for m in _EXPRESSION_VALUE.finditer(content) if m.group(1).strip().lower() in EXPRESSIONS
+    ]
+    if not found or not found[-1].group(1):
+        return None
+    return found[-1].start(1), found[-1].group(1)
+
+
+def _chunks(text: str, rng: random.Random) -> list[str]:
+    chunks = []
+    i = 0
+    while i < len(text):
+        width = rng.randint(1, 4)
+        chunks.append(text[i : i + width])
+        i += width
+    return chunks
+
+
+def _value_alternatives(
+    at_value: dict[str, float] | None, lead: str, width: int, chosen: str
+) -> dict[str, float]:
+    """Log-probability of each token at the value's first position, most likely first."""
+    if not at_value:
+        return {chosen: 0.0}
+    mass: dict[str, float] = {}
+    for name, logprob in at_value.items():
+        token = lead + name[:width]
+        mass[token] = mass.get(token, 0.0) + math.exp(logprob)
+    # The chosen token must have a probability, however small, to have been chosen.
+    mass.setdefault(chosen, 1e-6)
+    ranked = sorted(mass.items(), key=lambda kv: -kv[1])
+    return {token: math.log(p) for token, p in ranked}
+
+
+def _entry(
+    token: str, logprob: float, alternatives: list[tuple[str, float]], top_n: int
+) -> dict[str, Any]:
+    return {
+        "token": token,
+        "logprob": logprob,
+        "bytes": list(token.encode()),
+        "top_logprobs": [
+            {"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in alternatives[:top_n]
+        ],
+    }
 
 
 # -- token accounting ----------------------------------------------------------

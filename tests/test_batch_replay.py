@@ -18,8 +18,8 @@ from seke_app.engine.llm.client import (
     VLLMClient,
     VLLMError,
     batch_price,
-    model_price,
 )
+from seke_app.engine.llm.prices import model_price
 from seke_app.engine.schema import answer_to_schema_json
 from seke_app.engine.types import AnnotationRequest, Answer
 from seke_app.engine.uamc import UAMCParams, UAMCResult, run_uamc
@@ -115,7 +115,7 @@ def test_it_replays_the_synchronous_calls_and_answer_from_batch_replies() -> Non
 def test_it_prices_batches_at_half_the_list_price() -> None:
     price = model_price("gpt-4o")
     assert price is not None
-    assert batch_price("gpt-4o") == (price[0] / 2, price[1] / 2)
+    assert batch_price("gpt-4o") == (price.input / 2, price.output / 2)
     assert batch_price("gpt-4o-2024-08-06") == batch_price("gpt-4o")
     assert batch_price("unknown-model") is None
 

@@ -20,7 +20,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 from rq.registry import ScheduledJobRegistry
 
-from seke_app.engine.llm.client import DEFAULT_PRICES
+from seke_app.engine.llm.prices import DEFAULT_PRICES
 from seke_app.engine.schema import answer_to_schema_json
 from seke_app.engine.types import Answer
 from seke_app.engine.uamc import UAMCParams
@@ -94,9 +94,8 @@ def batch_run(tmp_path: Path, n: int, **options: Any) -> GenerationRun:
 
 
 def _list_cost(server: FakeOpenAI) -> float:
-    price_in, price_out = DEFAULT_PRICES["gpt-4o"]
     billed = server.billed
-    return (billed.prompt_tokens * price_in + billed.completion_tokens * price_out) / 1e6
+    return DEFAULT_PRICES["gpt-4o"].cost(billed.prompt_tokens, billed.completion_tokens)
 
 
 def test_it_sends_each_round_as_a_batch_and_writes_the_annotations(

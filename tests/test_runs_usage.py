@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from seke_app.engine.llm.client import DEFAULT_PRICES
+from seke_app.engine.llm.prices import DEFAULT_PRICES
 from seke_app.engine.uamc import UAMCParams
 from seke_app.models import Annotation, GenerationRun, RunItem
 from seke_app.runs import services as runs
@@ -63,8 +63,7 @@ def assert_billed(run: GenerationRun, server: FakeOpenAI) -> None:
         billed.prompt_tokens,
         billed.completion_tokens,
     )
-    price_in, price_out = DEFAULT_PRICES["gpt-4o"]
-    cost = (billed.prompt_tokens * price_in + billed.completion_tokens * price_out) / 1e6
+    cost = DEFAULT_PRICES["gpt-4o"].cost(billed.prompt_tokens, billed.completion_tokens)
     # Each call's cost is stored to the micro-dollar, so the sum may be off by that much.
     assert float(run.cost_usd) == pytest.approx(cost, abs=1e-6 * billed.requests)
 

@@ -23,9 +23,9 @@ from seke_app.engine.llm.client import (
     VLLMClient,
     VLLMError,
     image_data_url,
-    model_price,
     retry_after_seconds,
 )
+from seke_app.engine.llm.prices import ModelPrice, model_price
 from seke_app.engine.vocab import FEID_AUS
 from tests.fake_openai import FakeOpenAI, Fault
 
@@ -472,7 +472,10 @@ def test_it_computes_cost_from_the_price_table(fake_openai: FakeOpenAI, sleeps: 
 def test_it_lets_the_caller_override_and_add_prices(
     fake_openai: FakeOpenAI, sleeps: Sleeps
 ) -> None:
-    prices = {"gpt-4o": (5.0, 20.0), "my-azure-deployment": (1.0, 2.0)}
+    prices = {
+        "gpt-4o": ModelPrice.listed(5.0, 20.0),
+        "my-azure-deployment": ModelPrice.listed(1.0, 2.0),
+    }
     with (
         _client(fake_openai, sleeps, prices=prices) as overridden,
         _client(fake_openai, sleeps, model="my-azure-deployment", prices=prices) as added,
@@ -490,9 +493,9 @@ def test_it_lets_the_caller_override_and_add_prices(
 
 
 def test_it_prices_dated_snapshots_like_their_family_and_nothing_else() -> None:
-    assert model_price("gpt-4o-2024-08-06") == (2.50, 10.00)
-    assert model_price("gpt-4o-mini-2024-07-18") == (0.15, 0.60)
-    assert model_price("gpt-4.1-mini") == (0.40, 1.60)
+    assert model_price("gpt-4o-2024-08-06") == ModelPrice(2.50, 10.00, 1.25, 5.00)
+    assert model_price("gpt-4o-mini-2024-07-18") == ModelPrice(0.15, 0.60, 0.075, 0.30)
+    assert model_price("gpt-4.1-mini") == ModelPrice(0.40, 1.60, 0.20, 0.80)
     assert model_price("gpt-4o-audio-preview") is None
 
 
@@ -501,6 +504,7 @@ def test_it_marks_unknown_models_unpriced(fake_openai: FakeOpenAI, sleeps: Sleep
         result = local.chat(_messages())
 
     assert result.priced is False
+    assert local.priced is False
     assert result.usage.cost_usd == 0.0
     assert result.usage.prompt_tokens > 0
 

@@ -33,7 +33,7 @@ from seke_app.engine.uamc import UAMCParams, UAMCResult, run_uamc
 from seke_app.engine.vocab import DEFAULT_VOCABULARY, Vocabulary
 from seke_app.models import Annotation, FaceImage, GenerationRun, PromptVersion
 from seke_app.queue import get_queue
-from seke_app.runs.backends import backend_for
+from seke_app.runs.backends import backend_for, model_priced
 
 
 class FeedbackRefused(Exception):
@@ -333,6 +333,9 @@ def gold_check_run(*, check_id: int) -> None:
                     results.append(run_uamc(backend, request, UAMCParams()))
                     GoldCheck.objects.filter(id=check.id).update(n_done=F("n_done") + 1)
             report[label] = score(items, results)
+            if not model_priced(check.backend, check.model_name):
+                # Recorded as 0, the cost of a model without a price is unknown, not free.
+                report[label].update(cost_usd=None, cost_per_image=None)
     except Exception as exc:
         GoldCheck.objects.filter(id=check.id).update(
             status=GoldCheck.Status.FAILED,

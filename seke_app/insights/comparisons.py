@@ -86,10 +86,15 @@ class SideSummary:
     calibration: Calibration
     # Per grain, how many scored labels are on images the side's prompt version learned from.
     in_sample: dict[str, int]
+    # False when some of the side's annotations come from a run whose model has no
+    # known price: their recorded cost of 0 means "unknown", so the total is unknown.
+    cost_known: bool = True
 
     @property
     def cost_per_annotation(self) -> float | None:
-        return self.cost_usd / self.n_annotations if self.n_annotations else None
+        if not self.n_annotations or not self.cost_known:
+            return None
+        return self.cost_usd / self.n_annotations
 
 
 @dataclass
@@ -158,6 +163,7 @@ def _summary(side: Side) -> SideSummary:
         gold_accuracy={g: scorer.accuracy(g, "gold") for g in GRAINS},
         calibration=scorer.calibration(side.threshold),
         in_sample={g: scorer.in_sample[g] for g in (*GRAINS, "overall")},
+        cost_known=not side.annotations.filter(run__priced=False).exists(),
     )
 
 

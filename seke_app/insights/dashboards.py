@@ -478,7 +478,10 @@ class RunDashboard:
 
     @property
     def cost_per_annotation(self) -> float | None:
-        return float(self.run.cost_usd) / self.n_annotations if self.n_annotations else None
+        """None when nothing was annotated or the run's cost is unknown."""
+        if not self.n_annotations or not self.run.priced:
+            return None
+        return float(self.run.cost_usd) / self.n_annotations
 
     def chart_data(self) -> dict[str, Any]:
         """Everything the page's charts draw, as JSON-ready values."""

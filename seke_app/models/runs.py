@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -155,6 +156,10 @@ class GenerationRun(TrackedJob):
     # Sent through the OpenAI Batch API, a round of calls at a time (``RunBatch``),
     # at half the price, answered within 24 hours (``seke_app.runs.batches``).
     batch = models.BooleanField(default=False)
+    # Whether the run's model has a known price when the run is created (the
+    # offline annotator is free). Without one, cost_usd stays 0 and means
+    # "unknown", never "free": ``known_cost`` is then None.
+    priced = models.BooleanField(default=True)
 
     FINISHED = frozenset(
         {Status.CANCELLED, Status.BUDGET_EXHAUSTED, Status.COMPLETED, Status.FAILED}
@@ -182,6 +187,11 @@ class GenerationRun(TrackedJob):
 
     def __str__(self) -> str:
         return f"run {self.label}"
+
+    @property
+    def known_cost(self) -> Decimal | None:
+        """What the run has cost so far, or None when its model's price is unknown."""
+        return self.cost_usd if self.priced else None
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         # Numbered here rather than by each caller, so that no run is ever without

@@ -103,6 +103,12 @@ class RunIn(Schema):
     batch: bool = Field(False, description=str(_FORM["batch"].help_text))
 
 
+# A run on a model without a known price has no cost to give: 0 would claim it was free.
+UNKNOWN_COST = (
+    "USD; null when the model's price is unknown (not in the price table or SEKE_PRICES)."
+)
+
+
 class RunOut(Schema):
     code: UUID
     url: str = Field(description="Where to follow the run.")
@@ -139,7 +145,12 @@ class RunOut(Schema):
     requests: int
     prompt_tokens: int
     completion_tokens: int
-    cost_usd: Decimal
+    cost_usd: Decimal | None = Field(description=UNKNOWN_COST)
+
+    @staticmethod
+    def resolve_cost_usd(run: GenerationRun) -> Decimal | None:
+        return run.known_cost
+
     batch: bool = Field(description="Sent through the OpenAI Batch API, a round at a time.")
 
     @staticmethod
@@ -258,7 +269,11 @@ class AnnotationSampleOut(Schema):
     verdict: Any
     prompt_tokens: int
     completion_tokens: int
-    cost_usd: Decimal
+    cost_usd: Decimal | None = Field(description=UNKNOWN_COST)
+
+    @staticmethod
+    def resolve_cost_usd(sample: AnnotationSample) -> Decimal | None:
+        return sample.cost_usd if sample.annotation.run.priced else None
 
 
 class AnnotationOut(Schema):
@@ -298,11 +313,15 @@ class AnnotationOut(Schema):
     requests: int
     prompt_tokens: int
     completion_tokens: int
-    cost_usd: Decimal
+    cost_usd: Decimal | None = Field(description=UNKNOWN_COST)
     created_at: datetime
     samples: list[AnnotationSampleOut] | None = Field(
         None, description="The samples and verification reply, with ?samples=true."
     )
+
+    @staticmethod
+    def resolve_cost_usd(annotation: Annotation) -> Decimal | None:
+        return annotation.cost_usd if annotation.run.priced else None
 
     @staticmethod
     def resolve_image(annotation: Annotation) -> UUID:

@@ -21,6 +21,7 @@ from django.conf import settings
 
 from seke_app.engine.llm.backend import OpenAIBackend
 from seke_app.engine.llm.client import ClientConfig, VLLMClient
+from seke_app.engine.llm.prices import model_price
 from seke_app.engine.offline.backend import DEFAULT_MODEL_NAME, OfflineBackend
 from seke_app.engine.offline.model import OfflineModel
 from seke_app.engine.types import ClosableBackend
@@ -45,6 +46,14 @@ def openai_configured() -> bool:
 
 def default_model(backend: str) -> str:
     return DEFAULT_MODEL_NAME if backend == GenerationRun.Backend.OFFLINE else settings.SEKE_MODEL
+
+
+def model_priced(backend: str, model_name: str) -> bool:
+    """Whether calls to ``model_name`` have a known cost: the offline annotator's
+    are free; a VLLM's model must be in the price table or in ``SEKE_PRICES``."""
+    if backend == GenerationRun.Backend.OFFLINE:
+        return True
+    return model_price(model_name, settings.SEKE_PRICES) is not None
 
 
 @functools.cache
@@ -113,6 +122,7 @@ def _openai_backend(model_name: str, concurrency: int) -> OpenAIBackend:
         timeout_s=settings.OPENAI_TIMEOUT,
         max_retries=settings.OPENAI_MAX_RETRIES,
         max_concurrency=concurrency,
+        prices=settings.SEKE_PRICES,
     )
     return OpenAIBackend(VLLMClient(config), model=model_name, max_side=settings.IMAGE_MAX_SIDE)
 

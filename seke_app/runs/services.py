@@ -55,7 +55,12 @@ from seke_app.models import (
 from seke_app.models.runs import NAME_MAX_LENGTH, confident
 from seke_app.queue import QueueUnavailable, get_queue
 from seke_app.runs import batches, hooks
-from seke_app.runs.backends import BackendUnavailable, backend_for, default_model
+from seke_app.runs.backends import (
+    BackendUnavailable,
+    backend_for,
+    default_model,
+    model_priced,
+)
 from seke_app.runs.calls import ImageCalls, LeaseLost
 from seke_app.runs.leases import LeaseKeeper, expired, lease_end, lease_renew, poll_seconds
 from seke_app.runs.prompts import prompt_version_active
@@ -169,6 +174,12 @@ def run_create(
             "the Batch API is OpenAI's: a batch run needs the OpenAI-compatible backend"
         )
     model_name = model_name or default_model(backend)
+    priced = model_priced(backend, model_name)
+    if budget_usd is not None and not priced:
+        raise RunRefused(
+            f"the model {model_name!r} has no known price, so a cost cap could not be"
+            " enforced: add its price to SEKE_PRICES, or leave the cap empty"
+        )
     prompt_version = prompt_version or prompt_version_active()
     try:
         backend_for(
@@ -188,6 +199,7 @@ def run_create(
             image_filter=image_filter.to_json(),
             review_threshold=params.review_threshold,
             budget_usd=budget_usd,
+            priced=priced,
             concurrency=concurrency,
             double_review_share=double_review_share,
             audit_share=audit_share,

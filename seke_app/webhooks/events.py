@@ -86,7 +86,8 @@ def run_finished(run: GenerationRun) -> WebhookEvent | None:
             "failed": run.n_failed,
             "not_annotated": run.n_remaining,
         },
-        "cost_usd": str(run.cost_usd),
+        # null when the model's price is unknown: 0 would claim the run was free.
+        "cost_usd": None if run.known_cost is None else str(run.known_cost),
         "requests": run.requests,
         "started_at": _when(run.started_at),
         "finished_at": _when(run.finished_at),

@@ -5,6 +5,11 @@ choice into a ``Sample``. A reply that is refused, cut off or not a valid answer
 becomes an invalid sample with its reason, never an exception, so that SV-UAMC can
 count it. A ``VLLMError`` (the request itself failed) propagates: whether to retry
 later or give up is the job layer's decision.
+
+When the endpoint returns token log-probabilities, a valid sample (and the
+verification reply) carries the model's probability of each expression, read at
+the expression value's first token (``logprobs.read_expression``): SV-UAMC counts
+a sample's as a soft vote and grades the verification by the verifier's.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from seke_app.engine.llm.client import (
     chat_request_body,
     image_data_url,
 )
+from seke_app.engine.llm.logprobs import ANSWER_PATH, VERIFICATION_PATH, expression_probs
 from seke_app.engine.prompts import build_messages, build_verification_messages
 from seke_app.engine.schema import (
     ANSWER_SCHEMA_NAME,
@@ -156,7 +162,8 @@ class OpenAIBackend:
     # -- the same calls as request bodies and replies, for the Batch API ----------
 
     def sample_body(self, request: AnnotationRequest, k: int, temperature: float) -> dict[str, Any]:
-        """The chat-completions body ``sample`` would send (strict JSON schema)."""
+        """The chat-completions body ``sample`` would send (strict JSON schema, and the
+        log-probabilities the client asks for)."""
         messages, schema = self._sample_prompt(request)
         return chat_request_body(
             self.client.model,
@@ -166,6 +173,7 @@ class OpenAIBackend:
             json_schema=schema,
             schema_name=ANSWER_SCHEMA_NAME,
             max_tokens=self.max_tokens,
+            top_logprobs=self.client.top_logprobs,
         )
 
     def verify_body(self, verification: VerificationRequest) -> dict[str, Any]:
@@ -179,6 +187,7 @@ class OpenAIBackend:
             json_schema=schema,
             schema_name=VERIFICATION_SCHEMA_NAME,
             max_tokens=self.max_tokens,
+            top_logprobs=self.client.top_logprobs,
         )
 
     def samples_from(self, result: ChatResult, vocabulary: Vocabulary) -> list[Sample]:
@@ -225,7 +234,10 @@ class OpenAIBackend:
             answer = parse_answer(choice.text, vocabulary)
         except AnswerError as err:
             return _invalid("sample", raw, str(err), usage)
-        return Sample(kind="sample", raw=raw, answer=answer, usage=usage)
+        probs = expression_probs(
+            choice.tokens, vocabulary.expressions, answer.expression, path=ANSWER_PATH
+        )
+        return Sample(kind="sample", raw=raw, answer=answer, usage=usage, expression_probs=probs)
 
     def _verification_sample(self, choice: Choice, vocabulary: Vocabulary, usage: Usage) -> Sample:
         raw = choice.text or choice.refusal or ""
@@ -236,7 +248,17 @@ class OpenAIBackend:
             answer, verdict = parse_verification(choice.text, vocabulary)
         except AnswerError as err:
             return _invalid("verification", raw, str(err), usage)
-        return Sample(kind="verification", raw=raw, answer=answer, verdict=verdict, usage=usage)
+        probs = expression_probs(
+            choice.tokens, vocabulary.expressions, answer.expression, path=VERIFICATION_PATH
+        )
+        return Sample(
+            kind="verification",
+            raw=raw,
+            answer=answer,
+            verdict=verdict,
+            usage=usage,
+            expression_probs=probs,
+        )
 
 
 def _invalid(kind: SampleKind, raw: str, reason: str, usage: Usage) -> Sample:

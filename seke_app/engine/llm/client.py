@@ -5,10 +5,13 @@ typed ``ChatResult`` (choices, token usage, cost) and turns every failure into a
 single ``VLLMError`` that says whether retrying later can help, so that callers
 (SV-UAMC, jobs, views) never need to know about HTTP or the SDK's exceptions.
 
-Endpoints differ in what they accept: OpenAI takes ``n`` choices per request and
-strict JSON schemas; vLLM, Ollama, LM Studio and proxies accept some, none or all
-of those. The client starts with the best option, steps down when the endpoint
-rejects it with a 400, and remembers what works for the rest of its life.
+Endpoints differ in what they accept: OpenAI takes ``n`` choices per request,
+strict JSON schemas and token log-probabilities; vLLM, Ollama, LM Studio and
+proxies accept some, none or all of those. The client starts with the best option,
+steps down when the endpoint rejects it with a 400, and remembers what works for
+the rest of its life. Log-probabilities are given up first (they only refine the
+votes), then ``n``, then the schema. An endpoint that accepts log-probabilities but
+returns none (Ollama) is asked again each time: the request is the same either way.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import openai
 from openai.types.chat import ChatCompletion
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from seke_app.engine.llm.logprobs import TokenLogprob
+from seke_app.engine.llm.prices import ModelPrice, model_price
 from seke_app.engine.types import Usage
 
 log = logging.getLogger(__name__)
@@ -40,22 +45,13 @@ log = logging.getLogger(__name__)
 # left in the environment cannot silently redirect requests (and the key) elsewhere.
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
-# USD per 1M (input, output) tokens. OpenAI list prices, overridable: a caller
-# passes ClientConfig.prices to correct them or to price other models.
-DEFAULT_PRICES: Mapping[str, tuple[float, float]] = {
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-}
-
-# A dated snapshot ("gpt-4o-2024-08-06") is billed like its family; any other
-# suffix ("gpt-4o-audio-preview") is a different product and stays unpriced.
-_SNAPSHOT_SUFFIX = re.compile(r"^-\d{4}-\d{2}-\d{2}$")
-
 # Error texts that show a 400 was about a parameter the endpoint does not support.
 _FORMAT_WORDS = re.compile(r"response_format|json_schema|json_object|structured output", re.I)
 _N_WORD = re.compile(r"(?<![\w.-])[`'\"]?n[`'\"]?(?![\w-])")
+_LOGPROBS_WORD = re.compile(r"logprobs", re.I)
+
+# OpenAI returns at most 20 alternatives per token.
+MAX_TOP_LOGPROBS = 20
 
 # A server's error text goes into exception messages and logs; keep it readable.
 _MAX_SERVER_TEXT = 300
@@ -106,10 +102,13 @@ class ClientConfig:
     backoff_base_s: float = 1.0
     backoff_max_s: float = 30.0
     max_concurrency: int = 4
-    prices: Mapping[str, tuple[float, float]] | None = None  # overrides, USD per 1M (in, out)
+    prices: Mapping[str, ModelPrice] | None = None  # overrides of prices.DEFAULT_PRICES
     # Total time one call may spend sleeping between retries; past it, give up
     # (retryable) so a job is not stuck for minutes behind a long Retry-After.
     max_total_wait_s: float = 120.0
+    # Ask for each token's log-probability and this many alternatives (0: do not
+    # ask), so that a sample's expression can count as a soft vote.
+    top_logprobs: int = 10
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -122,15 +121,22 @@ class ClientConfig:
             raise ValueError("ClientConfig.max_concurrency must be at least 1")
         if self.backoff_base_s < 0 or self.backoff_max_s < 0 or self.max_total_wait_s < 0:
             raise ValueError("ClientConfig backoff and wait limits must not be negative")
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"ClientConfig.top_logprobs must lie in [0, {MAX_TOP_LOGPROBS}]")
 
 
 @dataclass(frozen=True)
 class Choice:
-    """One completion as it came back; a refusal or truncation is reported, not raised."""
+    """One completion as it came back; a refusal or truncation is reported, not raised.
+
+    ``tokens``: the content's tokens with their log-probabilities and top
+    alternatives, when the endpoint returned them; None otherwise.
+    """
 
     text: str | None
     refusal: str | None
     finish_reason: str | None
+    tokens: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -139,8 +145,8 @@ class ChatResult:
 
     choices: list[Choice]
     usage: Usage
-    # False when the model is not in the price table: cost_usd is then 0 and the
-    # UI should say "price unknown" rather than "free".
+    # False when the model is not in the price table: cost_usd is then 0, which
+    # means "unknown", not "free" (see ``prices``).
     priced: bool
 
 
@@ -185,31 +191,15 @@ def _batch_state(batch: Any) -> BatchState:
     )
 
 
-def model_price(
-    model: str, overrides: Mapping[str, tuple[float, float]] | None = None
-) -> tuple[float, float] | None:
-    """USD per 1M (input, output) tokens for ``model``, or None when unknown."""
-    table = {**DEFAULT_PRICES, **(overrides or {})}
-    if model in table:
-        return table[model]
-    for name in sorted(table, key=len, reverse=True):
-        if model.startswith(name) and _SNAPSHOT_SUFFIX.match(model[len(name) :]):
-            return table[name]
-    return None
-
-
 def batch_price(
-    model: str, overrides: Mapping[str, tuple[float, float]] | None = None
+    model: str, overrides: Mapping[str, ModelPrice] | None = None
 ) -> tuple[float, float] | None:
-    """USD per 1M (input, output) tokens for ``model`` through the Batch API, or None.
-
-    OpenAI bills a batch's requests at half the list price of the same requests
-    made one by one; this is the only place SEKE knows that.
-    """
+    """USD per 1M (input, output) tokens for ``model`` through the Batch API, or None
+    (the price table's batch prices: half the list price for OpenAI's models)."""
     price = model_price(model, overrides)
     if price is None:
         return None
-    return price[0] / 2, price[1] / 2
+    return price.batch_input, price.batch_output
 
 
 def chat_request_body(
@@ -222,10 +212,12 @@ def chat_request_body(
     schema_name: str,
     max_tokens: int,
     mode: FormatMode = "json_schema",
+    top_logprobs: int = 0,
 ) -> dict[str, Any]:
     """The body of one chat-completions request, as ``chat`` sends it and as a batch
     line carries it (``mode`` is the structured-output mode; batches use OpenAI's
-    strict JSON schema)."""
+    strict JSON schema; ``top_logprobs`` above 0 asks for the tokens' log-probabilities
+    with that many alternatives each)."""
     body: dict[str, Any] = {
         "model": model,
         "messages": messages,
@@ -236,6 +228,9 @@ def chat_request_body(
     }
     if n > 1:
         body["n"] = n
+    if top_logprobs > 0:
+        body["logprobs"] = True
+        body["top_logprobs"] = top_logprobs
     response_format = _response_format(
         mode if json_schema is not None else "none", json_schema, schema_name
     )
@@ -245,17 +240,17 @@ def chat_request_body(
 
 
 def parse_completion(
-    completion: ChatCompletion, price: tuple[float, float] | None
+    completion: ChatCompletion, price: ModelPrice | None, *, batch: bool = False
 ) -> tuple[list[Choice], Usage]:
-    """The choices of one answered request and its usage, priced at ``price`` (USD
-    per 1M input and output tokens; None: unpriced, cost 0). Raises ``VLLMError``
+    """The choices of one answered request and its usage, priced at ``price`` (its
+    Batch API prices with ``batch``; None: unpriced, cost 0). Raises ``VLLMError``
     (retryable) for a completion without choices, with the usage it billed."""
     raw_usage = getattr(completion, "usage", None)
     prompt = int(getattr(raw_usage, "prompt_tokens", 0) or 0)
     completion_tokens = int(getattr(raw_usage, "completion_tokens", 0) or 0)
     cost = 0.0
     if price is not None:
-        cost = (prompt * price[0] + completion_tokens * price[1]) / 1_000_000
+        cost = price.cost(prompt, completion_tokens, batch=batch)
     usage = Usage(
         requests=1, prompt_tokens=prompt, completion_tokens=completion_tokens, cost_usd=cost
     )
@@ -270,6 +265,7 @@ def parse_completion(
                 text=getattr(message, "content", None),
                 refusal=getattr(message, "refusal", None),
                 finish_reason=getattr(raw, "finish_reason", None),
+                tokens=_tokens(getattr(raw, "logprobs", None)),
             )
         )
     return choices, usage
@@ -322,6 +318,7 @@ class VLLMClient:
         self._lock = threading.Lock()
         self._supports_n: bool | None = None
         self._format_mode: FormatMode = "json_schema"
+        self._top_logprobs = config.top_logprobs
         self._price = model_price(config.model, config.prices)
         # Retries are ours alone (max_retries=0): the SDK's would hide waits from
         # the injected sleep, double the retry budget and ignore max_total_wait_s.
@@ -357,9 +354,20 @@ class VLLMClient:
         return self._config.model
 
     @property
+    def priced(self) -> bool:
+        """Whether the model's price is known, so that cost_usd means what it says."""
+        return self._price is not None
+
+    @property
     def supports_n(self) -> bool | None:
         """Whether the endpoint returns several choices per request; None until known."""
         return self._supports_n
+
+    @property
+    def top_logprobs(self) -> int:
+        """How many alternatives per token are asked for; 0 when log-probabilities
+        are not asked for (turned off, or rejected by the endpoint)."""
+        return self._top_logprobs
 
     @property
     def response_format_mode(self) -> FormatMode:
@@ -422,9 +430,11 @@ class VLLMClient:
         schema_name: str,
         max_tokens: int,
     ) -> tuple[list[Choice], Usage]:
-        """One logical request, stepping down on a 400 about ``n`` or the format."""
+        """One logical request, stepping down on a 400 about log-probabilities, ``n``
+        or the format."""
         while True:
             mode = self._format_mode if json_schema is not None else "none"
+            top_logprobs = self._top_logprobs
             params = chat_request_body(
                 self._config.model,
                 messages,
@@ -434,10 +444,14 @@ class VLLMClient:
                 schema_name=schema_name,
                 max_tokens=max_tokens,
                 mode=mode,
+                top_logprobs=top_logprobs,
             )
             try:
                 completion = self._create_with_retries(params)
             except _BadRequest as err:
+                if top_logprobs > 0 and err.about_logprobs():
+                    self._stop_logprobs()
+                    continue
                 if n > 1 and err.about_n():
                     log.info("endpoint rejected n=%d; using single requests", n)
                     self._remember_n(False)
@@ -455,7 +469,7 @@ class VLLMClient:
 
     def batch_result(self, body: dict[str, Any], n: int) -> ChatResult:
         """The result of one batch line's completion (its ``response.body``), parsed
-        as ``chat`` parses a reply and priced at batch prices (``batch_price``);
+        as ``chat`` parses a reply and priced at the model's Batch API prices;
         at most ``n`` choices are kept. Raises ``VLLMError`` when the body is not a
         chat completion or has no choices."""
         try:
@@ -466,9 +480,8 @@ class VLLMClient:
                 retryable=True,
                 status=200,
             ) from None
-        price = batch_price(self._config.model, self._config.prices)
-        choices, usage = parse_completion(completion, price)
-        return ChatResult(choices=choices[:n], usage=usage, priced=price is not None)
+        choices, usage = parse_completion(completion, self._price, batch=True)
+        return ChatResult(choices=choices[:n], usage=usage, priced=self._price is not None)
 
     def batch_upload(self, lines: bytes, *, filename: str) -> str:
         """Upload a batch's JSONL input (``purpose="batch"``); return the file's id."""
@@ -510,6 +523,12 @@ class VLLMClient:
                 retryable=False,
                 status=400,
             ) from None
+
+    def _stop_logprobs(self) -> None:
+        with self._lock:
+            if self._top_logprobs:
+                log.info("endpoint rejected logprobs; asking without them")
+            self._top_logprobs = 0
 
     def _step_down_format(self, rejected: FormatMode) -> None:
         with self._lock:
@@ -637,12 +656,37 @@ class _BadRequest(Exception):
             return True
         return bool(_FORMAT_WORDS.search(self.text))
 
+    def about_logprobs(self) -> bool:
+        if self.param is not None:
+            return self.param in ("logprobs", "top_logprobs")
+        return bool(_LOGPROBS_WORD.search(self.text))
+
     def about_n(self) -> bool:
         if self.param is not None:
             return self.param == "n"
         # A message that names the format is about the format even if it also
         # mentions n; dropping the schema first keeps the cheaper option (n).
         return not _FORMAT_WORDS.search(self.text) and bool(_N_WORD.search(self.text))
+
+
+def _tokens(logprobs: Any) -> tuple[TokenLogprob, ...] | None:
+    """The content's tokens from a choice's ``logprobs``; None when it has none."""
+    content = getattr(logprobs, "content", None)
+    if not content:
+        return None
+    tokens = []
+    for entry in content:
+        token, logprob = getattr(entry, "token", None), getattr(entry, "logprob", None)
+        if not isinstance(token, str) or not isinstance(logprob, int | float):
+            return None
+        top = tuple(
+            (alt.token, float(alt.logprob))
+            for alt in getattr(entry, "top_logprobs", None) or []
+            if isinstance(getattr(alt, "token", None), str)
+            and isinstance(getattr(alt, "logprob", None), int | float)
+        )
+        tokens.append(TokenLogprob(token, float(logprob), top))
+    return tuple(tokens)
 
 
 def _server_text(err: openai.APIStatusError) -> str:

@@ -69,7 +69,8 @@ Uncertainty per grain (computed on the votes after every round)
     below ``plurality_threshold``.
 
     Soft votes: a sample may carry the backend's probability of every expression
-    (``Sample.expression_probs``; the offline annotator gives its view's softmax).
+    (``Sample.expression_probs``; the offline annotator gives its view's softmax,
+    a VLLM its token log-probabilities at the expression, ``llm.logprobs``).
     Such a sample adds those probabilities to the classes' *masses* instead of one
     whole vote to its drawn class: the expected vote, with the same mean as the
     drawn one and without the draw's noise. The plurality, the plurality posterior
@@ -166,7 +167,8 @@ Confidence per grain
 
     Graded verification: when the verification reply carries the verifier's
     probabilities (``Sample.expression_probs``; the offline annotator's
-    un-augmented softmax), the expression's verification component is the
+    un-augmented softmax, a VLLM verifier's token log-probabilities), the
+    expression's verification component is the
     verifier's probability of the final expression, and the expression's
     weights become agreement 0.45, verification 0.45, knowledge 0.1. A bare
     verdict from the model that drew the samples says little (a model tends to

@@ -183,7 +183,7 @@ class Command(BaseCommand):
         self.stdout.write(
             f"run {run.code} {run.get_status_display().lower()}: {run.n_done} done"
             f" ({run.n_accepted} auto-accepted, {run.n_flagged} flagged), {run.n_failed} failed,"
-            f" cost ${run.cost_usd:.4f}"
+            f" cost {'unknown' if run.known_cost is None else f'${run.known_cost:.4f}'}"
         )
         if run.error:
             self.stderr.write(run.error)
