@@ -12,6 +12,13 @@ or ``server.script(Fault("429", retry_after=2))``: each request consumes the nex
 fault in order, and requests after the script is exhausted are answered normally
 (``Fault("hang", hang_s=0)`` answers one request normally, to place later faults).
 
+Capability switches make it lack what some servers lack: ``reject_images`` (400
+on image content), ``reject_n`` / ``ignore_n``, ``reject_json_schema`` /
+``reject_json_object`` (400 about response_format), ``reject_logprobs`` (400) or
+``omit_logprobs`` (accepted, none sent; otherwise ``logprobs=True`` gets a
+log-probability per token), and ``batch`` (on: ``GET /v1/batches`` and
+``GET /v1/files`` answer an empty list; off: 404 on both).
+
 ``server.billed`` is what the server would bill, counted the way OpenAI bills:
 every request answered with a completion (HTTP 200, with its token usage),
 whether or not the client was still waiting for it; errors bill nothing.
@@ -130,6 +137,10 @@ class FakeOpenAI:
         reject_json_schema: bool = False,
         reject_json_object: bool = False,
         latency_s: float = 0.0,
+        reject_images: bool = False,
+        reject_logprobs: bool = False,
+        omit_logprobs: bool = False,
+        batch: bool = True,
     ) -> None:
         self.responder: Responder = responder or default_responder
         # When set, requests must present this key or get a 401.
@@ -139,6 +150,10 @@ class FakeOpenAI:
         self.reject_json_schema = reject_json_schema
         self.reject_json_object = reject_json_object
         self.latency_s = latency_s
+        self.reject_images = reject_images  # 400 on image content, like a text-only model
+        self.reject_logprobs = reject_logprobs
+        self.omit_logprobs = omit_logprobs  # accepts logprobs=True and sends none
+        self.batch = batch  # serves GET /v1/batches and /v1/files (empty lists)
         self.errors: list[str] = []
         self._faults: deque[Fault] = deque()
         self._requests: list[CapturedRequest] = []
@@ -284,6 +299,10 @@ class FakeOpenAI:
         return self._completion(body, fault)
 
     def _rejection(self, body: dict[str, Any]) -> _Reply | None:
+        if self.reject_images and _has_image(body):
+            return _error(400, "This model does not support image inputs.", None)
+        if self.reject_logprobs and body.get("logprobs"):
+            return _error(400, "logprobs is not supported by this server.", None)
         n = int(body.get("n") or 1)
         if self.reject_n and n > 1:
             return _error(400, "Only n=1 is supported by this server.", None)
@@ -308,8 +327,11 @@ class FakeOpenAI:
                 return _error(500, f"responder failed: {err!r}", None)
             message, finish = _apply_content_fault(content, kind)
             completion_tokens += _text_tokens(message["content"] or message["refusal"] or "")
+            logprobs = None
+            if body.get("logprobs") and not self.omit_logprobs:
+                logprobs = _logprobs_for(message["content"] or "", body.get("top_logprobs"))
             choices.append(
-                {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
+                {"index": index, "message": message, "finish_reason": finish, "logprobs": logprobs}
             )
         prompt_tokens = prompt_tokens_for(body)
         with self._lock:
@@ -332,6 +354,17 @@ class FakeOpenAI:
             "system_fingerprint": "fp_fake",
         }
         return _Reply(200, payload, {})
+
+    def handle_list(self, path: str, authorization: str | None) -> _Reply:
+        """The answer to ``GET /v1/batches`` or ``GET /v1/files``: an empty list."""
+        if self.api_key is not None and authorization != f"Bearer {self.api_key}":
+            return _error(401, "Incorrect API key provided.", "invalid_api_key")
+        if not self.batch:
+            return _error(404, f"Unknown path {path}", None)
+        empty = {"object": "list", "data": [], "has_more": False}
+        if "/batches" in path:
+            empty.update(first_id=None, last_id=None)
+        return _Reply(200, empty, {})
 
 
 @dataclass(frozen=True)
@@ -408,6 +441,29 @@ def _corrupt(value: Any, kind: str) -> Any:
         else:
             out[key] = _corrupt(item, kind)
     return out
+
+
+def _has_image(body: dict[str, Any]) -> bool:
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        if isinstance(content, list) and any(p.get("type") == "image_url" for p in content):
+            return True
+    return False
+
+
+def _logprobs_for(content: str, top: Any) -> dict[str, Any]:
+    """A log-probability for each 4-character token of ``content``, with ``top`` alternatives."""
+    tokens = [content[i : i + 4] for i in range(0, len(content), 4)] or [""]
+    entries = []
+    for token in tokens:
+        alternatives = [
+            {"token": token if k == 0 else f"alt{k}", "logprob": -0.1 * (k + 1), "bytes": None}
+            for k in range(int(top or 0))
+        ]
+        entries.append(
+            {"token": token, "logprob": -0.1, "bytes": None, "top_logprobs": alternatives}
+        )
+    return {"content": entries, "refusal": None}
 
 
 # -- the default responder ---------------------------------------------------
@@ -522,6 +578,8 @@ def prompt_tokens_for(body: dict[str, Any]) -> int:
 # -- HTTP plumbing ---------------------------------------------------------------
 
 _PATHS = ("/v1/chat/completions", "/chat/completions")
+# The Batch API's list routes, for the probe's batch check (nothing can be created).
+_LIST_PATHS = ("/v1/batches", "/batches", "/v1/files", "/files")
 
 
 def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
@@ -560,6 +618,19 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             fake._record(CapturedRequest(path=self.path, headers=headers, body=body))
             try:
                 reply = fake.handle(body, self.headers.get("Authorization"))
+            finally:
+                fake._done()
+            self._send(reply)
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path not in _LIST_PATHS:
+                self._send(_error(404, f"Unknown path {self.path}", None))
+                return
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
+            fake._record(CapturedRequest(path=self.path, headers=headers, body={}))
+            try:
+                reply = fake.handle_list(path, self.headers.get("Authorization"))
             finally:
                 fake._done()
             self._send(reply)
