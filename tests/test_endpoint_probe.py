@@ -28,6 +28,8 @@ from seke_app.engine.llm.probe import (
     format_mode,
     probe_endpoint,
 )
+from seke_app.engine.types import AnnotationRequest
+from seke_app.engine.vocab import Vocabulary
 from seke_app.models import EndpointProbe, GenerationRun
 from seke_app.runs.backends import BackendUnavailable, backend_for
 from seke_app.runs.probes import (
@@ -38,7 +40,7 @@ from seke_app.runs.probes import (
     probe_run,
 )
 from seke_app.runs.prompts import prompt_version_active
-from tests.conftest import client_for
+from tests.conftest import client_for, draw_face
 from tests.fake_openai import FakeOpenAI, Fault
 from tests.workers import emptied_queue, work_in_process
 
@@ -305,6 +307,25 @@ def test_a_run_starts_with_the_stored_capabilities(endpoint: FakeOpenAI) -> None
 
 
 @pytest.mark.django_db
+def test_a_run_backend_sends_no_n_and_the_format_that_works(endpoint: FakeOpenAI) -> None:
+    endpoint.reject_n = True
+    endpoint.reject_json_schema = True
+    checked()
+    sent_before = endpoint.request_count
+    backend = _backend_client()
+    try:
+        request = AnnotationRequest(image_bytes=draw_face(), vocabulary=Vocabulary())
+        samples = backend.sample(request, 3, 1.0)
+    finally:
+        backend.close()
+    assert len(samples) == 3
+    bodies = [r.body for r in endpoint.requests[sent_before:]]
+    # No request was refused: none asked for n, none for a JSON schema.
+    assert len(bodies) == 3
+    assert all("n" not in b and b["response_format"] == {"type": "json_object"} for b in bodies)
+
+
+@pytest.mark.django_db
 def test_the_backend_for_a_run_reads_the_latest_check(endpoint: FakeOpenAI) -> None:
     endpoint.ignore_n = True
     checked()
@@ -367,7 +388,7 @@ def test_the_button_queues_a_check_that_a_worker_runs(
     assert page.status_code == 200
     queued = EndpointProbe.objects.get()
     assert queued.status == "queued" and queued.model_name == "gpt-4o-mini"
-    assert "Checking" in page.content.decode()
+    assert "waiting for a worker on the <code>default</code> queue" in page.content.decode()
     assert endpoint.request_count == 0
     work_in_process("default")
     queued.refresh_from_db()
@@ -411,11 +432,16 @@ def test_the_form_shows_a_check_at_work_and_a_failed_one(
 ) -> None:
     made = probe_create(enqueue=False)
     web = client_for(admin_user)
+    assert made.claim()
     text = web.get(reverse("endpoint_status"), {"model_name": "gpt-4o"}).content.decode()
-    assert (
-        f"0 of {STEPS} steps done" in text
-        and 'hx-trigger="change from:#id_model_name, every 1s"' in text
-    )
+    assert f"Checking gpt-4o at {endpoint.base_url}… 0 of {STEPS} steps done" in text
+    assert 'hx-trigger="change from:#id_model_name, every 1s"' in text
+    # A check whose worker died is said so, and the note stops polling.
+    long_ago = timezone.now() - timezone.timedelta(minutes=6)
+    EndpointProbe.objects.filter(id=made.id).update(started_at=long_ago)
+    text = web.get(reverse("endpoint_status"), {"model_name": "gpt-4o"}).content.decode()
+    assert "stopped without an answer" in text and "every 1s" not in text
+    EndpointProbe.objects.filter(id=made.id).update(status="queued", started_at=None)
     endpoint.api_key = "sk-other"
     probe_run(probe_id=made.id)
     text = web.get(reverse("run_new")).content.decode()

@@ -49,7 +49,7 @@ def test_the_button_checks_the_endpoint_and_the_form_shows_the_answers(
     # Leaving the field fires its change as the button is pressed: both requests race.
     page.get_by_label("Model").fill("gpt-4o-mini")
     page.get_by_role("button", name="Check the endpoint").click()
-    expect(note).to_contain_text("Checking gpt-4o-mini")
+    expect(note).to_contain_text("A check of gpt-4o-mini is waiting for a worker")
     # The form stayed as it was: htmx swapped the note alone.
     assert page.get_by_label("Model").input_value() == "gpt-4o-mini"
 

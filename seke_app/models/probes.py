@@ -10,14 +10,19 @@ API key is never stored: the base URL is the configured one, or OpenAI's.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.db import models
+from django.utils import timezone
 
 from seke_app.engine.llm.probe import CAPABILITIES, Answer, Finding, ProbeResult
 from seke_app.models.jobs import QueuedJob
 
 ANSWER_CHOICES = [(a.value, a.value) for a in Answer]
+# A check makes at most seven calls of at most 20 s each (seke_app.runs.probes); one
+# still running long after that lost its worker and will never finish.
+LOST_AFTER = timedelta(minutes=5)
 
 
 def _answer_field() -> Any:
@@ -52,6 +57,12 @@ class EndpointProbe(QueuedJob):
     @property
     def checked_at(self) -> Any:
         return self.finished_at
+
+    def is_lost(self) -> bool:
+        """Running for far longer than a check can take: its worker died."""
+        started = self.started_at
+        running = self.status == self.Status.RUNNING
+        return running and started is not None and timezone.now() - started > LOST_AFTER
 
     def findings(self) -> dict[str, Finding]:
         """Each capability's answer and evidence, in ``CAPABILITIES`` order."""
