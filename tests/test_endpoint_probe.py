@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -120,6 +122,17 @@ def test_it_finds_no_batch_api_from_a_404() -> None:
     answers, evidence, _ = probe(batch=False)
     assert answers == {**ALL_YES, "batch": Answer.NO}
     assert evidence["batch"].startswith("GET /batches: 404")
+
+
+@pytest.mark.parametrize("path", ["/batches?limit=1", "/files"])
+def test_the_fake_lists_batches_and_files_only_with_batch_on(path: str) -> None:
+    with FakeOpenAI() as server:
+        with urllib.request.urlopen(server.base_url + path) as reply:
+            assert json.loads(reply.read())["data"] == []
+        server.batch = False
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(server.base_url + path)
+        assert refused.value.code == 404
 
 
 def test_it_steps_down_to_no_structured_output() -> None:
