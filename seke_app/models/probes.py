@@ -26,7 +26,7 @@ LOST_AFTER = timedelta(minutes=5)
 
 
 def _answer_field() -> Any:
-    return models.CharField(max_length=10, choices=ANSWER_CHOICES, default=Answer.UNKNOWN)
+    return models.CharField(max_length=10, choices=ANSWER_CHOICES, default=Answer.UNKNOWN.value)
 
 
 class EndpointProbe(QueuedJob):
