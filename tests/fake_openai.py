@@ -12,6 +12,13 @@ or ``server.script(Fault("429", retry_after=2))``: each request consumes the nex
 fault in order, and requests after the script is exhausted are answered normally
 (``Fault("hang", hang_s=0)`` answers one request normally, to place later faults).
 
+Capability switches make it lack what some servers lack: ``reject_images`` (400
+on image content), ``reject_n`` / ``ignore_n``, ``reject_json_schema`` /
+``reject_json_object`` (400 about response_format), ``reject_logprobs`` (400) or
+``ignore_logprobs`` (accepted, none sent; see "Token log-probabilities" below),
+and ``batch`` (on: the Batch API below, with ``GET /v1/batches`` and
+``GET /v1/files`` answering an empty list; off: 404 on every Batch API path).
+
 ``server.billed`` is what the server would bill, counted the way OpenAI bills:
 every request answered with a completion (HTTP 200, with its token usage),
 whether or not the client was still waiting for it; errors bill nothing. A batch
@@ -172,8 +179,10 @@ class FakeOpenAI:
         reject_json_object: bool = False,
         latency_s: float = 0.0,
         expression_logprobs: ExpressionLogprobs = None,
+        reject_images: bool = False,
         reject_logprobs: bool = False,
         ignore_logprobs: bool = False,
+        batch: bool = True,
     ) -> None:
         self.responder: Responder = responder or default_responder
         # When set, requests must present this key or get a 401.
@@ -186,6 +195,8 @@ class FakeOpenAI:
         self.expression_logprobs = expression_logprobs
         self.reject_logprobs = reject_logprobs  # 400 on logprobs, like models without them
         self.ignore_logprobs = ignore_logprobs  # "logprobs": null, like Ollama
+        self.reject_images = reject_images  # 400 on image content, like a text-only model
+        self.batch = batch  # serves the Batch API (GET lists too); 404 there when off
         self.errors: list[str] = []
         self._faults: deque[Fault] = deque()
         self._requests: list[CapturedRequest] = []
@@ -332,6 +343,8 @@ class FakeOpenAI:
         return self._completion(body, fault)
 
     def _rejection(self, body: dict[str, Any]) -> _Reply | None:
+        if self.reject_images and _has_image(body):
+            return _error(400, "This model does not support image inputs.", None)
         if self.reject_logprobs and body.get("logprobs"):
             return _error(
                 400,
@@ -397,6 +410,17 @@ class FakeOpenAI:
         at_value = source(body, index) if callable(source) else source
         top_n = int(body.get("top_logprobs") or 0)
         return {"content": token_logprobs(content, at_value, top_n, seed=index), "refusal": None}
+
+    def handle_list(self, path: str, authorization: str | None) -> _Reply:
+        """The answer to ``GET /v1/batches`` or ``GET /v1/files``: an empty list."""
+        if self.api_key is not None and authorization != f"Bearer {self.api_key}":
+            return _error(401, "Incorrect API key provided.", "invalid_api_key")
+        if not self.batch:
+            return _error(404, f"Unknown path {path}", None)
+        empty = {"object": "list", "data": [], "has_more": False}
+        if "/batches" in path:
+            empty.update(first_id=None, last_id=None)
+        return _Reply(200, empty, {})
 
 
 @dataclass(frozen=True)
@@ -475,6 +499,14 @@ def _corrupt(value: Any, kind: str) -> Any:
         else:
             out[key] = _corrupt(item, kind)
     return out
+
+
+def _has_image(body: dict[str, Any]) -> bool:
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        if isinstance(content, list) and any(p.get("type") == "image_url" for p in content):
+            return True
+    return False
 
 
 # -- the default responder ---------------------------------------------------
@@ -681,6 +713,8 @@ def prompt_tokens_for(body: dict[str, Any]) -> int:
 # -- HTTP plumbing ---------------------------------------------------------------
 
 _PATHS = ("/v1/chat/completions", "/chat/completions")
+# The Batch API's list routes, for the probe's batch check (nothing can be created).
+_LIST_PATHS = ("/v1/batches", "/batches", "/v1/files", "/files")
 
 
 def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
@@ -701,13 +735,6 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             fake._track(self.connection, False)
             with contextlib.suppress(OSError):
                 super().finish()
-
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if not path.startswith(_BATCH_PREFIXES):
-                self._send(_error(404, f"Unknown path {self.path}", None))
-                return
-            self._send(fake.batches.route("GET", path, b"", self.headers))
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -731,6 +758,22 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             fake._record(CapturedRequest(path=self.path, headers=headers, body=body))
             try:
                 reply = fake.handle(body, self.headers.get("Authorization"))
+            finally:
+                fake._done()
+            self._send(reply)
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path not in _LIST_PATHS:
+                if path.startswith(_BATCH_PREFIXES):
+                    self._send(fake.batches.route("GET", path, b"", self.headers))
+                else:
+                    self._send(_error(404, f"Unknown path {self.path}", None))
+                return
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
+            fake._record(CapturedRequest(path=self.path, headers=headers, body={}))
+            try:
+                reply = fake.handle_list(path, self.headers.get("Authorization"))
             finally:
                 fake._done()
             self._send(reply)
@@ -820,6 +863,8 @@ class _Batches:
         fake = self._fake
         if fake.api_key is not None and headers.get("Authorization") != f"Bearer {fake.api_key}":
             return _error(401, "Incorrect API key provided.", "invalid_api_key")
+        if not fake.batch:
+            return _error(404, f"Unknown path {path}", None)
         parts = path.strip("/").split("/")[1:]
         if method == "POST" and parts == ["files"]:
             return self._upload(raw, str(headers.get("Content-Type", "")))

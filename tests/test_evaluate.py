@@ -227,6 +227,8 @@ def test_the_command_refuses_bad_sampling_options_in_words(tmp_path: Path) -> No
         _evaluate_command(tmp_path, "--k0", "5", "--kmax", "2")
 
 
+# backend_for reads the endpoint's latest check (seke_app.runs.probes) from the database.
+@pytest.mark.django_db
 def test_the_command_closes_the_vllm_client_when_it_ends(
     dataset: tuple[Path, dict[bytes, Answer | None]],
     fake_openai: FakeOpenAI,

@@ -193,6 +193,8 @@ def test_it_downscales_the_image_to_the_max_side(
     assert Image.open(io.BytesIO(data)).size == (64, 32)
 
 
+# backend_for reads the endpoint's latest check (seke_app.runs.probes) from the database.
+@pytest.mark.django_db
 def test_runs_send_images_at_the_configured_max_side(
     fake_openai: FakeOpenAI, settings: Any
 ) -> None:
@@ -220,6 +222,8 @@ def test_it_closes_its_client_when_closed(fake_openai: FakeOpenAI) -> None:
     assert backend.client.closed
 
 
+# backend_for reads the endpoint's latest check from the database.
+@pytest.mark.django_db
 def test_runs_build_a_backend_whose_close_closes_the_client(
     fake_openai: FakeOpenAI, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,5 +1,5 @@
 """SEKE's data, one module per stage: datasets and faces, runs and annotations, exports,
-webhooks.
+webhooks, and what the configured endpoint was found to support.
 
 ``jobs.TrackedJob`` holds the fields every background job shows its progress with.
 Human decisions live in the ``review`` app as new rows pointing at annotations;
@@ -15,6 +15,7 @@ from seke_app.models.datasets import (
 )
 from seke_app.models.exports import Export, exports_dir
 from seke_app.models.jobs import TrackedJob
+from seke_app.models.probes import EndpointProbe
 from seke_app.models.runs import (
     Annotation,
     AnnotationSample,
@@ -41,6 +42,7 @@ __all__ = [
     "ApiToken",
     "CalibrationFit",
     "Dataset",
+    "EndpointProbe",
     "EventName",
     "Export",
     "FaceImage",

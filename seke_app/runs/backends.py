@@ -2,7 +2,9 @@
 
 A run names its backend explicitly. If that backend cannot work (no API key, no
 weights file), the run is refused or fails with the reason: SEKE never falls back
-from a VLLM to the offline annotator on its own.
+from a VLLM to the offline annotator on its own. An OpenAI-compatible client starts
+with what the latest check of the model on the endpoint found
+(``seke_app.runs.probes``), and a model found not to take images is refused.
 
 A backend is built for one piece of work (a run's chunk job, an evaluation, a gold
 check) and closed by whoever built it when that work ends, which closes the VLLM
@@ -26,6 +28,7 @@ from seke_app.engine.offline.backend import DEFAULT_MODEL_NAME, OfflineBackend
 from seke_app.engine.offline.model import OfflineModel
 from seke_app.engine.types import ClosableBackend
 from seke_app.models import GenerationRun, PromptVersion
+from seke_app.runs.probes import configured_for, endpoint_url, images_refused, latest_probe
 from seke_app.runs.ratelimit import (
     SMALLEST_REQUEST_TOKENS,
     Limits,
@@ -115,6 +118,11 @@ def backend_for(
 
 
 def _openai_backend(model_name: str, concurrency: int) -> OpenAIBackend:
+    # What the latest check of this model found decides how the client starts.
+    probe = latest_probe(endpoint_url(), model_name)
+    refused = images_refused(probe)
+    if refused is not None:
+        raise BackendUnavailable(refused)
     config = ClientConfig(
         base_url=settings.OPENAI_BASE_URL,
         api_key=settings.OPENAI_API_KEY,
@@ -124,6 +132,7 @@ def _openai_backend(model_name: str, concurrency: int) -> OpenAIBackend:
         max_concurrency=concurrency,
         prices=settings.SEKE_PRICES,
     )
+    config = configured_for(config, probe)
     return OpenAIBackend(VLLMClient(config), model=model_name, max_side=settings.IMAGE_MAX_SIDE)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from seke_app.runs.batches import run_batch_step
+from seke_app.runs.probes import probe_run
 from seke_app.runs.services import run_process_chunk
 
 
@@ -12,3 +13,7 @@ def process_chunk(run_id: int, item_ids: list[int]) -> None:
 
 def batch_step(run_id: int) -> None:
     run_batch_step(run_id=run_id)
+
+
+def check_endpoint(probe_id: int) -> None:
+    probe_run(probe_id=probe_id)

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
 from uuid import UUID
 
+from django.conf import settings
 from django.contrib import messages
 from django.db.models.functions import Now
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from seke_app.models import GenerationRun, RunItem
+from seke_app.engine.llm.probe import CAPABILITIES, Answer
+from seke_app.models import EndpointProbe, GenerationRun, RunItem
 from seke_app.queue import QueueUnavailable
 from seke_app.roles import admin_required, request_user
 from seke_app.runs.forms import RunForm
+from seke_app.runs.probes import (
+    ProbeRefused,
+    endpoint_url,
+    latest_check,
+    model_or_default,
+    probe_create,
+)
 from seke_app.runs.progress import run_progress_of
 from seke_app.runs.services import RunRefused, run_cancel, run_resume, run_retry_failed
 
@@ -58,7 +69,7 @@ def run_rows(request: HttpRequest) -> HttpResponse:
 @admin_required
 def run_new(request: HttpRequest) -> HttpResponse:
     # Links (e.g. "re-annotate with this version") may prefill the form.
-    prefill = ("dataset", "prompt_version", "backend", "split")
+    prefill = ("dataset", "prompt_version", "backend", "split", "model_name")
     initial: dict[str, object] = {k: request.GET[k] for k in prefill if k in request.GET}
     if request.GET.get("only_unconfident") == "1":
         initial["only_unconfident"] = True
@@ -71,7 +82,65 @@ def run_new(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"Run started on {run.n_total} images.")
             return redirect("run_detail", code=run.code)
-    return render(request, "runs/run_new.html", {"form": form})
+    model_name = request.POST.get("model_name") or request.GET.get("model_name") or ""
+    context = {"form": form, **_probe_context(model_name)}
+    return render(request, "runs/run_new.html", context)
+
+
+_MARKS = {Answer.YES: "✓", Answer.NO: "✗", Answer.UNKNOWN: "?"}
+
+
+def _probe_context(model_name: str, error: str = "") -> dict[str, object]:
+    """What the run form says about the endpoint's latest check of ``model_name``."""
+    if not settings.OPENAI_API_KEY:
+        return {"probe_configured": False, "probe_error": error}
+    model = model_or_default(model_name)
+    probe = latest_check(endpoint_url(), model)
+    findings = []
+    if probe is not None and probe.status == EndpointProbe.Status.DONE:
+        for name, finding in probe.findings().items():
+            # JSON object mode is checked only when the schema is refused.
+            if name == "json_object" and finding.evidence == "not checked":
+                continue
+            findings.append(
+                {"label": CAPABILITIES[name], "mark": _MARKS[finding.answer], **vars(finding)}
+            )
+    return {
+        "probe_configured": True,
+        "probe": probe,
+        "probe_model": model,
+        "probe_base_url": endpoint_url(),
+        "probe_findings": findings,
+        "probe_error": error,
+    }
+
+
+@admin_required
+def endpoint_status(request: HttpRequest) -> HttpResponse:
+    """The run form's note on the endpoint, polled by htmx while a check is at work."""
+    context = _probe_context(request.GET.get("model_name", ""))
+    return render(request, "runs/_endpoint_probe.html", context)
+
+
+@require_POST
+@admin_required
+def endpoint_check(request: HttpRequest) -> HttpResponse:
+    """Queue a check of the endpoint for the form's model; htmx gets the note back."""
+    model_name = request.POST.get("model_name", "")
+    error = ""
+    try:
+        probe_create(model_name=model_name, user=request_user(request))
+    except (ProbeRefused, QueueUnavailable) as exc:
+        error = str(exc)
+    if request.headers.get("HX-Request") == "true":
+        context = _probe_context(model_name, error)
+        return render(request, "runs/_endpoint_probe.html", context)
+    if error:
+        messages.error(request, error)
+    else:
+        messages.success(request, "The endpoint is being checked; the answers appear here.")
+    query = urlencode({"backend": GenerationRun.Backend.OPENAI, "model_name": model_name})
+    return redirect(f"{reverse('run_new')}?{query}")
 
 
 def _progress_context(run: GenerationRun) -> dict[str, object]:

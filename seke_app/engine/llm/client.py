@@ -109,6 +109,14 @@ class ClientConfig:
     # Ask for each token's log-probability and this many alternatives (0: do not
     # ask), so that a sample's expression can count as a soft vote.
     top_logprobs: int = 10
+    # What is already known of the endpoint (``manage.py seke_check_endpoint``),
+    # so the client starts right instead of learning from 400s. The defaults,
+    # unknown and the richest format, keep the stepping down described above.
+    supports_n: bool | None = None
+    format_mode: FormatMode = "json_schema"
+    # Whether replies carry token log-probabilities; None when unknown. A caller
+    # that would ask for them reads ``VLLMClient.supports_logprobs`` first.
+    supports_logprobs: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -123,6 +131,8 @@ class ClientConfig:
             raise ValueError("ClientConfig backoff and wait limits must not be negative")
         if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
             raise ValueError(f"ClientConfig.top_logprobs must lie in [0, {MAX_TOP_LOGPROBS}]")
+        if self.format_mode not in ("json_schema", "json_object", "none"):
+            raise ValueError(f"ClientConfig.format_mode {self.format_mode!r} is not a format mode")
 
 
 @dataclass(frozen=True)
@@ -148,6 +158,29 @@ class ChatResult:
     # False when the model is not in the price table: cost_usd is then 0, which
     # means "unknown", not "free" (see ``prices``).
     priced: bool
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One request sent exactly as asked and once, as the endpoint answered it.
+
+    ``status`` is 200 when it was answered, else the HTTP status of the refusal;
+    ``error`` is then the server's text. ``logprobs`` says, per choice, whether
+    the choice carried token log-probabilities. Made by ``VLLMClient.attempt``
+    and ``VLLMClient.attempt_batches`` for finding out what an endpoint accepts.
+    """
+
+    status: int
+    error: str
+    seconds: float
+    choices: list[Choice] = field(default_factory=list)
+    logprobs: list[bool] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+
+    @property
+    def answered(self) -> bool:
+        """Answered as asked: a 200 whose body the client could read."""
+        return self.status == 200 and not self.error
 
 
 # The states in which a batch has stopped for good (the Batch API's names).
@@ -239,21 +272,28 @@ def chat_request_body(
     return body
 
 
-def parse_completion(
+def completion_usage(
     completion: ChatCompletion, price: ModelPrice | None, *, batch: bool = False
-) -> tuple[list[Choice], Usage]:
-    """The choices of one answered request and its usage, priced at ``price`` (its
-    Batch API prices with ``batch``; None: unpriced, cost 0). Raises ``VLLMError``
-    (retryable) for a completion without choices, with the usage it billed."""
+) -> Usage:
+    """What one answered request billed, priced at ``price`` (cost 0 when None)."""
     raw_usage = getattr(completion, "usage", None)
     prompt = int(getattr(raw_usage, "prompt_tokens", 0) or 0)
     completion_tokens = int(getattr(raw_usage, "completion_tokens", 0) or 0)
     cost = 0.0
     if price is not None:
         cost = price.cost(prompt, completion_tokens, batch=batch)
-    usage = Usage(
+    return Usage(
         requests=1, prompt_tokens=prompt, completion_tokens=completion_tokens, cost_usd=cost
     )
+
+
+def parse_completion(
+    completion: ChatCompletion, price: ModelPrice | None, *, batch: bool = False
+) -> tuple[list[Choice], Usage]:
+    """The choices of one answered request and its usage, priced at ``price`` (its
+    Batch API prices with ``batch``; None: unpriced, cost 0). Raises ``VLLMError``
+    (retryable) for a completion without choices, with the usage it billed."""
+    usage = completion_usage(completion, price, batch=batch)
     raw_choices = getattr(completion, "choices", None) or []
     if not raw_choices:
         raise VLLMError("the VLLM returned no choices", retryable=True, status=200, usage=usage)
@@ -316,9 +356,10 @@ class VLLMClient:
         self._random = random.Random()
         self._semaphore = threading.BoundedSemaphore(config.max_concurrency)
         self._lock = threading.Lock()
-        self._supports_n: bool | None = None
-        self._format_mode: FormatMode = "json_schema"
-        self._top_logprobs = config.top_logprobs
+        self._supports_n: bool | None = config.supports_n
+        self._format_mode: FormatMode = config.format_mode
+        # An endpoint found not to give log-probabilities is not asked for them.
+        self._top_logprobs = 0 if config.supports_logprobs is False else config.top_logprobs
         self._price = model_price(config.model, config.prices)
         # Retries are ours alone (max_retries=0): the SDK's would hide waits from
         # the injected sleep, double the retry budget and ignore max_total_wait_s.
@@ -374,6 +415,11 @@ class VLLMClient:
         """The structured-output mode currently used for calls with a schema."""
         return self._format_mode
 
+    @property
+    def supports_logprobs(self) -> bool | None:
+        """Whether the endpoint's replies carry token log-probabilities; None when unknown."""
+        return self._config.supports_logprobs
+
     def chat(
         self,
         messages: list[dict[str, Any]],
@@ -415,6 +461,88 @@ class VLLMClient:
                 self._remember_n(len(got) >= batch)
             choices.extend(got[:wanted])
         return ChatResult(choices=choices, usage=usage, priced=self._price is not None)
+
+    def attempt(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        max_tokens: int,
+        n: int = 1,
+        response_format: dict[str, Any] | None = None,
+        top_logprobs: int | None = None,
+    ) -> Attempt:
+        """Send one chat request as given, with no stepping down, and report the answer.
+
+        A refusal of the request (any 4xx but 401/403) is returned, not raised: it
+        is the answer to "does the endpoint take this?". ``VLLMError`` is raised
+        when the endpoint refused the credentials or gave no answer (timeout,
+        connection failure, 429 or 5xx after the config's retries). With
+        ``top_logprobs`` the request asks for log-probabilities with that many
+        alternatives per token.
+        """
+        if self.closed:
+            raise VLLMError("the VLLM client has been closed", retryable=False, status=None)
+        params: dict[str, Any] = {
+            "model": self._config.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+        }
+        if n != 1:
+            params["n"] = n
+        if response_format is not None:
+            params["response_format"] = response_format
+        if top_logprobs is not None:
+            params.update(logprobs=True, top_logprobs=top_logprobs)
+        started = time.perf_counter()
+        try:
+            completion = self._create_with_retries(params)
+        except _BadRequest as err:
+            return Attempt(400, err.text, time.perf_counter() - started)
+        except VLLMError as err:
+            if err.retryable or err.status is None or err.status in (401, 403):
+                raise
+            return Attempt(err.status, err.message, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        raw_choices = sorted(
+            getattr(completion, "choices", None) or [], key=lambda c: getattr(c, "index", 0) or 0
+        )
+        choices, usage = (
+            self._parse(completion)
+            if raw_choices
+            else ([], completion_usage(completion, self._price))
+        )
+        logprobs = [_has_logprobs(c) for c in raw_choices]
+        return Attempt(200, "", seconds, choices, logprobs, usage)
+
+    def attempt_batches(self) -> Attempt:
+        """``GET /batches?limit=1`` (list the newest batch; nothing is created).
+
+        200 means the endpoint serves OpenAI's Batch API; any other status is
+        returned with the server's text. ``VLLMError`` (retryable) when there was
+        no answer at all.
+        """
+        if self.closed:
+            raise VLLMError("the VLLM client has been closed", retryable=False, status=None)
+        started = time.perf_counter()
+        try:
+            with self._semaphore:
+                self._openai.batches.list(limit=1, timeout=self._config.timeout_s)
+        except openai.APIStatusError as err:
+            text = self._scrub(_server_text(err))
+            return Attempt(err.status_code, text, time.perf_counter() - started)
+        except openai.APITimeoutError:
+            raise VLLMError(
+                f"no response within {self._config.timeout_s:g} s", retryable=True, status=None
+            ) from None
+        except openai.APIConnectionError:
+            raise VLLMError(
+                "could not connect to the VLLM endpoint", retryable=True, status=None
+            ) from None
+        except openai.OpenAIError as err:
+            # A 200 whose body is not a list of batches (a catch-all page of a proxy).
+            text = f"unexpected reply: {self._scrub(str(err))}"
+            return Attempt(200, text, time.perf_counter() - started)
+        return Attempt(200, "", time.perf_counter() - started)
 
     def _remember_n(self, supported: bool) -> None:
         with self._lock:
@@ -687,6 +815,11 @@ def _tokens(logprobs: Any) -> tuple[TokenLogprob, ...] | None:
         )
         tokens.append(TokenLogprob(token, float(logprob), top))
     return tuple(tokens)
+
+
+def _has_logprobs(choice: object) -> bool:
+    """Whether a completion's choice carries per-token log-probabilities."""
+    return bool(getattr(getattr(choice, "logprobs", None), "content", None))
 
 
 def _server_text(err: openai.APIStatusError) -> str:
