@@ -17,6 +17,7 @@ from django.db.models import F, Max, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from seke_app.engine import cascade
 from seke_app.models.datasets import EXPRESSION_CHOICES, Dataset, FaceImage
 from seke_app.models.jobs import TrackedJob
 
@@ -99,6 +100,14 @@ class PromptVersion(models.Model):
 
 
 NAME_MAX_LENGTH = 100
+STRONG_MODEL_MAX_LENGTH = 100
+
+
+class Stage(models.TextChoices):
+    """Which model of a cascade wrote an annotation or a sample (``engine.cascade``)."""
+
+    CHEAP = cascade.CHEAP, "Cheap model"
+    STRONG = cascade.STRONG, "Strong model (escalated)"
 
 
 class GenerationRun(TrackedJob):
@@ -122,6 +131,9 @@ class GenerationRun(TrackedJob):
     name = models.CharField(max_length=NAME_MAX_LENGTH, blank=True)
     backend = models.CharField(max_length=20, choices=Backend.choices)
     model_name = models.CharField(max_length=100)
+    # A cascade (``engine.cascade``): the model the images ``model_name`` leaves
+    # unsure go to, whose answer then decides. Empty: one model, no cascade.
+    strong_model = models.CharField(max_length=STRONG_MODEL_MAX_LENGTH, blank=True)
     prompt_version = models.ForeignKey(PromptVersion, on_delete=models.PROTECT, related_name="runs")
     # SV-UAMC parameters as given to the engine (strategy, k0, kmax, step, temperature, thresholds).
     params = models.JSONField(default=dict)
@@ -152,6 +164,14 @@ class GenerationRun(TrackedJob):
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    # Of a cascade: the images escalated to the strong model, and the strong model's
+    # share of the usage above (recorded call by call the same way); the cheap
+    # model's share is the rest.
+    n_escalated = models.PositiveIntegerField(default=0)
+    strong_requests = models.PositiveIntegerField(default=0)
+    strong_prompt_tokens = models.PositiveBigIntegerField(default=0)
+    strong_completion_tokens = models.PositiveBigIntegerField(default=0)
+    strong_cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
 
     FINISHED = frozenset(
         {Status.CANCELLED, Status.BUDGET_EXHAUSTED, Status.COMPLETED, Status.FAILED}
@@ -221,6 +241,10 @@ class GenerationRun(TrackedJob):
             raise ValueError(f"a run's name has at most {NAME_MAX_LENGTH} characters")
         self.name = name
         GenerationRun.objects.filter(id=self.id).update(name=name)
+
+    @property
+    def is_cascade(self) -> bool:
+        return bool(self.strong_model)
 
     @property
     def n_remaining(self) -> int:
@@ -322,6 +346,13 @@ class Annotation(models.Model):
     held = models.BooleanField(default=False)
     n_samples = models.PositiveSmallIntegerField(default=0)
     n_valid = models.PositiveSmallIntegerField(default=0)
+    # In a cascade run, the model whose result this is ("" in a run of one model).
+    # An escalated annotation ("strong") keeps the cheap stage's overall confidence
+    # and answer (``cheap_result``: labels, held, reasons and usage); its samples
+    # are kept too, marked by stage. ``requests`` to ``cost_usd`` count both stages.
+    stage = models.CharField(max_length=6, choices=Stage.choices, blank=True)
+    cheap_confidence = models.FloatField(null=True, blank=True)
+    cheap_result = models.JSONField(default=dict, blank=True)
     requests = models.PositiveIntegerField(default=0)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
@@ -353,7 +384,7 @@ class Annotation(models.Model):
 
     def is_confident(self, threshold: float) -> bool:
         """The one rule of ``confident()``, for an annotation in hand."""
-        return not self.held and self.confidence >= threshold
+        return cascade.accepted(self.confidence, self.held, threshold)
 
     def grain_confidences(self) -> dict[str, float]:
         return {
@@ -428,6 +459,8 @@ class AnnotationSample(models.Model):
     parsed = models.JSONField(null=True)
     parse_error = models.TextField(blank=True)
     verdict = models.JSONField(null=True)
+    # In a cascade run, the model that drew it (``Annotation.stage``); "" otherwise.
+    stage = models.CharField(max_length=6, choices=Stage.choices, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=10, decimal_places=6, default=0)
