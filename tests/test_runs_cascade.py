@@ -9,6 +9,7 @@ back from the server's requests.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from decimal import Decimal
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from seke_app.engine.cascade import accepted
 from seke_app.engine.knowledge import PROTOTYPES, VA_PRIORS
@@ -26,6 +30,7 @@ from seke_app.engine.uamc import UAMCParams
 from seke_app.engine.vocab import Vocabulary
 from seke_app.models import Annotation, AnnotationSample, GenerationRun
 from seke_app.runs.services import RunRefused, run_create
+from tests.api_client import ApiClient
 from tests.factories import make_dataset
 from tests.fake_openai import Billed, FakeOpenAI, by_model, image_url
 from tests.workers import emptied_queue, work_in_process
@@ -251,3 +256,52 @@ def test_the_rule_is_the_review_rule() -> None:
     # Escalation and auto-acceptance read one rule: held, or under the threshold.
     assert accepted(0.7, False, 0.7) and not accepted(0.69, False, 0.7)
     assert not accepted(0.99, True, 0.7)
+
+
+def test_the_command_starts_a_cascade_and_reports_its_stages(tmp_path: Path, settings: Any) -> None:
+    cheap = CheapModel()
+    dataset = make_dataset(tmp_path, n=4)
+    out = io.StringIO()
+    with FakeOpenAI(responder=by_model({CHEAP: cheap, STRONG: strong_model})) as server:
+        use_fake(settings, server)
+        call_command(
+            "run_generation",
+            *("--dataset", dataset.name, "--backend", "openai", "--model", CHEAP),
+            *("--strong-model", STRONG, "--concurrency", "1", "--inline"),
+            stdout=out,
+        )
+    run = GenerationRun.objects.get()
+    assert (run.model_name, run.strong_model, run.n_escalated) == (CHEAP, STRONG, 2)
+    assert f"cascade: 2 of 4 escalated to {STRONG}" in out.getvalue()
+    assert f"{STRONG} ${run.strong_cost_usd:.4f}" in out.getvalue()
+
+
+def test_the_command_refuses_a_cascade_on_the_offline_annotator(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path, n=2)
+    with pytest.raises(CommandError, match="needs the OpenAI-compatible backend"):
+        call_command("run_generation", "--dataset", dataset.name, "--strong-model", STRONG)
+    assert not GenerationRun.objects.exists()
+
+
+def test_the_api_starts_a_cascade_and_shows_its_stages(
+    tmp_path: Path, settings: Any, admin_user: User
+) -> None:
+    cheap = CheapModel()
+    dataset = make_dataset(tmp_path, n=4)
+    api = ApiClient(admin_user)
+    with FakeOpenAI(responder=by_model({CHEAP: cheap, STRONG: strong_model})) as server:
+        use_fake(settings, server)
+        body = {"dataset": str(dataset.code), "backend": "openai", "model_name": CHEAP}
+        started = api.post("/api/v1/runs", body | {"strong_model": STRONG, "concurrency": 1})
+        assert started.status_code == 201, started.json()
+        work_in_process("generation")
+    run = GenerationRun.objects.get()
+    shown = api.get(started.json()["url"]).json()
+    assert (shown["strong_model"], shown["n_escalated"]) == (STRONG, 2)
+    assert shown["strong_requests"] == server.billed_for(STRONG).requests
+    assert Decimal(shown["strong_cost_usd"]) == run.strong_cost_usd > 0
+    page = api.get(started.json()["annotations_url"], samples="true").json()["results"]
+    escalated = [a for a in page if a["stage"] == "strong"]
+    assert len(escalated) == 2 and all(a["expression"] == "surprise" for a in escalated)
+    assert all(a["cheap_result"]["expression"] in UNSURE_SPLIT for a in escalated)
+    assert {s["stage"] for s in escalated[0]["samples"]} == {"cheap", "strong"}

@@ -174,7 +174,7 @@ def run_create(
         raise RunRefused(f"a run's name has at most {NAME_MAX_LENGTH} characters")
     model_name = model_name or default_model(backend)
     strong_model = strong_model.strip()
-    _check_strong_model(backend, model_name, strong_model)
+    check_strong_model(backend, model_name, strong_model)
     prompt_version = prompt_version or prompt_version_active()
     try:
         for each in (model_name, strong_model) if strong_model else (model_name,):
@@ -218,8 +218,9 @@ def run_create(
     return run
 
 
-def _check_strong_model(backend: str, model_name: str, strong_model: str) -> None:
-    """Refuse a cascade that cannot work as asked (``engine.cascade``)."""
+def check_strong_model(backend: str, model_name: str, strong_model: str) -> None:
+    """Refuse a cascade that cannot work as asked (``engine.cascade``): the run form
+    checks its fields here too, so that the page, the API and the command agree."""
     if not strong_model:
         return
     if backend != GenerationRun.Backend.OPENAI:
