@@ -27,6 +27,7 @@ from django.db import models
 from django.db.models import Count, JSONField, OuterRef, Subquery, Sum
 
 from seke_app.insights.agreement import AgreementTally, GrainAgreement
+from seke_app.insights.cascade import CascadeFigures, cascade_figures
 from seke_app.insights.dashboards import (
     CALIBRATED_GRAINS,
     GRAIN_LABELS,
@@ -86,6 +87,8 @@ class SideSummary:
     calibration: Calibration
     # Per grain, how many scored labels are on images the side's prompt version learned from.
     in_sample: dict[str, int]
+    # A cascade run's figures per stage (``cascade``); None for any other side.
+    cascade: CascadeFigures | None = None
 
     @property
     def cost_per_annotation(self) -> float | None:
@@ -158,6 +161,7 @@ def _summary(side: Side) -> SideSummary:
         gold_accuracy={g: scorer.accuracy(g, "gold") for g in GRAINS},
         calibration=scorer.calibration(side.threshold),
         in_sample={g: scorer.in_sample[g] for g in (*GRAINS, "overall")},
+        cascade=cascade_figures(run=side.run) if side.run is not None else None,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -245,6 +246,15 @@ class GenerationRun(TrackedJob):
     @property
     def is_cascade(self) -> bool:
         return bool(self.strong_model)
+
+    @property
+    def cheap_cost_usd(self) -> Decimal:
+        """Of a cascade's cost, the run's own model's share (the strong model spent the rest)."""
+        return Decimal(self.cost_usd) - Decimal(self.strong_cost_usd)
+
+    @property
+    def cheap_requests(self) -> int:
+        return self.requests - self.strong_requests
 
     @property
     def n_remaining(self) -> int:

@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from seke_app.insights.cascade import cascade_figures, priced
 from seke_app.models import GenerationRun, RunItem
 from seke_app.queue import QueueUnavailable
 from seke_app.roles import admin_required, request_user
@@ -91,13 +92,17 @@ def _progress_context(run: GenerationRun) -> dict[str, object]:
         "stalled": progress.stalled,
         "resume_label": {"resume": RESUME, "requeue": REQUEUE}.get(progress.resume or ""),
         "workers": progress.workers_note,
+        # A cascade's models: a model without a known price costs "unknown", not $0.
+        "cheap_priced": priced(run.model_name),
+        "strong_priced": priced(run.strong_model),
     }
 
 
 @admin_required
 def run_detail(request: HttpRequest, code: UUID) -> HttpResponse:
     run = _get_run(code)
-    return render(request, "runs/run_detail.html", _progress_context(run))
+    context = _progress_context(run) | {"cascade": cascade_figures(run=run)}
+    return render(request, "runs/run_detail.html", context)
 
 
 @admin_required

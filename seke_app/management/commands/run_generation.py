@@ -183,7 +183,7 @@ class Command(BaseCommand):
         if run.is_cascade:
             self.stdout.write(
                 f"cascade: {run.n_escalated} of {run.n_done} escalated to {run.strong_model};"
-                f" cost {run.model_name} ${run.cost_usd - run.strong_cost_usd:.4f},"
+                f" cost {run.model_name} ${run.cheap_cost_usd:.4f},"
                 f" {run.strong_model} ${run.strong_cost_usd:.4f}"
             )
         if run.error:

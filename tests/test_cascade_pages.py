@@ -1,0 +1,153 @@
+"""A cascade run's figures per stage on the run page, its dashboard and the comparison.
+
+Scripted annotations on images whose dataset label is "happiness" (a reference the
+model was not given): the cheap model's answer is right on three of the four
+images it kept and wrong on both it escalated; the strong model is right on both.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.urls import reverse
+
+from seke_app.insights.cascade import cascade_figures
+from seke_app.models import Annotation, FaceImage, GenerationRun
+from seke_app.runs.prompts import prompt_version_active
+from tests.conftest import client_for
+from tests.factories import scripted_images
+
+pytestmark = pytest.mark.django_db
+
+
+def scripted_cascade(images: list[FaceImage], strong_model: str = "gpt-4o") -> GenerationRun:
+    version = prompt_version_active()
+    run = GenerationRun.objects.create(
+        dataset=images[0].dataset,
+        backend="openai",
+        model_name="gpt-4o-mini",
+        strong_model=strong_model,
+        prompt_version=version,
+        status=GenerationRun.Status.COMPLETED,
+        n_total=6,
+        n_done=6,
+        n_accepted=6,
+        n_escalated=2,
+        requests=20,
+        strong_requests=8,
+        cost_usd=Decimal("0.0100"),
+        strong_cost_usd=Decimal("0.0080"),
+    )
+    kept = ["happiness", "happiness", "happiness", "sadness"]
+
+    def annotation(image: FaceImage, expression: str, **more: Any) -> Annotation:
+        return Annotation(
+            run=run,
+            image=image,
+            prompt_version=version,
+            expression=expression,
+            confidence=0.9,
+            expression_confidence=0.9,
+            va_confidence=0.9,
+            au_confidence=0.9,
+            **more,
+        )
+
+    rows = [
+        annotation(image, expression, stage="cheap", cheap_confidence=0.9)
+        for image, expression in zip(images[:4], kept, strict=True)
+    ]
+    rows += [
+        annotation(
+            image,
+            "happiness",
+            stage="strong",
+            cheap_confidence=0.3,
+            cheap_result={"expression": "anger", "confidence": 0.3, "held": False},
+        )
+        for image in images[4:]
+    ]
+    Annotation.objects.bulk_create(rows)
+    return run
+
+
+@pytest.fixture
+def images() -> list[FaceImage]:
+    return scripted_images(6, known_expression="happiness")
+
+
+def test_it_scores_each_stage_against_the_references(images: list[FaceImage]) -> None:
+    figures = cascade_figures(run=scripted_cascade(images))
+    assert figures is not None
+    assert (figures.n_escalated, figures.n_images) == (2, 6)
+    cheap, strong, combined = figures.stages
+    # The cheap model on every image: its kept answers and the two it was replaced on.
+    assert (cheap.n_images, cheap.expression) == (6, (6, 0.5))
+    assert (strong.n_images, strong.expression) == (2, (2, 1.0))
+    assert combined.expression == (6, pytest.approx(5 / 6))
+    assert (cheap.requests, cheap.cost_usd) == (12, Decimal("0.0020"))
+    assert (strong.requests, strong.cost_usd) == (8, Decimal("0.0080"))
+    assert all(s.priced for s in figures.stages)
+
+
+def test_a_run_of_one_model_has_no_stages(images: list[FaceImage]) -> None:
+    assert cascade_figures(run=scripted_cascade(images, strong_model="")) is None
+
+
+def stages_table(page: str, suffix: str = "") -> str:
+    found = re.search(rf'<table class="data" id="cascade-stages{suffix}">(.*?)</table>', page, re.S)
+    assert found, page
+    return re.sub(r"\s+", " ", found.group(1))
+
+
+def test_the_run_page_shows_the_share_escalated_and_each_stages_cost_and_accuracy(
+    images: list[FaceImage], admin_user: User
+) -> None:
+    run = scripted_cascade(images)
+    page = client_for(admin_user).get(reverse("run_detail", args=[run.code])).content.decode()
+    assert re.search(r'id="n-escalated">2 / 6<', page)
+    assert "gpt-4o-mini $0.0020 · gpt-4o $0.0080" in page
+    assert "Escalated: <strong>2 / 6</strong> images (33.3%)" in page
+    table = stages_table(page)
+    assert "<th>Cheap model, every image</th><td>gpt-4o-mini</td><td>6</td><td>12</td>" in table
+    assert '50.0% <span class="muted">of 6 references</span>' in table
+    assert '100.0% <span class="muted">of 2 references</span>' in table
+    assert '83.3% <span class="muted">of 6 references</span>' in table
+
+
+def test_the_dashboard_shows_the_stages(images: list[FaceImage], admin_user: User) -> None:
+    run = scripted_cascade(images)
+    page = client_for(admin_user).get(reverse("run_dashboard", args=[run.code])).content.decode()
+    table = stages_table(page)
+    assert "<th>Strong model, escalated images</th><td>gpt-4o</td><td>2</td><td>8</td>" in table
+    assert "$0.0080" in table
+
+
+def test_a_model_without_a_price_is_shown_as_unpriced_not_free(
+    images: list[FaceImage], admin_user: User
+) -> None:
+    run = scripted_cascade(images, strong_model="local-llava")
+    GenerationRun.objects.filter(id=run.id).update(strong_cost_usd=0, cost_usd=Decimal("0.0020"))
+    page = client_for(admin_user).get(reverse("run_detail", args=[run.code])).content.decode()
+    table = stages_table(page)
+    strong = re.search(r"<th>Strong model, escalated images</th>(.*?)</tr>", table)
+    assert strong and "price unknown" in strong.group(1) and "$0.0000" not in strong.group(1)
+    combined = re.search(r"<th>Combined: the annotations as stored</th>(.*?)</tr>", table)
+    assert combined and "price unknown" in combined.group(1)
+    assert "gpt-4o-mini $0.0020 · local-llava price unknown" in page
+
+
+def test_the_comparison_shows_the_stages_of_a_cascade_side(
+    images: list[FaceImage], admin_user: User
+) -> None:
+    cascade = scripted_cascade(images)
+    single = scripted_cascade(scripted_images(6, name="other"), strong_model="")
+    response = client_for(admin_user).get(reverse("compare"), {"a": single.code, "b": cascade.code})
+    page = response.content.decode()
+    assert "B: cascade: gpt-4o-mini → gpt-4o" in page
+    assert 'id="cascade-stages-a"' not in page
+    assert "83.3%" in stages_table(page, "-b")
