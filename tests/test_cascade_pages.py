@@ -15,8 +15,10 @@ import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
 
+from seke_app.engine.calibration import CalibrationMap
 from seke_app.insights.cascade import cascade_figures
-from seke_app.models import Annotation, FaceImage, GenerationRun
+from seke_app.insights.certificates import calibrated_confidence, calibration_current
+from seke_app.models import Annotation, CalibrationFit, FaceImage, GenerationRun, RunCertificate
 from seke_app.runs.prompts import prompt_version_active
 from tests.conftest import client_for
 from tests.factories import scripted_images
@@ -151,3 +153,45 @@ def test_the_comparison_shows_the_stages_of_a_cascade_side(
     assert "B: cascade: gpt-4o-mini → gpt-4o" in page
     assert 'id="cascade-stages-a"' not in page
     assert "83.3%" in stages_table(page, "-b")
+
+
+def test_a_cascade_has_a_recalibration_of_its_own(images: list[FaceImage]) -> None:
+    # Its confidences are partly the strong model's: a map fitted on runs of its
+    # cheap model alone is not its map, nor is its map theirs.
+    cascade = scripted_cascade(images)
+    single = scripted_cascade(scripted_images(6, name="other"), strong_model="")
+    halve = CalibrationMap("platt", {"a": 1.0, "b": -3.0}, 50, "test", {}).to_json()
+    for run in (single, cascade):
+        assert calibration_current(run) is None
+    fit = CalibrationFit.objects.create(
+        model_name="gpt-4o-mini", prompt_version=single.prompt_version, calibration=halve
+    )
+    assert calibration_current(single) == fit and calibration_current(cascade) is None
+    annotation = Annotation.objects.filter(run=cascade).select_related("run").first()
+    assert annotation is not None
+    assert calibrated_confidence(annotation) == annotation.confidence
+    own = CalibrationFit.objects.create(
+        model_name="gpt-4o-mini",
+        strong_model="gpt-4o",
+        prompt_version=cascade.prompt_version,
+        calibration=halve,
+    )
+    assert calibration_current(cascade) == own and calibration_current(single) == fit
+    assert calibrated_confidence(annotation) != annotation.confidence
+
+
+def test_a_cascades_certificate_names_both_models(images: list[FaceImage]) -> None:
+    run = scripted_cascade(images)
+    certificate = RunCertificate.objects.create(
+        run=run,
+        model_name=run.model_name,
+        strong_model=run.strong_model,
+        prompt_version=run.prompt_version,
+        grains=["expression"],
+        alpha=0.1,
+        delta=0.1,
+        threshold=0.8,
+        upper_bound=0.05,
+        method="Learn-then-Test",
+    )
+    assert "for gpt-4o-mini escalating to gpt-4o, prompt v" in certificate.sentence()

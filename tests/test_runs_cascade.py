@@ -91,6 +91,16 @@ class CheapModel:
         return json.dumps(face("happiness"))
 
 
+def revising_cheap_model(body: dict[str, Any], index: int) -> str:
+    """Unanimous on every image, but its verification says it revises the AUs (to
+    the same AUs): a reason that holds the image for review whatever its confidence."""
+    if verifying(body):
+        verdicts = {grain: {"verdict": "confirm"} for grain in ("expression", "va")}
+        verdicts["aus"] = {"verdict": "revise"}
+        return json.dumps({"verdicts": verdicts, "answer": face("happiness")})
+    return json.dumps(face("happiness"))
+
+
 def strong_model(body: dict[str, Any], index: int) -> str:
     if verifying(body):
         return confirmed(face("surprise"))
@@ -183,6 +193,24 @@ def test_the_strong_model_decides_review_when_it_is_unsure_too(
     assert all(not a.is_confident(run.review_threshold) for a in flagged)
     assert {a.expression for a in flagged} <= {"fear", "surprise", "disgust"}
     assert (run.n_accepted, run.n_flagged) == (2, 2)
+
+
+def test_an_image_held_by_the_cheap_model_is_escalated_whatever_its_confidence(
+    tmp_path: Path, settings: Any
+) -> None:
+    responder = by_model({CHEAP: revising_cheap_model, STRONG: strong_model})
+    with FakeOpenAI(responder=responder) as server:
+        use_fake(settings, server)
+        run = cascade_run(tmp_path, 3)
+        work_in_process("generation")
+    run.refresh_from_db()
+    assert run.n_escalated == 3 and len(urls_sent_to(server, STRONG)) == 3
+    for annotation in Annotation.objects.filter(run=run):
+        assert annotation.cheap_result["held"] is True
+        assert annotation.cheap_confidence is not None
+        assert annotation.cheap_confidence >= run.review_threshold
+        assert annotation.stage == "strong" and annotation.is_confident(run.review_threshold)
+    assert (run.n_accepted, run.n_flagged) == (3, 0)
 
 
 def test_it_records_each_stages_usage_exactly(tmp_path: Path, settings: Any) -> None:

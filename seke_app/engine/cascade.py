@@ -9,10 +9,14 @@ and its confidence and flags decide whether the image is auto-accepted or
 reviewed. The cheap result is kept beside it, so that each stage's cost is
 known exactly.
 
-Escalation reads exactly the rule that sends an annotation to review, so the
-combined output is accepted by one rule: the run's blind audit and its
-certificate judge the images as stored, whichever model answered them. An
-escalated image reaches review only when the strong model is unsure as well.
+Escalation reads exactly the rule that sends an annotation to review, on the
+same raw overall confidence and the run's threshold as it stands when the image
+is annotated (a recalibration map changes what the pages show and the review
+queue's order, never which annotations are accepted, so it changes no
+escalation either). The combined output is therefore accepted by one rule: the
+run's blind audit and its certificate judge the images as stored, whichever
+model answered them. An escalated image reaches review only when the strong
+model is unsure as well.
 
 The rule lives here, in the engine, so that a run (``seke_app.runs``) and the
 benchmark (``bench/cascade.py``) escalate the same images.

@@ -516,6 +516,8 @@ class RunCertificate(models.Model):
     code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     run = models.ForeignKey(GenerationRun, on_delete=models.CASCADE, related_name="certificates")
     model_name = models.CharField(max_length=100)
+    # A cascade run's strong model (``GenerationRun.strong_model``); empty otherwise.
+    strong_model = models.CharField(max_length=STRONG_MODEL_MAX_LENGTH, blank=True)
     prompt_version = models.ForeignKey(PromptVersion, on_delete=models.PROTECT, related_name="+")
     grains = models.JSONField(default=list)
     alpha = models.FloatField()
@@ -588,9 +590,16 @@ class RunCertificate(models.Model):
             f"among the {self.n_accepted_references} accepted of {self.n_references} audit "
             f"references{self._earlier()}); {self.coverage:.1%} of the run's annotations "
             "auto-accepted. "
-            f"{self.method}; made {self.created_at:%Y-%m-%d %H:%M} for {self.model_name}, "
+            f"{self.method}; made {self.created_at:%Y-%m-%d %H:%M} for {self.models}, "
             f"prompt v{self.prompt_version.number}."
         )
+
+    @property
+    def models(self) -> str:
+        """The model, or a cascade's two models, the certificate was made for."""
+        if self.strong_model:
+            return f"{self.model_name} escalating to {self.strong_model}"
+        return self.model_name
 
     def _earlier(self) -> str:
         if not self.n_earlier:
@@ -622,10 +631,14 @@ class CalibrationFit(models.Model):
     grain in ``grains`` is right (``engine.calibration``). The raw confidence stays
     stored on the annotation; the map changes what is shown and the review queue's
     order, which mixes models and prompt versions (``insights.certificates``). The
-    latest fit for a (model, prompt version) pair is the one that applies.
+    latest fit for a (model, prompt version) pair is the one that applies; a
+    cascade's two models count as one model of their own.
     """
 
     model_name = models.CharField(max_length=100)
+    # A cascade's strong model: a cascade's confidences are partly the strong
+    # model's, so its map is its own (empty for a run of one model).
+    strong_model = models.CharField(max_length=STRONG_MODEL_MAX_LENGTH, blank=True)
     prompt_version = models.ForeignKey(PromptVersion, on_delete=models.PROTECT, related_name="+")
     grains = models.JSONField(default=list)
     va_distance = models.FloatField(null=True, blank=True)
