@@ -15,11 +15,13 @@ import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
 
+from review.tasks.services import task_claim_next, task_create_for
 from seke_app.engine.calibration import CalibrationMap
 from seke_app.insights.cascade import cascade_figures
 from seke_app.insights.certificates import calibrated_confidence, calibration_current
 from seke_app.models import Annotation, CalibrationFit, FaceImage, GenerationRun, RunCertificate
 from seke_app.runs.prompts import prompt_version_active
+from tests.api_client import ApiClient
 from tests.conftest import client_for
 from tests.factories import scripted_images
 
@@ -195,3 +197,18 @@ def test_a_cascades_certificate_names_both_models(images: list[FaceImage]) -> No
         method="Learn-then-Test",
     )
     assert "for gpt-4o-mini escalating to gpt-4o, prompt v" in certificate.sentence()
+
+
+def test_the_reviewer_sees_which_model_answered(images: list[FaceImage], annotator: User) -> None:
+    run = scripted_cascade(images)
+    escalated = Annotation.objects.filter(run=run, stage="strong").select_related("run").first()
+    assert escalated is not None
+    Annotation.objects.filter(id=escalated.id).update(confidence=0.2)
+    escalated.refresh_from_db()
+    assert task_create_for(escalated)
+    task = task_claim_next(user=annotator)
+    assert task is not None and task.annotation_id == escalated.id
+    page = client_for(annotator).get(reverse("review:task", args=[task.code])).content.decode()
+    assert '<span id="answered-by">gpt-4o (escalated from gpt-4o-mini)</span>' in page
+    claimed = ApiClient(annotator).post("/api/v1/review/claim").json()
+    assert claimed["panel"]["machine"]["model_name"] == "gpt-4o"
