@@ -21,6 +21,8 @@ from seke_app.insights.cascade import cascade_figures
 from seke_app.insights.certificates import calibrated_confidence, calibration_current
 from seke_app.models import Annotation, CalibrationFit, FaceImage, GenerationRun, RunCertificate
 from seke_app.runs.prompts import prompt_version_active
+from seke_app.webhooks.events import run_finished
+from seke_app.webhooks.services import webhook_create
 from tests.api_client import ApiClient
 from tests.conftest import client_for
 from tests.factories import scripted_images
@@ -212,3 +214,17 @@ def test_the_reviewer_sees_which_model_answered(images: list[FaceImage], annotat
     assert '<span id="answered-by">gpt-4o (escalated from gpt-4o-mini)</span>' in page
     claimed = ApiClient(annotator).post("/api/v1/review/claim").json()
     assert claimed["panel"]["machine"]["model_name"] == "gpt-4o"
+
+
+def test_the_run_finished_webhook_tells_the_stages(images: list[FaceImage]) -> None:
+    webhook_create(url="http://127.0.0.1:9/hook", events=["run.finished"])
+    run = scripted_cascade(images)
+    run.refresh_from_db()
+    event = run_finished(run)
+    assert event is not None
+    assert event.data["strong_model"] == "gpt-4o"
+    assert event.data["cascade"] == {
+        "escalated": 2,
+        "strong_requests": 8,
+        "strong_cost_usd": "0.008000",
+    }

@@ -59,7 +59,8 @@ class Side:
     @classmethod
     def of_run(cls, run: GenerationRun) -> Side:
         strategy = run.params.get("strategy", "")
-        label = f"{run.label} · {run.model_name} · {strategy} · v{run.prompt_version.number}"
+        models = run.model_name + (f" → {run.strong_model}" if run.strong_model else "")
+        label = f"{run.label} · {models} · {strategy} · v{run.prompt_version.number}"
         return cls(label, Annotation.objects.filter(run=run), run.review_threshold, run=run)
 
     @classmethod
