@@ -423,7 +423,7 @@ class Models:
 
 def _process_items(
     run: GenerationRun,
-    backend: Models,
+    models: Models,
     params: UAMCParams,
     item_ids: list[int],
     leases: LeaseKeeper,
@@ -434,7 +434,7 @@ def _process_items(
 
     def work() -> None:
         while (item_id := feed.next()) is not None:
-            if not _process_one(run, backend, params, item_id, running, leases):
+            if not _process_one(run, models, params, item_id, running, leases):
                 return
 
     if threads <= 1:
@@ -473,7 +473,7 @@ def _run_is_running(run_id: int) -> bool:
 
 def _process_one(
     run: GenerationRun,
-    backend: Models,
+    models: Models,
     params: UAMCParams,
     item_id: int,
     running: _RunningGate,
@@ -487,7 +487,7 @@ def _process_one(
         return True
     leases.hold(item_id)
     try:
-        _annotate(run, backend, params, item_id, me, running)
+        _annotate(run, models, params, item_id, me, running)
     finally:
         leases.release(item_id)
     return True
@@ -495,7 +495,7 @@ def _process_one(
 
 def _annotate(
     run: GenerationRun,
-    backend: Models,
+    models: Models,
     params: UAMCParams,
     item_id: int,
     me: str,
@@ -518,12 +518,12 @@ def _annotate(
     result: UAMCResult | CascadeResult
     try:
         request = _request_for(item.image, run)
-        if backend.strong is None:
-            result = run_uamc(calls(backend.backend), request, params)
+        if models.strong is None:
+            result = run_uamc(calls(models.backend), request, params)
         else:
             result = run_cascade(
-                calls(backend.backend),
-                calls(backend.strong, strong=True),
+                calls(models.backend),
+                calls(models.strong, strong=True),
                 request,
                 params,
                 threshold=run.review_threshold,
