@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from review.tasks.services import task_claim_next, task_create_for
@@ -48,7 +50,8 @@ def scripted_cascade(images: list[FaceImage], strong_model: str = "gpt-4o") -> G
         cost_usd=Decimal("0.0100"),
         strong_cost_usd=Decimal("0.0080"),
     )
-    kept = ["happiness", "happiness", "happiness", "sadness"]
+    # The cheap model keeps all but the last two, and is wrong on the last it keeps.
+    kept = ["happiness"] * (len(images) - 3) + ["sadness"]
 
     def annotation(image: FaceImage, expression: str, **more: Any) -> Annotation:
         return Annotation(
@@ -65,7 +68,7 @@ def scripted_cascade(images: list[FaceImage], strong_model: str = "gpt-4o") -> G
 
     rows = [
         annotation(image, expression, stage="cheap", cheap_confidence=0.9)
-        for image, expression in zip(images[:4], kept, strict=True)
+        for image, expression in zip(images[:-2], kept, strict=True)
     ]
     rows += [
         annotation(
@@ -75,7 +78,7 @@ def scripted_cascade(images: list[FaceImage], strong_model: str = "gpt-4o") -> G
             cheap_confidence=0.3,
             cheap_result={"expression": "anger", "confidence": 0.3, "held": False},
         )
-        for image in images[4:]
+        for image in images[-2:]
     ]
     Annotation.objects.bulk_create(rows)
     return run
@@ -98,6 +101,17 @@ def test_it_scores_each_stage_against_the_references(images: list[FaceImage]) ->
     assert (cheap.requests, cheap.cost_usd) == (12, Decimal("0.0020"))
     assert (strong.requests, strong.cost_usd) == (8, Decimal("0.0080"))
     assert all(s.priced for s in figures.stages)
+
+
+def test_the_figures_take_as_many_queries_whatever_the_size(images: list[FaceImage]) -> None:
+    def queries(run: GenerationRun) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            cascade_figures(run=run)
+        return len(captured)
+
+    small = scripted_cascade(images)
+    large = scripted_cascade(scripted_images(30, name="large", known_expression="happiness"))
+    assert queries(small) == queries(large)
 
 
 def test_a_run_of_one_model_has_no_stages(images: list[FaceImage]) -> None:

@@ -29,6 +29,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from itertools import chain
+
+from django.db.models import Count, Q
 
 from seke_app.engine.cascade import CHEAP, STRONG
 from seke_app.engine.llm.client import model_price
@@ -121,12 +124,13 @@ def cascade_figures(*, run: GenerationRun) -> CascadeFigures | None:
     version = run.prompt_version
     accepted = annotations.filter(stage=CHEAP)
     escalated = annotations.filter(stage=STRONG)
-    cheap_rows = [
-        *stream_rows(accepted, version=version),
-        *_cheap_rows(escalated.select_related("image").only(*_CHEAP_FIELDS)),
-    ]
-    n_images = len(cheap_rows)
-    n_escalated = n_images - accepted.count()
+    counts = annotations.aggregate(n=Count("id"), escalated=Count("id", filter=Q(stage=STRONG)))
+    n_images, n_escalated = counts["n"], counts["escalated"]
+    kept = escalated.select_related("image").only(*_CHEAP_FIELDS).order_by()
+    # Streamed, as the dashboard's rows are: a run's figures never hold it in memory.
+    cheap_rows = chain(
+        stream_rows(accepted, version=version), _cheap_rows(kept.iterator(chunk_size=2000))
+    )
     stages = [
         _stage(
             "Cheap model, every image",
