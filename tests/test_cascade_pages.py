@@ -130,6 +130,7 @@ def test_the_run_page_shows_the_share_escalated_and_each_stages_cost_and_accurac
     run = scripted_cascade(images)
     page = client_for(admin_user).get(reverse("run_detail", args=[run.code])).content.decode()
     assert re.search(r'id="n-escalated">2 / 6<', page)
+    assert 'id="cost-unpriced"' not in page
     assert "gpt-4o-mini $0.0020 · gpt-4o $0.0080" in page
     assert "Escalated: <strong>2 / 6</strong> images (33.3%)" in page
     table = stages_table(page)
@@ -159,6 +160,7 @@ def test_a_model_without_a_price_is_shown_as_unpriced_not_free(
     combined = re.search(r"<th>Combined: the annotations as stored</th>(.*?)</tr>", table)
     assert combined and "price unknown" in combined.group(1)
     assert "gpt-4o-mini $0.0020 · local-llava price unknown" in page
+    assert "without the calls of local-llava: no price is known for it" in page
 
 
 def test_the_comparison_shows_the_stages_of_a_cascade_side(

@@ -92,9 +92,14 @@ def _progress_context(run: GenerationRun) -> dict[str, object]:
         "stalled": progress.stalled,
         "resume_label": {"resume": RESUME, "requeue": REQUEUE}.get(progress.resume or ""),
         "workers": progress.workers_note,
-        # A cascade's models: a model without a known price costs "unknown", not $0.
+        # A model without a known price costs "unknown", not $0.
         "cheap_priced": priced(run.model_name),
         "strong_priced": priced(run.strong_model),
+        "unpriced": [
+            model
+            for model in (run.model_name, run.strong_model)
+            if model and run.backend == GenerationRun.Backend.OPENAI and not priced(model)
+        ],
     }
 
 
