@@ -360,11 +360,16 @@ class NoisyResponder:
     sample names the true expression). VA is drawn around the named expression's
     AffectNet mean and AUs from its EMFACS prototype with a tenth flipped. The
     verifier names the true expression a little more often than a sample does and
-    confirms or revises the aggregate's expression accordingly.
+    confirms or revises the aggregate's expression accordingly. ``va_sd`` and
+    ``au_flip`` set the VA spread and the share of AUs flipped.
     """
 
-    def __init__(self, truths: dict[str, tuple[str, float]]) -> None:
+    def __init__(
+        self, truths: dict[str, tuple[str, float]], *, va_sd: float = 0.15, au_flip: float = 0.1
+    ) -> None:
         self.truths = truths
+        self.va_sd = va_sd
+        self.au_flip = au_flip
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -378,13 +383,14 @@ class NoisyResponder:
         schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("name")
         if schema == "seke_verification":
             return json.dumps(self._verification(body, truth, min(0.97, p_right + 0.1), rng))
-        return json.dumps(answer_to_schema_json(_noisy(truth, p_right, rng)))
+        answer = _noisy(truth, p_right, rng, va_sd=self.va_sd, au_flip=self.au_flip)
+        return json.dumps(answer_to_schema_json(answer))
 
     def _verification(
         self, body: dict[str, Any], truth: str, p_right: float, rng: random.Random
     ) -> dict[str, Any]:
         shown = _shown_aggregate(body)
-        own = _noisy(truth, p_right, rng).expression
+        own = _noisy(truth, p_right, rng, va_sd=self.va_sd, au_flip=self.au_flip).expression
         same = own == shown["expression"]
         shown["expression"] = own
         verdicts = {
@@ -421,14 +427,16 @@ def _shown_aggregate(body: dict[str, Any]) -> dict[str, Any]:
     raise ValueError("the verification prompt shows no aggregate")
 
 
-def _noisy(truth: str, p_right: float, rng: random.Random) -> Answer:
+def _noisy(
+    truth: str, p_right: float, rng: random.Random, *, va_sd: float = 0.15, au_flip: float = 0.1
+) -> Answer:
     others = [e for e in EXPRESSIONS if e != truth]
     expression = truth if rng.random() < p_right else rng.choice(others)
     prior = VA_PRIORS[expression]
-    valence = max(-1.0, min(1.0, rng.gauss(prior.valence, 0.15)))
-    arousal = max(-1.0, min(1.0, rng.gauss(prior.arousal, 0.15)))
+    valence = max(-1.0, min(1.0, rng.gauss(prior.valence, va_sd)))
+    arousal = max(-1.0, min(1.0, rng.gauss(prior.arousal, va_sd)))
     prototype = set(PROTOTYPES[expression])
-    aus = {au: (au in prototype) != (rng.random() < 0.1) for au in VOCABULARY.aus}
+    aus = {au: (au in prototype) != (rng.random() < au_flip) for au in VOCABULARY.aus}
     evidence = {
         "aus": "Brows, lids and mouth corners as described by the active action units.",
         "expression": f"The configuration of the face matches {expression} most closely.",

@@ -94,7 +94,7 @@ class RunBatchInline(admin.TabularInline[RunBatch, GenerationRun]):
 
 @admin.register(GenerationRun)
 class GenerationRunAdmin(admin.ModelAdmin[GenerationRun]):
-    list_display = ["label", "backend", "model_name", "status", "n_done", "n_total"]
+    list_display = ["label", "backend", "model_name", "strong_model", "status", "n_done", "n_total"]
     list_filter = ["status", "backend", "batch"]
     list_select_related = ["dataset"]
     readonly_fields = ["code", "number", "job_id"]
@@ -112,7 +112,7 @@ class SampleInline(admin.TabularInline[AnnotationSample, Annotation]):
     model = AnnotationSample
     extra = 0
     can_delete = False
-    readonly_fields = ["index", "kind", "raw_text", "parsed", "parse_error", "verdict"]
+    readonly_fields = ["index", "kind", "stage", "raw_text", "parsed", "parse_error", "verdict"]
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -123,15 +123,15 @@ class SampleInline(admin.TabularInline[AnnotationSample, Annotation]):
 
 @admin.register(Annotation)
 class AnnotationAdmin(ViewOnlyAdmin[Annotation]):
-    list_display = ["code", "run", "image", "expression", "confidence", "flagged"]
-    list_filter = ["flagged", "expression"]
+    list_display = ["code", "run", "image", "expression", "confidence", "flagged", "stage"]
+    list_filter = ["flagged", "stage", "expression"]
     raw_id_fields = ["run", "image", "prompt_version"]
     inlines = [SampleInline]
 
 
 @admin.register(AnnotationSample)
 class AnnotationSampleAdmin(ViewOnlyAdmin[AnnotationSample]):
-    list_display = ["annotation", "index", "kind", "parse_error"]
+    list_display = ["annotation", "index", "kind", "stage", "parse_error"]
     raw_id_fields = ["annotation"]
 
 

@@ -24,6 +24,12 @@ every request answered with a completion (HTTP 200, with its token usage),
 whether or not the client was still waiting for it; errors bill nothing. A batch
 line answered with a completion counts as a request too (the Batch API bills it
 at half price; pricing is the client's business, not the server's).
+``server.billed_for(model)`` is the same for the requests that named ``model``.
+
+One server can play several models: ``by_model({"cheap": r1, "strong": r2})``
+is a responder that answers each request with the responder of the model it
+names (and fails the request, as a broken responder does, for any other model);
+``image_url(body)`` is the image a request shows, to answer per image.
 
 The Batch API (a separate block below): ``POST /v1/files`` (multipart upload,
 ``purpose=batch``), ``GET /v1/files/{id}/content``, ``POST /v1/batches``,
@@ -73,7 +79,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -204,6 +210,7 @@ class FakeOpenAI:
         self._in_flight = 0
         self._max_in_flight = 0
         self._billed = Billed()
+        self._billed_by_model: dict[str, Billed] = {}
         self._stop = threading.Event()
         self._connections: set[socket.socket] = set()
         self._server: ThreadingHTTPServer | None = None
@@ -283,6 +290,11 @@ class FakeOpenAI:
         """What the completions served so far would be billed."""
         with self._lock:
             return self._billed
+
+    def billed_for(self, model: str) -> Billed:
+        """What the completions served so far to requests naming ``model`` would be billed."""
+        with self._lock:
+            return self._billed_by_model.get(model, Billed())
 
     @property
     def in_flight(self) -> int:
@@ -384,11 +396,11 @@ class FakeOpenAI:
                 {"index": index, "message": message, "finish_reason": finish, "logprobs": logprobs}
             )
         prompt_tokens = prompt_tokens_for(body)
+        model = str(body.get("model", ""))
         with self._lock:
-            self._billed = Billed(
-                requests=self._billed.requests + 1,
-                prompt_tokens=self._billed.prompt_tokens + prompt_tokens,
-                completion_tokens=self._billed.completion_tokens + completion_tokens,
+            self._billed = _plus(self._billed, prompt_tokens, completion_tokens)
+            self._billed_by_model[model] = _plus(
+                self._billed_by_model.get(model, Billed()), prompt_tokens, completion_tokens
             )
         payload = {
             "id": f"chatcmpl-fake{self.request_count}",
@@ -421,6 +433,14 @@ class FakeOpenAI:
         if "/batches" in path:
             empty.update(first_id=None, last_id=None)
         return _Reply(200, empty, {})
+
+
+def _plus(billed: Billed, prompt_tokens: int, completion_tokens: int) -> Billed:
+    return Billed(
+        requests=billed.requests + 1,
+        prompt_tokens=billed.prompt_tokens + prompt_tokens,
+        completion_tokens=billed.completion_tokens + completion_tokens,
+    )
 
 
 @dataclass(frozen=True)
@@ -520,6 +540,28 @@ def default_responder(body: dict[str, Any], index: int) -> str:
     if isinstance(schema, dict) and schema.get("properties"):
         return json.dumps(answer_for_schema(schema))
     return json.dumps(FIXED_ANSWER)
+
+
+def by_model(responders: Mapping[str, Responder]) -> Responder:
+    """A responder that answers as the responder of the model the request names."""
+
+    def respond(body: dict[str, Any], index: int) -> str:
+        model = str(body.get("model", ""))
+        if model not in responders:
+            raise ValueError(f"no responder for model {model!r}")
+        return responders[model](body, index)
+
+    return respond
+
+
+def image_url(body: dict[str, Any]) -> str:
+    """The (last) image a request shows, as the data URL it was sent as."""
+    for message in reversed(body.get("messages") or []):
+        content = message.get("content")
+        for part in reversed(content) if isinstance(content, list) else []:
+            if part.get("type") == "image_url":
+                return str((part.get("image_url") or {}).get("url", ""))
+    raise ValueError("the request shows no image")
 
 
 def answer_for_schema(schema: dict[str, Any], name: str = "") -> Any:

@@ -184,6 +184,12 @@ def test_null_shares_mean_what_empty_fields_mean_on_the_page(
         ({"prompt_version": "7d3f3c55-0f55-4f5e-9d43-7e0f2b1f0a9c"}, "prompt_version", "Select"),
         ({"name": "x" * 101}, "name", "Ensure this value has at most 100 characters"),
         ({"k0": 5, "kmax": 2}, None, "invalid SV-UAMC parameters: kmax (most samples) must"),
+        ({"strong_model": "gpt-4o"}, "strong_model", "a strong model (a cascade) needs the Open"),
+        (
+            {"backend": "openai", "model_name": "gpt-4o", "strong_model": "gpt-4o"},
+            "strong_model",
+            "the strong model is the run's model (gpt-4o)",
+        ),
     ],
 )
 def test_it_refuses_what_the_form_refuses_with_its_messages_and_writes_nothing(

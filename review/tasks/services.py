@@ -328,6 +328,7 @@ def tasks_follow_calibration(fit: CalibrationFit) -> int:
         status__in=LIVE,
         audit=False,
         annotation__run__model_name=fit.model_name,
+        annotation__run__strong_model=fit.strong_model,
         annotation__run__prompt_version_id=fit.prompt_version_id,
     ).exclude(kind=ReviewTask.Kind.GOLD)
     if connection.features.has_select_for_update_skip_locked:

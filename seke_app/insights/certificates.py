@@ -288,6 +288,7 @@ def run_certify(
         certificate = RunCertificate.objects.create(
             run=run,
             model_name=run.model_name,
+            strong_model=run.strong_model,
             prompt_version=run.prompt_version,
             grains=list(targets.grains),
             alpha=targets.alpha,
@@ -464,9 +465,13 @@ def _monotone(found: CalibrationMap) -> CalibrationMap:
 def _references(
     run: GenerationRun, grains: Sequence[str], va_distance: float
 ) -> tuple[list[float], list[bool]]:
-    """Raw overall confidence and rightness of the audits of every run of the pair."""
+    """Raw overall confidence and rightness of the audits of every run of the pair.
+
+    A cascade's pair is its two models: its confidences are partly the strong
+    model's, so its audits are pooled only with runs of the same cascade.
+    """
     runs = GenerationRun.objects.filter(
-        model_name=run.model_name, prompt_version=run.prompt_version
+        model_name=run.model_name, strong_model=run.strong_model, prompt_version=run.prompt_version
     ).select_related("dataset")
     confidence, right = [], []
     for each in runs.order_by("id"):
@@ -491,6 +496,7 @@ def calibration_fit(
     with transaction.atomic():
         fit = CalibrationFit.objects.create(
             model_name=run.model_name,
+            strong_model=run.strong_model,
             prompt_version=run.prompt_version,
             grains=list(targets.grains),
             va_distance=targets.va_distance if "va" in targets.grains else None,
@@ -526,7 +532,7 @@ def calibrated_confidence(annotation: Annotation) -> float:
 def calibration_current(run: GenerationRun) -> CalibrationFit | None:
     """The latest map of the run's model and prompt version, if any."""
     return CalibrationFit.objects.filter(
-        model_name=run.model_name, prompt_version=run.prompt_version
+        model_name=run.model_name, strong_model=run.strong_model, prompt_version=run.prompt_version
     ).first()
 
 

@@ -27,6 +27,7 @@ from django.db import models
 from django.db.models import Count, JSONField, OuterRef, Subquery, Sum
 
 from seke_app.insights.agreement import AgreementTally, GrainAgreement
+from seke_app.insights.cascade import CascadeFigures, cascade_figures
 from seke_app.insights.dashboards import (
     CALIBRATED_GRAINS,
     GRAIN_LABELS,
@@ -58,7 +59,8 @@ class Side:
     @classmethod
     def of_run(cls, run: GenerationRun) -> Side:
         strategy = run.params.get("strategy", "")
-        label = f"{run.label} · {run.model_name} · {strategy} · v{run.prompt_version.number}"
+        models = run.model_name + (f" → {run.strong_model}" if run.strong_model else "")
+        label = f"{run.label} · {models} · {strategy} · v{run.prompt_version.number}"
         return cls(label, Annotation.objects.filter(run=run), run.review_threshold, run=run)
 
     @classmethod
@@ -89,6 +91,8 @@ class SideSummary:
     # False when some of the side's annotations come from a run whose model has no
     # known price: their recorded cost of 0 means "unknown", so the total is unknown.
     cost_known: bool = True
+    # A cascade run's figures per stage (``cascade``); None for any other side.
+    cascade: CascadeFigures | None = None
 
     @property
     def cost_per_annotation(self) -> float | None:
@@ -164,6 +168,7 @@ def _summary(side: Side) -> SideSummary:
         calibration=scorer.calibration(side.threshold),
         in_sample={g: scorer.in_sample[g] for g in (*GRAINS, "overall")},
         cost_known=not side.annotations.filter(run__priced=False).exists(),
+        cascade=cascade_figures(run=side.run) if side.run is not None else None,
     )
 
 

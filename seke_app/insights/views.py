@@ -12,6 +12,7 @@ from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from seke_app.insights.cascade import cascade_figures
 from seke_app.insights.certificates import (
     CertificateRefused,
     Targets,
@@ -51,6 +52,7 @@ def run_dashboard_view(request: HttpRequest, code: UUID) -> HttpResponse:
         "certify_form": CertifyForm(),
         "certificate": run_certificate_latest(run),
         "recalibration": run_recalibration(run),
+        "cascade": cascade_figures(run=run),
         # Until the run is settled the page reloads itself (its figures still move).
         "settled": run.is_settled(),
     }

@@ -18,6 +18,7 @@ from django.db.models import F, Max, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from seke_app.engine import cascade
 from seke_app.models.datasets import EXPRESSION_CHOICES, Dataset, FaceImage
 from seke_app.models.jobs import TrackedJob
 
@@ -100,6 +101,14 @@ class PromptVersion(models.Model):
 
 
 NAME_MAX_LENGTH = 100
+STRONG_MODEL_MAX_LENGTH = 100
+
+
+class Stage(models.TextChoices):
+    """Which model of a cascade wrote an annotation or a sample (``engine.cascade``)."""
+
+    CHEAP = cascade.CHEAP, "Cheap model"
+    STRONG = cascade.STRONG, "Strong model (escalated)"
 
 
 class GenerationRun(TrackedJob):
@@ -123,6 +132,9 @@ class GenerationRun(TrackedJob):
     name = models.CharField(max_length=NAME_MAX_LENGTH, blank=True)
     backend = models.CharField(max_length=20, choices=Backend.choices)
     model_name = models.CharField(max_length=100)
+    # A cascade (``engine.cascade``): the model the images ``model_name`` leaves
+    # unsure go to, whose answer then decides. Empty: one model, no cascade.
+    strong_model = models.CharField(max_length=STRONG_MODEL_MAX_LENGTH, blank=True)
     prompt_version = models.ForeignKey(PromptVersion, on_delete=models.PROTECT, related_name="runs")
     # SV-UAMC parameters as given to the engine (strategy, k0, kmax, step, temperature, thresholds).
     params = models.JSONField(default=dict)
@@ -160,6 +172,14 @@ class GenerationRun(TrackedJob):
     # offline annotator is free). Without one, cost_usd stays 0 and means
     # "unknown", never "free": ``known_cost`` is then None.
     priced = models.BooleanField(default=True)
+    # Of a cascade: the images escalated to the strong model, and the strong model's
+    # share of the usage above (recorded call by call the same way); the cheap
+    # model's share is the rest.
+    n_escalated = models.PositiveIntegerField(default=0)
+    strong_requests = models.PositiveIntegerField(default=0)
+    strong_prompt_tokens = models.PositiveBigIntegerField(default=0)
+    strong_completion_tokens = models.PositiveBigIntegerField(default=0)
+    strong_cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
 
     FINISHED = frozenset(
         {Status.CANCELLED, Status.BUDGET_EXHAUSTED, Status.COMPLETED, Status.FAILED}
@@ -234,6 +254,19 @@ class GenerationRun(TrackedJob):
             raise ValueError(f"a run's name has at most {NAME_MAX_LENGTH} characters")
         self.name = name
         GenerationRun.objects.filter(id=self.id).update(name=name)
+
+    @property
+    def is_cascade(self) -> bool:
+        return bool(self.strong_model)
+
+    @property
+    def cheap_cost_usd(self) -> Decimal:
+        """Of a cascade's cost, the run's own model's share (the strong model spent the rest)."""
+        return Decimal(self.cost_usd) - Decimal(self.strong_cost_usd)
+
+    @property
+    def cheap_requests(self) -> int:
+        return self.requests - self.strong_requests
 
     @property
     def n_remaining(self) -> int:
@@ -402,6 +435,13 @@ class Annotation(models.Model):
     held = models.BooleanField(default=False)
     n_samples = models.PositiveSmallIntegerField(default=0)
     n_valid = models.PositiveSmallIntegerField(default=0)
+    # In a cascade run, the model whose result this is ("" in a run of one model).
+    # An escalated annotation ("strong") keeps the cheap stage's overall confidence
+    # and answer (``cheap_result``: labels, held, reasons and usage); its samples
+    # are kept too, marked by stage. ``requests`` to ``cost_usd`` count both stages.
+    stage = models.CharField(max_length=6, choices=Stage.choices, blank=True)
+    cheap_confidence = models.FloatField(null=True, blank=True)
+    cheap_result = models.JSONField(default=dict, blank=True)
     requests = models.PositiveIntegerField(default=0)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
@@ -433,7 +473,7 @@ class Annotation(models.Model):
 
     def is_confident(self, threshold: float) -> bool:
         """The one rule of ``confident()``, for an annotation in hand."""
-        return not self.held and self.confidence >= threshold
+        return cascade.accepted(self.confidence, self.held, threshold)
 
     def grain_confidences(self) -> dict[str, float]:
         return {
@@ -508,6 +548,8 @@ class AnnotationSample(models.Model):
     parsed = models.JSONField(null=True)
     parse_error = models.TextField(blank=True)
     verdict = models.JSONField(null=True)
+    # In a cascade run, the model that drew it (``Annotation.stage``); "" otherwise.
+    stage = models.CharField(max_length=6, choices=Stage.choices, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=10, decimal_places=6, default=0)
@@ -553,6 +595,8 @@ class RunCertificate(models.Model):
     code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     run = models.ForeignKey(GenerationRun, on_delete=models.CASCADE, related_name="certificates")
     model_name = models.CharField(max_length=100)
+    # A cascade run's strong model (``GenerationRun.strong_model``); empty otherwise.
+    strong_model = models.CharField(max_length=STRONG_MODEL_MAX_LENGTH, blank=True)
     prompt_version = models.ForeignKey(PromptVersion, on_delete=models.PROTECT, related_name="+")
     grains = models.JSONField(default=list)
     alpha = models.FloatField()
@@ -625,9 +669,16 @@ class RunCertificate(models.Model):
             f"among the {self.n_accepted_references} accepted of {self.n_references} audit "
             f"references{self._earlier()}); {self.coverage:.1%} of the run's annotations "
             "auto-accepted. "
-            f"{self.method}; made {self.created_at:%Y-%m-%d %H:%M} for {self.model_name}, "
+            f"{self.method}; made {self.created_at:%Y-%m-%d %H:%M} for {self.models}, "
             f"prompt v{self.prompt_version.number}."
         )
+
+    @property
+    def models(self) -> str:
+        """The model, or a cascade's two models, the certificate was made for."""
+        if self.strong_model:
+            return f"{self.model_name} escalating to {self.strong_model}"
+        return self.model_name
 
     def _earlier(self) -> str:
         if not self.n_earlier:
@@ -659,10 +710,14 @@ class CalibrationFit(models.Model):
     grain in ``grains`` is right (``engine.calibration``). The raw confidence stays
     stored on the annotation; the map changes what is shown and the review queue's
     order, which mixes models and prompt versions (``insights.certificates``). The
-    latest fit for a (model, prompt version) pair is the one that applies.
+    latest fit for a (model, prompt version) pair is the one that applies; a
+    cascade's two models count as one model of their own.
     """
 
     model_name = models.CharField(max_length=100)
+    # A cascade's strong model: a cascade's confidences are partly the strong
+    # model's, so its map is its own (empty for a run of one model).
+    strong_model = models.CharField(max_length=STRONG_MODEL_MAX_LENGTH, blank=True)
     prompt_version = models.ForeignKey(PromptVersion, on_delete=models.PROTECT, related_name="+")
     grains = models.JSONField(default=list)
     va_distance = models.FloatField(null=True, blank=True)

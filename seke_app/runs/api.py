@@ -71,6 +71,7 @@ class RunIn(Schema):
         " OPENAI_API_KEY (as the form), and required when it has one.",
     )
     model_name: str = Field("", description=str(_FORM["model_name"].help_text))
+    strong_model: str = Field("", description=str(_FORM["strong_model"].help_text))
     prompt_version: UUID | None = Field(
         None, description="A prompt version's code; left out or null: the active version."
     )
@@ -121,6 +122,7 @@ class RunOut(Schema):
     status: RunStatus
     backend: str
     model_name: str
+    strong_model: str = Field(description="A cascade's strong model; empty: one model.")
     prompt_version: UUID
     prompt_version_number: int
     params: dict[str, Any] = Field(description="The SV-UAMC parameters the run was given.")
@@ -152,6 +154,13 @@ class RunOut(Schema):
         return run.known_cost
 
     batch: bool = Field(description="Sent through the OpenAI Batch API, a round at a time.")
+    n_escalated: int = Field(description="Images a cascade escalated to its strong model.")
+    strong_requests: int = Field(description="Of the requests, the strong model's.")
+    strong_prompt_tokens: int
+    strong_completion_tokens: int
+    strong_cost_usd: Decimal = Field(
+        description="Of the cost, the strong model's; the run's model spent the rest."
+    )
 
     @staticmethod
     def resolve_url(run: GenerationRun) -> str:
@@ -263,6 +272,7 @@ class AnnotationSampleOut(Schema):
 
     index: int
     kind: SampleKind
+    stage: str = Field(description='In a cascade, the model that drew it: "cheap" or "strong".')
     raw_text: str
     parsed: dict[str, Any] | None
     parse_error: str
@@ -310,7 +320,17 @@ class AnnotationOut(Schema):
     verification: dict[str, Any]
     n_samples: int
     n_valid: int
-    requests: int
+    stage: str = Field(
+        description='In a cascade, the model whose result this is: "cheap" (accepted by the'
+        ' run\'s model) or "strong" (escalated); empty in a run of one model.'
+    )
+    cheap_confidence: float | None = Field(
+        description="In a cascade, the run's model's overall confidence."
+    )
+    cheap_result: dict[str, Any] = Field(
+        description="Of an escalated annotation, the run's model's answer, verdict and usage."
+    )
+    requests: int = Field(description="Model requests for the image, both stages of a cascade.")
     prompt_tokens: int
     completion_tokens: int
     cost_usd: Decimal | None = Field(description=UNKNOWN_COST)

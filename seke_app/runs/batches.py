@@ -49,7 +49,7 @@ from seke_app.engine.types import Usage
 from seke_app.engine.uamc import UAMCParams
 from seke_app.models import GenerationRun, RunBatch, RunItem
 from seke_app.queue import get_queue
-from seke_app.runs import services
+from seke_app.runs import rows, services
 from seke_app.runs.backends import BackendUnavailable, batch_backend_for
 
 log = logging.getLogger("seke.runs")
@@ -403,7 +403,7 @@ class _Outcome:
                 requests=F("requests") + usage.requests,
                 prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
                 completion_tokens=F("completion_tokens") + usage.completion_tokens,
-                cost_usd=F("cost_usd") + services._money(usage.cost_usd),
+                cost_usd=F("cost_usd") + rows.money(usage.cost_usd),
             )
         for item_id, reason in self._failures.items():
             _line_failed(run_id, item_id, reason)

@@ -9,9 +9,9 @@ from django.contrib.auth.models import AbstractBaseUser
 
 from seke_app.engine.uamc import STRATEGIES, UAMCParams
 from seke_app.models import Dataset, GenerationRun, PromptVersion
-from seke_app.models.runs import NAME_MAX_LENGTH
-from seke_app.runs.backends import openai_configured
-from seke_app.runs.services import ImageFilter, run_create
+from seke_app.models.runs import NAME_MAX_LENGTH, STRONG_MODEL_MAX_LENGTH
+from seke_app.runs.backends import default_model, openai_configured
+from seke_app.runs.services import ImageFilter, RunRefused, check_strong_model, run_create
 
 _DEFAULTS = UAMCParams()
 
@@ -42,6 +42,14 @@ class RunForm(forms.Form):
         help_text="OpenAI-compatible backend on OpenAI only: each round of calls (first"
         " samples, extra samples, verification) goes out as one OpenAI batch, billed at half"
         " the price; a round may take up to 24 hours.",
+    )
+    strong_model = forms.CharField(
+        required=False,
+        max_length=STRONG_MODEL_MAX_LENGTH,
+        label="Strong model (cascade)",
+        help_text="Optional, for the OpenAI-compatible backend: the images the model leaves"
+        " unsure (those it would send to review) are annotated again by this model, whose"
+        " answer then decides. Empty: one model, no cascade.",
     )
     prompt_version = forms.ModelChoiceField(
         queryset=PromptVersion.objects.all(),
@@ -158,6 +166,7 @@ class RunForm(forms.Form):
             dataset=data["dataset"],
             backend=data["backend"],
             model_name=data["model_name"],
+            strong_model=data["strong_model"],
             prompt_version=data["prompt_version"],
             params=self.params(),
             budget_usd=data["budget_usd"],
@@ -174,6 +183,12 @@ class RunForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
+        if data.get("strong_model") and data.get("backend"):
+            model = data.get("model_name") or default_model(data["backend"])
+            try:
+                check_strong_model(data["backend"], model, data["strong_model"].strip())
+            except RunRefused as exc:
+                self.add_error("strong_model", str(exc))
         if not self.errors:
             try:
                 self.params()

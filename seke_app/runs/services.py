@@ -39,6 +39,7 @@ from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 from rq import Worker
 
+from seke_app.engine.cascade import CascadeResult, run_cascade
 from seke_app.engine.llm.client import VLLMError
 from seke_app.engine.types import AnnotationRequest, Backend, KnownLabels, Usage
 from seke_app.engine.uamc import UAMCParams, UAMCResult, run_uamc
@@ -52,7 +53,7 @@ from seke_app.models import (
     PromptVersion,
     RunItem,
 )
-from seke_app.models.runs import NAME_MAX_LENGTH, confident
+from seke_app.models.runs import NAME_MAX_LENGTH, STRONG_MODEL_MAX_LENGTH, confident
 from seke_app.queue import QueueUnavailable, get_queue
 from seke_app.runs import batches, hooks
 from seke_app.runs.backends import (
@@ -64,6 +65,13 @@ from seke_app.runs.backends import (
 from seke_app.runs.calls import ImageCalls, LeaseLost
 from seke_app.runs.leases import LeaseKeeper, expired, lease_end, lease_renew, poll_seconds
 from seke_app.runs.prompts import prompt_version_active
+from seke_app.runs.rows import (
+    annotation_fields,
+    cascade_fields,
+    cascade_sample_rows,
+    money,
+    sample_rows,
+)
 from seke_app.webhooks import events as webhook_events
 
 log = logging.getLogger("seke.runs")
@@ -133,6 +141,7 @@ def run_create(
     backend: str,
     params: UAMCParams,
     model_name: str = "",
+    strong_model: str = "",
     prompt_version: PromptVersion | None = None,
     budget_usd: Decimal | None = None,
     concurrency: int = 4,
@@ -148,6 +157,9 @@ def run_create(
 
     ``name`` is optional (surrounding and repeated spaces are dropped); the run's
     number within its dataset is given when it is saved.
+
+    ``strong_model`` makes the run a cascade (``engine.cascade``): the images
+    ``model_name`` leaves unsure go to it, and its answer decides.
 
     ``enqueue=False`` leaves the run queued with no job, for a caller that
     processes it in its own process (``run_generation --inline``).
@@ -174,17 +186,28 @@ def run_create(
             "the Batch API is OpenAI's: a batch run needs the OpenAI-compatible backend"
         )
     model_name = model_name or default_model(backend)
-    priced = model_priced(backend, model_name)
+    strong_model = strong_model.strip()
+    check_strong_model(backend, model_name, strong_model)
+    if batch and strong_model:
+        raise RunRefused(
+            "a batch run cannot be a cascade yet: leave the strong model empty, or"
+            " run without the Batch API"
+        )
+    unpriced = [
+        each for each in (model_name, strong_model) if each and not model_priced(backend, each)
+    ]
+    priced = not unpriced
     if budget_usd is not None and not priced:
         raise RunRefused(
-            f"the model {model_name!r} has no known price, so a cost cap could not be"
+            f"the model {unpriced[0]!r} has no known price, so a cost cap could not be"
             " enforced: add its price to SEKE_PRICES, or leave the cap empty"
         )
     prompt_version = prompt_version or prompt_version_active()
     try:
-        backend_for(
-            backend, model_name, prompt_version, concurrency=concurrency, check_only=True
-        ).close()
+        for each in (model_name, strong_model) if strong_model else (model_name,):
+            backend_for(
+                backend, each, prompt_version, concurrency=concurrency, check_only=True
+            ).close()
     except BackendUnavailable as exc:
         raise RunRefused(str(exc)) from None
     # Checked before anything is written: a run that cannot be queued is not created.
@@ -194,6 +217,7 @@ def run_create(
             dataset=dataset,
             backend=backend,
             model_name=model_name,
+            strong_model=strong_model,
             prompt_version=prompt_version,
             params=params.to_json(),
             image_filter=image_filter.to_json(),
@@ -221,6 +245,25 @@ def run_create(
         if enqueue:
             transaction.on_commit(lambda: run_enqueue(run_id=run.id))
     return run
+
+
+def check_strong_model(backend: str, model_name: str, strong_model: str) -> None:
+    """Refuse a cascade that cannot work as asked (``engine.cascade``): the run form
+    checks its fields here too, so that the page, the API and the command agree."""
+    if not strong_model:
+        return
+    if backend != GenerationRun.Backend.OPENAI:
+        raise RunRefused(
+            "a strong model (a cascade) needs the OpenAI-compatible backend: the offline"
+            " annotator has one model; leave the strong model empty"
+        )
+    if strong_model == model_name:
+        raise RunRefused(
+            f"the strong model is the run's model ({model_name}): a cascade escalates to"
+            " another model; leave it empty for a run of one model"
+        )
+    if len(strong_model) > STRONG_MODEL_MAX_LENGTH:
+        raise RunRefused(f"a model's name has at most {STRONG_MODEL_MAX_LENGTH} characters")
 
 
 def run_enqueue(*, run_id: int) -> int:
@@ -284,18 +327,32 @@ def run_process_chunk(*, run_id: int, item_ids: list[int]) -> None:
     if run.status != Status.RUNNING or run.batch:
         # A batch run's calls go through its batch steps, never a chunk's threads.
         return
-    try:
-        backend = backend_for(
-            run.backend, run.model_name, run.prompt_version, concurrency=run.concurrency
-        )
-    except BackendUnavailable as exc:
-        _fail_run(run_id, str(exc))
-        return
-    # The chunk's threads share the backend; once they have all finished, its
-    # client's connections are closed, whatever ended the chunk.
-    with backend, LeaseKeeper(worker_name()) as leases:
+    # The chunk's threads share the backends (the strong one of a cascade too);
+    # once they have all finished, their clients' connections are closed, whatever
+    # ended the chunk.
+    with contextlib.ExitStack() as stack:
+        try:
+            backend = stack.enter_context(
+                backend_for(
+                    run.backend, run.model_name, run.prompt_version, concurrency=run.concurrency
+                )
+            )
+            strong = None
+            if run.strong_model:
+                strong = stack.enter_context(
+                    backend_for(
+                        run.backend,
+                        run.strong_model,
+                        run.prompt_version,
+                        concurrency=run.concurrency,
+                    )
+                )
+        except BackendUnavailable as exc:
+            _fail_run(run_id, str(exc))
+            return
+        leases = stack.enter_context(LeaseKeeper(worker_name()))
         params = UAMCParams.from_json(run.params)
-        _process_items(run, backend, params, item_ids, leases)
+        _process_items(run, Models(backend, strong), params, item_ids, leases)
     _finish_if_done(run_id)
 
 
@@ -392,9 +449,17 @@ class _Feed:
             self._done = not items.filter(status=RunItem.Status.LEASED).exists()
 
 
+@dataclass(frozen=True)
+class Models:
+    """The backends a chunk calls: the run's model, and a cascade's strong model."""
+
+    backend: Backend
+    strong: Backend | None = None
+
+
 def _process_items(
     run: GenerationRun,
-    backend: Backend,
+    models: Models,
     params: UAMCParams,
     item_ids: list[int],
     leases: LeaseKeeper,
@@ -405,7 +470,7 @@ def _process_items(
 
     def work() -> None:
         while (item_id := feed.next()) is not None:
-            if not _process_one(run, backend, params, item_id, running, leases):
+            if not _process_one(run, models, params, item_id, running, leases):
                 return
 
     if threads <= 1:
@@ -444,7 +509,7 @@ def _run_is_running(run_id: int) -> bool:
 
 def _process_one(
     run: GenerationRun,
-    backend: Backend,
+    models: Models,
     params: UAMCParams,
     item_id: int,
     running: _RunningGate,
@@ -458,7 +523,7 @@ def _process_one(
         return True
     leases.hold(item_id)
     try:
-        _annotate(run, backend, params, item_id, me, running)
+        _annotate(run, models, params, item_id, me, running)
     finally:
         leases.release(item_id)
     return True
@@ -466,22 +531,39 @@ def _process_one(
 
 def _annotate(
     run: GenerationRun,
-    backend: Backend,
+    models: Models,
     params: UAMCParams,
     item_id: int,
     me: str,
     running: _RunningGate,
 ) -> None:
-    """Run SV-UAMC on a claimed item and store the result, or the reason it failed."""
+    """Run SV-UAMC on a claimed item and store the result, or the reason it failed.
+
+    In a cascade, the image the run's model leaves unsure is annotated again by the
+    strong model (``engine.cascade``), under the run's review threshold.
+    """
     item = RunItem.objects.select_related("image").get(id=item_id)
-    calls = ImageCalls(
-        backend,
-        renew=lambda: lease_renew(item_id, me),
-        record=lambda usage: _record_usage(run, usage, running),
-    )
+
+    def calls(model: Backend, *, strong: bool = False) -> ImageCalls:
+        return ImageCalls(
+            model,
+            renew=lambda: lease_renew(item_id, me),
+            record=lambda usage: _record_usage(run, usage, running, strong=strong),
+        )
+
+    result: UAMCResult | CascadeResult
     try:
         request = _request_for(item.image, run)
-        result = run_uamc(calls, request, params)
+        if models.strong is None:
+            result = run_uamc(calls(models.backend), request, params)
+        else:
+            result = run_cascade(
+                calls(models.backend),
+                calls(models.strong, strong=True),
+                request,
+                params,
+                threshold=run.review_threshold,
+            )
     except LeaseLost:
         log.info("run %s: image %s was taken over by another worker", run.code, item.image.code)
         return
@@ -495,16 +577,22 @@ def _annotate(
     _store(run, item_id, item.image_id, me, result)
 
 
-def _record_usage(run: GenerationRun, usage: Usage, running: _RunningGate) -> None:
-    """Add one model call's usage to the run as it returns, and stop at the cost cap."""
+def _record_usage(
+    run: GenerationRun, usage: Usage, running: _RunningGate, *, strong: bool = False
+) -> None:
+    """Add one model call's usage to the run as it returns, and stop at the cost cap.
+
+    A cascade's strong-model call is added to the strong model's share as well.
+    """
     if not (usage.requests or usage.prompt_tokens or usage.completion_tokens or usage.cost_usd):
         return
-    GenerationRun.objects.filter(id=run.id).update(
-        requests=F("requests") + usage.requests,
-        prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
-        completion_tokens=F("completion_tokens") + usage.completion_tokens,
-        cost_usd=F("cost_usd") + _money(usage.cost_usd),
-    )
+    fields = ("requests", "prompt_tokens", "completion_tokens")
+    values: dict[str, Any] = {name: getattr(usage, name) for name in fields}
+    values["cost_usd"] = money(usage.cost_usd)
+    changes = {name: F(name) + value for name, value in values.items()}
+    if strong:
+        changes |= {f"strong_{name}": F(f"strong_{name}") + value for name, value in values.items()}
+    GenerationRun.objects.filter(id=run.id).update(**changes)
     if run.budget_usd is not None and _stop_at_budget(run.id):
         running.stop()
 
@@ -583,8 +671,9 @@ def _store(
     item_id: int,
     image_id: int,
     me: str,
-    result: UAMCResult,
+    result: UAMCResult | CascadeResult,
 ) -> None:
+    escalated = isinstance(result, CascadeResult) and result.escalated
     with transaction.atomic():
         if not _holds(item_id, me):
             # Our lease expired and another worker took the image over: theirs counts.
@@ -593,9 +682,17 @@ def _store(
             run=run,
             image_id=image_id,
             prompt_version=run.prompt_version,
-            **annotation_fields(result),
+            **(
+                cascade_fields(result)
+                if isinstance(result, CascadeResult)
+                else annotation_fields(result)
+            ),
         )
-        AnnotationSample.objects.bulk_create(sample_rows(annotation, result))
+        AnnotationSample.objects.bulk_create(
+            cascade_sample_rows(annotation, result)
+            if isinstance(result, CascadeResult)
+            else sample_rows(annotation, result)
+        )
         for hook in hooks.annotation_written:
             hook(annotation)
         RunItem.objects.filter(id=item_id).update(
@@ -609,83 +706,8 @@ def _store(
             n_done=F("n_done") + 1,
             n_flagged=F("n_flagged") + int(not accepted),
             n_accepted=F("n_accepted") + int(accepted),
+            n_escalated=F("n_escalated") + int(escalated),
         )
-
-
-def _money(value: float) -> Decimal:
-    return Decimal(str(round(value, 6)))
-
-
-def annotation_fields(result: UAMCResult) -> dict[str, Any]:
-    """The Annotation columns for one SV-UAMC result."""
-    stored = result.to_json()
-    answer = result.answer
-    uncertainty = stored["uncertainty"]
-    consistency = result.consistency
-    return {
-        "expression": answer.expression if answer else None,
-        "expression_votes": uncertainty["expression"]["votes"],
-        "expression_uncertainty": {
-            k: v for k, v in uncertainty["expression"].items() if k != "votes"
-        },
-        "expression_confidence": result.confidence.expression,
-        "valence": answer.valence if answer else None,
-        "arousal": answer.arousal if answer else None,
-        "va_samples": [
-            list(pair)
-            for pair in zip(
-                uncertainty["va"]["valence"]["values"],
-                uncertainty["va"]["arousal"]["values"],
-                strict=True,
-            )
-        ],
-        "va_uncertainty": {
-            axis: {k: v for k, v in uncertainty["va"][axis].items() if k != "values"}
-            for axis in ("valence", "arousal")
-        }
-        | {"unsure": uncertainty["va"]["unsure"]},
-        "va_confidence": result.confidence.va,
-        "aus": {str(au): on for au, on in sorted(answer.aus.items())} if answer else {},
-        "au_intensity": {str(au): i for au, i in answer.au_intensity.items()} if answer else {},
-        "au_rates": uncertainty["aus"]["rates"],
-        "au_uncertainty": {k: v for k, v in uncertainty["aus"].items() if k != "rates"},
-        "au_confidence": result.confidence.aus,
-        "evidence": dict(answer.evidence) if answer else {},
-        "consistency": consistency.score if consistency else None,
-        "consistency_reasons": list(consistency.reasons) if consistency else [],
-        "verification": stored["verification"] or {},
-        "confidence": result.overall_confidence,
-        "flagged": result.flagged,
-        "flag_reasons": result.flag_reasons,
-        "held": result.held,
-        "known_grains": list(result.given_grains),
-        "provenance": result.roles.provenance,
-        "inferred_from": dict(result.roles.inferred_from),
-        "n_samples": result.n_samples,
-        "n_valid": result.n_valid,
-        "requests": result.usage.requests,
-        "prompt_tokens": result.usage.prompt_tokens,
-        "completion_tokens": result.usage.completion_tokens,
-        "cost_usd": _money(result.usage.cost_usd),
-    }
-
-
-def sample_rows(annotation: Annotation, result: UAMCResult) -> list[AnnotationSample]:
-    return [
-        AnnotationSample(
-            annotation=annotation,
-            index=index,
-            kind=sample.kind,
-            raw_text=sample.raw,
-            parsed=sample.answer.to_json() if sample.answer else None,
-            parse_error=sample.error or "",
-            verdict=sample.verdict,
-            prompt_tokens=sample.usage.prompt_tokens,
-            completion_tokens=sample.usage.completion_tokens,
-            cost_usd=_money(sample.usage.cost_usd),
-        )
-        for index, sample in enumerate(result.samples)
-    ]
 
 
 # --- Run state -----------------------------------------------------------------------

@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from seke_app.engine.llm.probe import CAPABILITIES, Answer
+from seke_app.insights.cascade import cascade_figures, priced
 from seke_app.models import EndpointProbe, GenerationRun, RunItem
 from seke_app.queue import QueueUnavailable
 from seke_app.roles import admin_required, request_user
@@ -161,13 +162,22 @@ def _progress_context(run: GenerationRun) -> dict[str, object]:
         "resume_label": {"resume": RESUME, "requeue": REQUEUE}.get(progress.resume or ""),
         "workers": progress.workers_note,
         "rounds": list(run.batches.all()) if run.batch else [],
+        # A model without a known price costs "unknown", not $0.
+        "cheap_priced": priced(run.model_name),
+        "strong_priced": priced(run.strong_model),
+        "unpriced": [
+            model
+            for model in (run.model_name, run.strong_model)
+            if model and run.backend == GenerationRun.Backend.OPENAI and not priced(model)
+        ],
     }
 
 
 @admin_required
 def run_detail(request: HttpRequest, code: UUID) -> HttpResponse:
     run = _get_run(code)
-    return render(request, "runs/run_detail.html", _progress_context(run))
+    context = _progress_context(run) | {"cascade": cascade_figures(run=run)}
+    return render(request, "runs/run_detail.html", context)
 
 
 @admin_required

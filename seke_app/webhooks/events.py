@@ -77,6 +77,17 @@ def run_finished(run: GenerationRun) -> WebhookEvent | None:
         "error": run.error,
         "backend": run.backend,
         "model": run.model_name,
+        # A cascade run's strong model and its share (empty and None otherwise).
+        "strong_model": run.strong_model,
+        "cascade": (
+            {
+                "escalated": run.n_escalated,
+                "strong_requests": run.strong_requests,
+                "strong_cost_usd": str(run.strong_cost_usd),
+            }
+            if run.is_cascade
+            else None
+        ),
         "prompt_version": run.prompt_version.number,
         "counts": {
             "images": run.n_total,

@@ -164,7 +164,10 @@ class GrainOut(Schema):
 class MachineOut(Schema):
     """The machine's answer, as the review page shows it and fills the form with."""
 
-    model_name: str
+    model_name: str = Field(
+        description="The model whose answer this is: in a cascade run, the strong model"
+        " where the image was escalated."
+    )
     prompt_version: int
     confidence: float = Field(description="The overall confidence.")
     expression: str | None
@@ -238,8 +241,10 @@ def _panel(task: ReviewTask) -> dict[str, Any]:
     annotation: Annotation = context["annotation"]
     image = context["image"]
     confidences = annotation.grain_confidences()
+    run = context["run"]
     shown["machine"] = {
-        "model_name": context["run"].model_name,
+        # The model whose answer this is: a cascade's strong model where it was escalated.
+        "model_name": run.strong_model if annotation.stage == "strong" else run.model_name,
         "prompt_version": annotation.prompt_version.number,
         "confidence": annotation.confidence,
         "expression": annotation.expression,

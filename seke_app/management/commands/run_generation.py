@@ -54,6 +54,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--backend", choices=GenerationRun.Backend.values, default="offline")
         parser.add_argument("--model", default="", help="default: SEKE_MODEL or the offline CNN")
+        parser.add_argument(
+            "--strong-model",
+            default="",
+            help="a cascade (openai backend): the images --model leaves unsure are annotated"
+            " again by this model, whose answer decides",
+        )
         add_uamc_arguments(parser)
         parser.add_argument("--concurrency", type=int, default=4)
         parser.add_argument(
@@ -107,9 +113,8 @@ class Command(BaseCommand):
             self.stdout.write(f"run {run.label} ({run.code}): {run.n_total} images, annotated here")
             self._inline(run)
             return
-        self.stdout.write(
-            f"run {run.label} ({run.code}): {run.n_total} images queued ({run.model_name})"
-        )
+        models = run.model_name + (f", escalating to {run.strong_model}" if run.is_cascade else "")
+        self.stdout.write(f"run {run.label} ({run.code}): {run.n_total} images queued ({models})")
         if options["wait"]:
             self._wait(run, hint=True)
 
@@ -120,6 +125,7 @@ class Command(BaseCommand):
             dataset=dataset,
             backend=options["backend"],
             model_name=options["model"],
+            strong_model=options["strong_model"],
             params=params,
             budget_usd=budget,
             concurrency=options["concurrency"],
@@ -185,6 +191,12 @@ class Command(BaseCommand):
             f" ({run.n_accepted} auto-accepted, {run.n_flagged} flagged), {run.n_failed} failed,"
             f" cost {'unknown' if run.known_cost is None else f'${run.known_cost:.4f}'}"
         )
+        if run.is_cascade:
+            self.stdout.write(
+                f"cascade: {run.n_escalated} of {run.n_done} escalated to {run.strong_model};"
+                f" cost {run.model_name} ${run.cheap_cost_usd:.4f},"
+                f" {run.strong_model} ${run.strong_cost_usd:.4f}"
+            )
         if run.error:
             self.stderr.write(run.error)
 
