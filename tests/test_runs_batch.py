@@ -28,6 +28,7 @@ from seke_app.engine.vocab import FEID_AUS
 from seke_app.models import Annotation, AnnotationSample, GenerationRun, RunBatch, RunItem
 from seke_app.queue import get_queue
 from seke_app.runs.batches import run_batch_step
+from seke_app.runs.probes import probe_create, probe_run
 from seke_app.runs.services import (
     RunRefused,
     run_create,
@@ -214,6 +215,20 @@ def test_a_round_the_endpoint_refuses_fails_the_run_with_the_reason(
     assert "round 1 could not be sent" in run.error and "401" in run.error
     batch = run.batches.get()
     assert batch.status == RunBatch.Status.FAILED and "refused the credentials" in batch.error
+
+
+def test_it_refuses_a_batch_run_where_the_endpoint_check_found_no_batch_api(
+    tmp_path: Path, settings: Any
+) -> None:
+    with FakeOpenAI(batch=False) as server:
+        use_fake(settings, server)
+        settings.SEKE_MODEL = "gpt-4o"
+        probe_run(probe_id=probe_create(enqueue=False).id)
+        with pytest.raises(RunRefused, match="no Batch API when gpt-4o was checked"):
+            batch_run(tmp_path, 1)
+        assert not GenerationRun.objects.exists()
+        # Without the Batch API, the same run is made synchronously.
+        batch_run(tmp_path, 1, batch=False, name="synchronous")
 
 
 def test_a_batch_that_fails_as_a_whole_fails_its_images_with_the_reason(

@@ -165,3 +165,15 @@ def images_refused(probe: EndpointProbe | None) -> str | None:
         f"{probe.model_name} did not take images when checked at {when} ({reason}); every"
         " face is sent as an image: choose a vision model, or check the endpoint again"
     )
+
+
+def batch_refused(probe: EndpointProbe | None) -> str | None:
+    """Why a batch run cannot use the endpoint (it had no Batch API when checked), or None."""
+    if probe is None or probe.batch != Answer.NO.value:
+        return None
+    when = timezone.localtime(probe.finished_at).strftime("%Y-%m-%d %H:%M")
+    reason = probe.evidence.get("batch", "")
+    return (
+        f"the endpoint had no Batch API when {probe.model_name} was checked at {when}"
+        f" ({reason}): run without the Batch API, or check the endpoint again"
+    )

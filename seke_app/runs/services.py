@@ -64,6 +64,7 @@ from seke_app.runs.backends import (
 )
 from seke_app.runs.calls import ImageCalls, LeaseLost
 from seke_app.runs.leases import LeaseKeeper, expired, lease_end, lease_renew, poll_seconds
+from seke_app.runs.probes import batch_refused, endpoint_url, latest_probe
 from seke_app.runs.prompts import prompt_version_active
 from seke_app.runs.rows import (
     annotation_fields,
@@ -188,6 +189,10 @@ def run_create(
     model_name = model_name or default_model(backend)
     strong_model = strong_model.strip()
     check_strong_model(backend, model_name, strong_model)
+    if batch:
+        refused = batch_refused(latest_probe(endpoint_url(), model_name))
+        if refused is not None:
+            raise RunRefused(refused)
     if batch and strong_model:
         raise RunRefused(
             "a batch run cannot be a cascade yet: leave the strong model empty, or"
