@@ -265,6 +265,16 @@ class FakeOpenAI:
 
     # -- scripting and inspection -----------------------------------------
 
+    def point(self, settings: Any, *, max_retries: int = 1) -> None:
+        """Point SEKE's settings (pytest-django's ``settings``) at this server: its
+        URL, a test key, short timeouts, ``max_retries`` and no rate limits."""
+        settings.OPENAI_API_KEY = "sk-test-key"
+        settings.OPENAI_BASE_URL = self.base_url
+        settings.OPENAI_TIMEOUT = 2.0
+        settings.OPENAI_MAX_RETRIES = max_retries
+        settings.OPENAI_RPM = 0
+        settings.OPENAI_TPM = 0
+
     def script(self, *faults: Fault | str) -> None:
         """Queue faults; each request consumes the next one."""
         with self._lock:

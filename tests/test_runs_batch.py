@@ -51,12 +51,7 @@ def work() -> None:
 
 
 def use_fake(settings: Any, server: FakeOpenAI, *, poll: int = 0) -> None:
-    settings.OPENAI_API_KEY = "sk-test-key"
-    settings.OPENAI_BASE_URL = server.base_url
-    settings.OPENAI_TIMEOUT = 2.0
-    settings.OPENAI_MAX_RETRIES = 0
-    settings.OPENAI_RPM = 0
-    settings.OPENAI_TPM = 0
+    server.point(settings, max_retries=0)
     settings.BATCH_POLL_SECONDS = poll
 
 

@@ -35,12 +35,7 @@ def work() -> None:
 
 
 def use_fake(settings: Any, server: FakeOpenAI) -> None:
-    settings.OPENAI_API_KEY = "sk-test-key"
-    settings.OPENAI_BASE_URL = server.base_url
-    settings.OPENAI_TIMEOUT = 2.0
-    settings.OPENAI_MAX_RETRIES = 1
-    settings.OPENAI_RPM = 0
-    settings.OPENAI_TPM = 0
+    server.point(settings)
 
 
 def openai_run(tmp_path: Path, n: int, **options: Any) -> GenerationRun:

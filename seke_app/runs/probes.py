@@ -157,10 +157,10 @@ def configured_for(config: ClientConfig, probe: EndpointProbe | None) -> ClientC
 
 def images_refused(probe: EndpointProbe | None) -> str | None:
     """Why a run cannot use the endpoint (it refused images when checked), or None."""
-    if probe is None or probe.images != Answer.NO.value:
+    found = _found_no(probe, "images")
+    if probe is None or found is None:
         return None
-    when = timezone.localtime(probe.finished_at).strftime("%Y-%m-%d %H:%M")
-    reason = probe.evidence.get("images", "")
+    when, reason = found
     return (
         f"{probe.model_name} did not take images when checked at {when} ({reason}); every"
         " face is sent as an image: choose a vision model, or check the endpoint again"
@@ -169,11 +169,19 @@ def images_refused(probe: EndpointProbe | None) -> str | None:
 
 def batch_refused(probe: EndpointProbe | None) -> str | None:
     """Why a batch run cannot use the endpoint (it had no Batch API when checked), or None."""
-    if probe is None or probe.batch != Answer.NO.value:
+    found = _found_no(probe, "batch")
+    if probe is None or found is None:
         return None
-    when = timezone.localtime(probe.finished_at).strftime("%Y-%m-%d %H:%M")
-    reason = probe.evidence.get("batch", "")
+    when, reason = found
     return (
         f"the endpoint had no Batch API when {probe.model_name} was checked at {when}"
         f" ({reason}): run without the Batch API, or check the endpoint again"
     )
+
+
+def _found_no(probe: EndpointProbe | None, capability: str) -> tuple[str, str] | None:
+    """When ``probe`` found the endpoint without ``capability``, and its evidence."""
+    if probe is None or getattr(probe, capability) != Answer.NO.value:
+        return None
+    when = timezone.localtime(probe.finished_at).strftime("%Y-%m-%d %H:%M")
+    return when, str(probe.evidence.get(capability, ""))
