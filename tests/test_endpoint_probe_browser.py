@@ -43,15 +43,15 @@ def test_the_button_checks_the_endpoint_and_the_form_shows_the_answers(
     expect(note).to_contain_text("gpt-4o at")
     expect(note).to_contain_text("has not been checked")
 
-    page.get_by_label("Model").fill("gpt-4.1")
-    page.get_by_label("Model").dispatch_event("change")
+    page.get_by_label("Model", exact=True).fill("gpt-4.1")
+    page.get_by_label("Model", exact=True).dispatch_event("change")
     expect(note).to_contain_text("gpt-4.1 at")
     # Leaving the field fires its change as the button is pressed: both requests race.
-    page.get_by_label("Model").fill("gpt-4o-mini")
+    page.get_by_label("Model", exact=True).fill("gpt-4o-mini")
     page.get_by_role("button", name="Check the endpoint").click()
     expect(note).to_contain_text("A check of gpt-4o-mini is waiting for a worker")
     # The form stayed as it was: htmx swapped the note alone.
-    assert page.get_by_label("Model").input_value() == "gpt-4o-mini"
+    assert page.get_by_label("Model", exact=True).input_value() == "gpt-4o-mini"
 
     work_in_process("default")
     expect(note).to_contain_text("Checked", timeout=10_000)
