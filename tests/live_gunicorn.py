@@ -69,6 +69,10 @@ SETTINGS_ENV: dict[str, Callable[[Any], tuple[str, str]]] = {
     "MAX_UPLOAD_BYTES": lambda value: ("SEKE_MAX_UPLOAD_MB", _mebibytes(value)),
     # A bucket (tests/test_object_storage.py); None gives the empty value, unset.
     "OBJECT_STORAGE": lambda value: ("SEKE_STORAGE_URL", value.url() if value else ""),
+    # tests/test_endpoint_probe_browser.py points the run form at the fake endpoint.
+    "OPENAI_API_KEY": lambda value: ("OPENAI_API_KEY", str(value)),
+    "OPENAI_BASE_URL": lambda value: ("OPENAI_BASE_URL", value or ""),
+    "SEKE_MODEL": lambda value: ("SEKE_MODEL", str(value)),
     # tests/test_webhooks.py shortens the delivery's timeout and retry delays.
     "WEBHOOK_TIMEOUT": lambda value: ("SEKE_WEBHOOK_TIMEOUT", repr(float(value))),
     "WEBHOOK_RETRY_DELAYS": lambda value: (
