@@ -306,6 +306,12 @@ OPENAI_TIMEOUT = env_float("SEKE_OPENAI_TIMEOUT", 60.0, minimum=1.0)
 # Faces are sent downscaled so that their longer side is at most this many pixels.
 IMAGE_MAX_SIDE = env_int("SEKE_IMAGE_MAX_SIDE", 512, minimum=32)
 OPENAI_MAX_RETRIES = env_int("SEKE_OPENAI_MAX_RETRIES", 4, minimum=0)
+# Alternatives asked for per token, whose log-probabilities make a sample's
+# expression a soft vote (README, "Token log-probabilities as soft votes"); 0 asks
+# for none. OpenAI allows at most 20 (engine.llm.client.MAX_TOP_LOGPROBS).
+OPENAI_TOP_LOGPROBS = env_int("SEKE_OPENAI_TOP_LOGPROBS", 10, minimum=0)
+if OPENAI_TOP_LOGPROBS > 20:
+    raise ConfigError(f"SEKE_OPENAI_TOP_LOGPROBS must be at most 20, not {OPENAI_TOP_LOGPROBS}")
 # Shared by every worker through Redis; 0 disables a limit.
 OPENAI_RPM = env_int("SEKE_OPENAI_RPM", 500, minimum=0)
 OPENAI_TPM = env_int("SEKE_OPENAI_TPM", 2_000_000, minimum=0)

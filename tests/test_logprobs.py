@@ -24,6 +24,8 @@ from seke_app.engine.schema import answer_to_schema_json
 from seke_app.engine.types import AnnotationRequest, Answer, VerificationRequest
 from seke_app.engine.uamc import UAMCParams, run_uamc
 from seke_app.engine.vocab import EXPRESSIONS, FEID_AUS, Vocabulary
+from seke_app.runs.backends import backend_for
+from seke_app.runs.prompts import prompt_version_active
 from tests.fake_openai import FIXED_ANSWER, FakeOpenAI, token_logprobs
 
 
@@ -356,3 +358,18 @@ def test_confident_logprobs_settle_a_split_sooner_and_grade_the_verification(
     assert soft.uncertainty.expression.soft and not hard.uncertainty.expression.soft
     assert soft.confidence.components["expression"]["verification"] == pytest.approx(0.99)
     assert hard.confidence.components["expression"]["verification"] == 1.0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("setting", [0, 5])
+def test_a_runs_client_asks_for_the_alternatives_the_setting_gives(
+    settings: Any, setting: int
+) -> None:
+    settings.OPENAI_API_KEY = "sk-test-key"
+    settings.OPENAI_TOP_LOGPROBS = setting
+    backend = backend_for("openai", "gpt-4o", prompt_version_active(), check_only=True)
+    try:
+        assert isinstance(backend, OpenAIBackend)
+        assert backend.client.top_logprobs == setting
+    finally:
+        backend.close()

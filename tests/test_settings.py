@@ -62,6 +62,8 @@ def start(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[st
         ("SEKE_MAX_PIXELS", "lots", "SEKE_MAX_PIXELS must be an integer"),
         ("SEKE_MAX_IMAGE_MB", "-3", "SEKE_MAX_IMAGE_MB must be at least"),
         ("SEKE_AU_VOCABULARY", "klingon", "SEKE_AU_VOCABULARY must be one of"),
+        ("SEKE_OPENAI_TOP_LOGPROBS", "21", "SEKE_OPENAI_TOP_LOGPROBS must be at most 20"),
+        ("SEKE_OPENAI_TOP_LOGPROBS", "-1", "SEKE_OPENAI_TOP_LOGPROBS must be at least 0"),
         ("SEKE_PRICES", "gpt-4o: 2.5", "SEKE_PRICES is not JSON"),
         ("SEKE_PRICES", '{"local": {"input": 1}}', "SEKE_PRICES local: output missing"),
         ("SEKE_PRICES", '{"local": {"input": -1, "output": 2}}', "non-negative price"),

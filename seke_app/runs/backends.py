@@ -131,6 +131,7 @@ def _openai_backend(model_name: str, concurrency: int) -> OpenAIBackend:
         max_retries=settings.OPENAI_MAX_RETRIES,
         max_concurrency=concurrency,
         prices=settings.SEKE_PRICES,
+        top_logprobs=settings.OPENAI_TOP_LOGPROBS,
     )
     config = configured_for(config, probe)
     return OpenAIBackend(VLLMClient(config), model=model_name, max_side=settings.IMAGE_MAX_SIDE)
