@@ -16,6 +16,7 @@ from seke_app.engine.types import (
     AnnotationRequest,
     Answer,
     KnownLabels,
+    ProbsSource,
     Sample,
     Usage,
     VerificationRequest,
@@ -29,6 +30,7 @@ from seke_app.engine.uamc import (
     run_uamc,
 )
 from seke_app.engine.uamc import params as confidence_module
+from seke_app.engine.uamc.uncertainty import settled_probability
 from seke_app.engine.vocab import DEFAULT_VOCABULARY
 
 VOCAB = DEFAULT_VOCABULARY
@@ -69,8 +71,10 @@ class ScriptedBackend:
         revision: Answer | None = None,
         verification_error: str | None = None,
         verifier_probs: dict[str, float] | None = None,
+        probs_source: ProbsSource | None = None,
     ) -> None:
         self.script = list(script)
+        self.probs_source = probs_source
         self.calls: list[int] = []
         self.verdict = verdict
         self.revision = revision
@@ -95,6 +99,7 @@ class ScriptedBackend:
                         answer=reply,
                         usage=USAGE,
                         expression_probs=probs,
+                        probs_source=self.probs_source,
                     )
                 )
             else:
@@ -822,6 +827,108 @@ def test_probabilities_outside_the_vocabulary_are_dropped_and_renormalised() -> 
         UAMCParams(kmax=3),
     )
     assert result.uncertainty.expression.mass == {"neutral": 1.5, "happiness": 1.5}
+
+
+# --- Stopping on soft votes from token log-probabilities -----------------------------
+
+
+def logprob_votes(*votes: tuple[str, dict[str, float]]) -> ScriptedBackend:
+    """A backend whose votes carry token log-probabilities' probabilities."""
+    script = [(answer(e), probs) for e, probs in votes]
+    return ScriptedBackend(script, probs_source="logprobs")
+
+
+SURE_HAPPY = ("happiness", {"happiness": 0.9, "neutral": 0.1})
+
+
+def test_consistent_confident_logprob_votes_stop_after_the_first_round() -> None:
+    backend = logprob_votes(*[SURE_HAPPY] * 10)
+    result = run(backend)
+    margin = result.uncertainty.expression.margin
+    assert backend.calls == [3]
+    assert margin is not None and (margin.top, margin.runner_up) == ("happiness", "neutral")
+    assert margin.mean == pytest.approx(0.8) and margin.sd == pytest.approx(0.0)
+    assert margin.settled >= 0.7 and not result.uncertainty.expression.unsure
+    # Counted as fractional votes, the same probabilities (a posterior of 0.67 for
+    # 2.7 votes of 3) would keep the sampler drawing.
+    assert result.uncertainty.expression.plurality_posterior < 0.7
+    counted = ScriptedBackend([(answer("happiness"), SURE_HAPPY[1])] * 10)
+    run(counted)
+    assert len(counted.calls) > 1
+
+
+def test_split_logprob_votes_keep_sampling_until_the_margin_settles() -> None:
+    sure_sad = ("sadness", {"sadness": 0.9, "neutral": 0.1})
+    backend = logprob_votes(SURE_HAPPY, sure_sad, *[SURE_HAPPY] * 10)
+    result = run(backend)
+    margin = result.uncertainty.expression.margin
+    # After 2/1 the mean margin is 0.27 with a standard error of 0.55 (settled
+    # 0.67); two more votes spread alike would settle it (0.72), and at 4/1 they
+    # do (0.89).
+    assert backend.calls == [3, 2]
+    assert margin is not None and margin.settled >= 0.7
+    assert (margin.top, margin.runner_up) == ("happiness", "sadness")
+
+
+def test_a_small_margin_is_not_settled_by_three_votes_that_happen_to_agree() -> None:
+    # The margins do not spread at all, yet the standard error keeps its floor
+    # of 1/3, so 0.1 is no certainty; nor would two more votes make it one.
+    # The floor falls as votes accumulate: at seven it is 1/7, and 0.1 settles.
+    hesitant = ("fear", {"fear": 0.55, "surprise": 0.45})
+    backend = logprob_votes(*[hesitant] * 10)
+    result = run(backend)
+    margin = result.uncertainty.expression.margin
+    assert margin is not None and margin.sd == pytest.approx(0.0)
+    assert margin.se == pytest.approx(1 / 3)
+    assert result.uncertainty.expression.unsure
+    assert backend.calls == [3]
+    backend = logprob_votes(*[hesitant] * 10)
+    result = run(backend, futility=False)
+    assert backend.calls == [3, 2, 2]
+    assert not result.uncertainty.expression.unsure
+
+
+def test_the_margins_standard_error_pools_one_vote_of_the_largest_spread() -> None:
+    for n in (1, 2, 3, 10):
+        se, settled = settled_probability(0.0, 0.0, n)
+        assert se == pytest.approx(1 / n) and settled == pytest.approx(0.5)
+    # A spread larger than the pseudo-vote's raises the standard error above it.
+    assert settled_probability(0.5, 1.5, 5)[0] > 1 / 5
+    with pytest.raises(ValueError, match="at least one vote"):
+        settled_probability(0.5, 0.0, 0)
+
+
+def test_a_whole_vote_among_logprob_votes_enters_the_margin_as_a_certain_one() -> None:
+    script: list[Answer | str | tuple[Answer, dict[str, float]]] = [
+        (answer("happiness"), SURE_HAPPY[1]),
+        answer("neutral"),
+        (answer("happiness"), SURE_HAPPY[1]),
+    ]
+    result = run(ScriptedBackend(script, probs_source="logprobs"), kmax=3)
+    margin = result.uncertainty.expression.margin
+    assert margin is not None
+    assert margin.mean == pytest.approx((0.8 - 1.0 + 0.8) / 3)
+
+
+@pytest.mark.parametrize("source", [None, "views"])
+def test_other_soft_votes_and_whole_votes_keep_the_plurality_posterior_rule(
+    source: ProbsSource | None,
+) -> None:
+    soft = ScriptedBackend([(answer("happiness"), SURE_HAPPY[1])] * 10, probs_source=source)
+    whole = ScriptedBackend([answer("happiness")] * 10)
+    for backend in (soft, whole):
+        result = run(backend)
+        assert result.uncertainty.expression.margin is None
+    assert len(soft.calls) > 1 and whole.calls == [3]
+
+
+def test_the_probabilities_source_and_the_margin_are_stored() -> None:
+    stored = run(logprob_votes(*[SURE_HAPPY] * 10)).to_json()
+    assert [s["probs_source"] for s in stored["samples"]] == ["logprobs"] * 3 + [None]
+    margin = stored["uncertainty"]["expression"]["margin"]
+    assert margin["top"] == "happiness" and margin["settled"] >= 0.7
+    whole = run(ScriptedBackend([answer("happiness")] * 10)).to_json()
+    assert whole["uncertainty"]["expression"]["margin"] is None
 
 
 @pytest.mark.parametrize("counts", [[3, 0, 0, 0, 0, 0, 0, 0], [2, 1, 0, 0, 0, 0, 0, 0], [4, 1, 1]])

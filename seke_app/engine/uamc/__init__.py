@@ -80,6 +80,8 @@ Uncertainty per grain (computed on the votes after every round)
     special case. The entropy stays that of the drawn votes. A confident view
     (p = 0.95) then counts almost fully and a hesitant one (p = 0.4) only partly,
     so the confidence follows the backend's own certainty, not only its votes.
+    Whether soft votes from token log-probabilities have settled the expression
+    is read from their spread instead ("Stopping rule").
 
     Valence-arousal: mean, median, sample standard deviation (spread) and
     standard error of the mean of V and of A. Unsure when either standard error
@@ -121,6 +123,48 @@ Stopping rule
     held-out training images. The samples per image with and without the stop
     and the entropy rule are in ``bench/README.md``, measured by
     ``python bench/uamc_vs_fixed.py`` and its ``--tune`` mode.
+
+    Soft votes from token log-probabilities (``Sample.probs_source``
+    "logprobs") settle the expression by another test. The schema has the model
+    write its evidence and AUs before the expression, so a sample's
+    probabilities there are its distribution *given its own sampled reasoning*,
+    and their mean estimates the model's distribution over expressions.
+    Averaging these conditional probabilities instead of the drawn votes is a
+    Rao-Blackwellised estimate: its variance is never larger than the whole
+    votes'. Whether more samples could change the plurality is therefore read
+    from how the samples' distributions spread (``uncertainty.MarginStats``):
+    each vote's margin ``d = q(top) - q(runner-up)`` between the two classes of
+    largest mass, and ``settled``, the probability that the model's mean margin
+    is positive (one-sided Student's t on the mean over its standard error, the
+    posterior of the mean under a flat prior). The expression is unsure while
+    ``settled`` is below ``plurality_threshold``. The vote entropy and the
+    plurality posterior of the masses do not enter: both count the draw's
+    noise that the soft votes remove, and the masses as fractional counts make
+    three votes of 0.9 weigh less than three lucky whole votes, which buys
+    samples and no accuracy.
+
+    The standard error pools the votes' variance with one pseudo-vote of the
+    largest spread a margin in [-1, 1] can have (``MARGIN_PRIOR_SD``, 1: whole
+    votes split evenly between the two classes, i.e. samples whose reasoning
+    decides the answer), with as many degrees of freedom as votes. So it is at
+    least ``1 / k`` for ``k`` votes: two or three votes that happen to agree
+    cannot claim certainty from a spread they are too few to measure. Three
+    votes that agree settle the plurality when their margin is about 0.2 or
+    more (at ``plurality_threshold`` 0.7), three unanimous whole votes do, and
+    2/1 whole votes do not; the floor falls as the votes accumulate. The
+    futility stop projects the same mean and standard deviation onto ``step``
+    more votes. A vote without probabilities in such a run (its reading
+    failed) enters with a margin of 1, -1 or 0: the same expectation as its
+    distribution's, and its larger spread is counted.
+
+    Only log-probability soft votes are read this way. The offline annotator's
+    probabilities ("views") are softmaxes of augmented views, not conditional
+    on a sampled reasoning, and keep the fractional-count rule their figures
+    were measured with. Only whether to draw more changes: the plurality, the
+    confidence (still the plurality posterior of the masses) and the flags keep
+    their definitions, so they differ from whole votes' only through the
+    samples drawn. The figures are in ``bench/README.md``, measured by
+    ``python bench/logprob_votes.py``.
 
 Aggregation
     Plurality expression (by mass, see "Soft votes"). Ties are broken by
@@ -305,6 +349,7 @@ def _sample_json(sample: Sample) -> dict[str, Any]:
         "verdict": dict(sample.verdict) if sample.verdict is not None else None,
         "usage": asdict(sample.usage),
         "expression_probs": sample.expression_probs,
+        "probs_source": sample.probs_source,
         "va_sd": list(sample.va_sd) if sample.va_sd is not None else None,
     }
 

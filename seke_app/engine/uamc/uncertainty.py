@@ -1,4 +1,4 @@
-"""Votes, their uncertainty per grain, and the plurality posterior."""
+"""Votes, their uncertainty per grain, the plurality posterior and the soft votes' margin."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
+from scipy import stats
 
 from seke_app.engine.types import (
     Answer,
@@ -17,6 +18,31 @@ from seke_app.engine.types import (
 from seke_app.engine.uamc.params import GRAINS, UAMCParams
 from seke_app.engine.vocab import Vocabulary
 
+# The standard deviation of the one pseudo-vote's margin that ``margin_stats``
+# pools with the votes' own spread: the largest a margin in [-1, 1] can have.
+MARGIN_PRIOR_SD = 1.0
+
+
+@dataclass(frozen=True)
+class MarginStats:
+    """How settled the plurality is, read from the spread of the votes' own
+    probabilities (see "Stopping rule" in ``uamc``).
+
+    ``top`` and ``runner_up`` have the two largest masses; ``mean`` and ``sd`` are
+    the mean and the sample standard deviation (0 for one vote) of each vote's
+    margin ``q(top) - q(runner_up)``; ``se`` is the mean's standard error with one
+    pseudo-vote of spread ``MARGIN_PRIOR_SD`` pooled in; ``settled`` is the
+    probability that the model's mean margin is positive (Student's t with as
+    many degrees of freedom as votes).
+    """
+
+    top: str
+    runner_up: str
+    mean: float
+    sd: float
+    se: float
+    settled: float
+
 
 @dataclass(frozen=True)
 class ExpressionStats:
@@ -24,7 +50,9 @@ class ExpressionStats:
 
     ``votes`` counts the answers' expressions; ``mass`` is what the statistics use:
     the same counts, except that a sample carrying ``expression_probs`` adds those
-    probabilities instead of one whole vote.
+    probabilities instead of one whole vote. ``margin`` is set when some vote's
+    probabilities are token log-probabilities (``Sample.probs_source``); ``unsure``
+    then reads it alone, and the confidence still reads the masses.
     """
 
     votes: dict[str, int]
@@ -32,6 +60,7 @@ class ExpressionStats:
     plurality_posterior: float
     unsure: bool
     mass: dict[str, float] = field(default_factory=dict)
+    margin: MarginStats | None = None
 
     @property
     def soft(self) -> bool:
@@ -174,11 +203,53 @@ def normalised_entropy(counts: Sequence[float]) -> float:
     return -sum(p * math.log(p) for p in shares) / math.log(len(counts))
 
 
+def settled_probability(mean: float, sd: float, n: int) -> tuple[float, float]:
+    """The standard error of ``n`` margins' mean and P(model's mean margin > 0).
+
+    The votes' variance is pooled with one pseudo-vote of variance
+    ``MARGIN_PRIOR_SD ** 2`` (a scaled inverse chi-squared prior with one degree
+    of freedom), so the standard error is never below ``MARGIN_PRIOR_SD / n``:
+    a few votes that happen to agree cannot claim certainty from their lack of
+    spread. The probability is Student's t at ``mean / se`` with ``n`` degrees of
+    freedom (the votes' ``n - 1`` and the pseudo-vote's one).
+    """
+    if n < 1:
+        raise ValueError("a margin needs at least one vote")
+    variance = (MARGIN_PRIOR_SD**2 + (n - 1) * sd**2) / n
+    se = math.sqrt(variance / n)
+    return se, float(stats.t.cdf(mean / se, df=n))
+
+
+def margin_stats(
+    weights: Sequence[Mapping[str, float]], mass: Mapping[str, float], vocabulary: Vocabulary
+) -> MarginStats:
+    """The margins of the votes' probabilities between the two classes with the
+    largest masses (``mass`` most first; a class without mass comes after those
+    with, in the vocabulary's order)."""
+    if not weights:
+        raise ValueError("a margin needs at least one vote")
+    ranked = list(mass) + [e for e in vocabulary.expressions if e not in mass]
+    top, runner_up = ranked[0], ranked[1]
+    totals = [sum(w.values()) or 1.0 for w in weights]
+    margins = np.asarray(
+        [
+            (w.get(top, 0.0) - w.get(runner_up, 0.0)) / t
+            for w, t in zip(weights, totals, strict=True)
+        ],
+        dtype=np.float64,
+    )
+    mean = float(margins.mean())
+    sd = float(margins.std(ddof=1)) if margins.size > 1 else 0.0
+    se, settled = settled_probability(mean, sd, int(margins.size))
+    return MarginStats(top, runner_up, mean, sd, se, settled)
+
+
 def _expression_stats(
     answers: Sequence[Answer],
     params: UAMCParams,
     vocabulary: Vocabulary,
     weights: Sequence[Mapping[str, float]] | None = None,
+    conditional: bool = False,
 ) -> ExpressionStats:
     counter = Counter(a.expression for a in answers)
     votes = dict(sorted(counter.items(), key=lambda kv: (-kv[1], _order(vocabulary, kv[0]))))
@@ -197,6 +268,11 @@ def _expression_stats(
     }
     entropy = normalised_entropy([counter.get(e, 0) for e in vocabulary.expressions])
     posterior = plurality_posterior(masses, masses.index(max(masses)))
+    if conditional:
+        margin = margin_stats(weights, mass, vocabulary)
+        return ExpressionStats(
+            votes, entropy, posterior, margin.settled < params.plurality_threshold, mass, margin
+        )
     unsure = entropy > params.entropy_threshold or posterior < params.plurality_threshold
     return ExpressionStats(votes, entropy, posterior, unsure, mass)
 
@@ -241,12 +317,16 @@ def measure(
     vocabulary: Vocabulary,
     weights: Sequence[Mapping[str, float]] | None = None,
     va_sds: Sequence[tuple[float, float] | None] = (),
+    conditional: bool = False,
 ) -> Uncertainty:
     """Every grain's uncertainty over the votes (``weights``: see ``vote_weights``;
-    ``va_sds``: each vote's ``Sample.va_sd``)."""
+    ``va_sds``: each vote's ``Sample.va_sd``; ``conditional``: whether the weights
+    include probabilities conditional on each sample's own reasoning, token
+    log-probabilities, whose spread then decides whether the expression is
+    settled, see ``MarginStats``)."""
     return Uncertainty(
         n_votes=len(answers),
-        expression=_expression_stats(answers, params, vocabulary, weights),
+        expression=_expression_stats(answers, params, vocabulary, weights, conditional),
         va=_va_stats(answers, params, va_sds),
         aus=_au_stats(answers, params, vocabulary),
     )
@@ -307,12 +387,16 @@ def vocabulary_probs(
 def _measure_samples(
     samples: Sequence[Sample], params: UAMCParams, vocabulary: Vocabulary
 ) -> Uncertainty:
+    voting = _voting(samples, vocabulary)
     return measure(
         votes_of(samples, vocabulary),
         params,
         vocabulary,
         vote_weights(samples, vocabulary),
-        [s.va_sd for s in _voting(samples, vocabulary)],
+        [s.va_sd for s in voting],
+        conditional=any(
+            s.probs_source == "logprobs" and s.expression_probs is not None for s in voting
+        ),
     )
 
 
@@ -328,3 +412,15 @@ def projected_posterior(
     scale = max(min(n + params.step, params.kmax), n) / n
     masses = [stats.mass.get(e, 0.0) * scale for e in vocabulary.expressions]
     return plurality_posterior(masses, masses.index(max(masses)))
+
+
+def projected_settled(uncertainty: Uncertainty, params: UAMCParams) -> float:
+    """``MarginStats.settled`` expected after the next round if its margins spread
+    as those so far: the same mean and standard deviation over ``step`` more votes
+    (at most ``kmax``). 0 without a margin."""
+    margin = uncertainty.expression.margin
+    n = uncertainty.n_votes
+    if margin is None or n == 0:
+        return 0.0
+    more = max(min(n + params.step, params.kmax), n)
+    return settled_probability(margin.mean, margin.sd, more)[1]
