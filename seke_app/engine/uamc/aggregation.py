@@ -49,10 +49,13 @@ def _worth_sampling(
         return False
     if not params.futility or uncertainty.n_votes == 0:
         return True
-    if uncertainty.expression.margin is not None:
+    margin = uncertainty.expression.margin
+    if margin is not None:
+        # The same futility test on the soft votes' mean distribution and worth.
         expression = (
             "expression" in unsure
-            and projected_settled(uncertainty, params) >= params.plurality_threshold
+            and margin.entropy <= params.entropy_threshold
+            and projected_settled(uncertainty, params, vocabulary) >= params.plurality_threshold
         )
     else:
         # The projection keeps the votes' shares, so it keeps their entropy too: a

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from scipy import stats
 
 from seke_app.engine.types import (
     Answer,
@@ -18,29 +17,28 @@ from seke_app.engine.types import (
 from seke_app.engine.uamc.params import GRAINS, UAMCParams
 from seke_app.engine.vocab import Vocabulary
 
-# The standard deviation of the one pseudo-vote's margin that ``margin_stats``
-# pools with the votes' own spread: the largest a margin in [-1, 1] can have.
-MARGIN_PRIOR_SD = 1.0
-
 
 @dataclass(frozen=True)
 class MarginStats:
-    """How settled the plurality is, read from the spread of the votes' own
-    probabilities (see "Stopping rule" in ``uamc``).
+    """What the votes' own probabilities say about the plurality (see "Stopping
+    rule" in ``uamc``).
 
-    ``top`` and ``runner_up`` have the two largest masses; ``mean`` and ``sd`` are
-    the mean and the sample standard deviation (0 for one vote) of each vote's
-    margin ``q(top) - q(runner_up)``; ``se`` is the mean's standard error with one
-    pseudo-vote of spread ``MARGIN_PRIOR_SD`` pooled in; ``settled`` is the
-    probability that the model's mean margin is positive (Student's t with as
-    many degrees of freedom as votes).
+    ``top`` and ``runner_up`` have the two largest masses. ``mean`` is the mean of
+    each vote's margin ``q(top) - q(runner_up)`` and ``spread`` the sum of their
+    squared deviations from it. ``whole_variance`` is the variance of the margin
+    of one whole vote drawn from the votes' mean distribution. ``effective_votes``
+    is how many whole votes the votes are worth (``effective_votes``), ``entropy``
+    the normalised entropy of their mean distribution, and ``settled`` the
+    plurality posterior of that distribution counted as ``effective_votes`` votes.
     """
 
     top: str
     runner_up: str
     mean: float
-    sd: float
-    se: float
+    spread: float
+    whole_variance: float
+    effective_votes: float
+    entropy: float
     settled: float
 
 
@@ -52,7 +50,8 @@ class ExpressionStats:
     the same counts, except that a sample carrying ``expression_probs`` adds those
     probabilities instead of one whole vote. ``margin`` is set when some vote's
     probabilities are token log-probabilities (``Sample.probs_source``); ``unsure``
-    then reads it alone, and the confidence still reads the masses.
+    then reads its entropy and ``settled`` instead of ``entropy`` and
+    ``plurality_posterior``, which the confidence still reads.
     """
 
     votes: dict[str, int]
@@ -203,45 +202,64 @@ def normalised_entropy(counts: Sequence[float]) -> float:
     return -sum(p * math.log(p) for p in shares) / math.log(len(counts))
 
 
-def settled_probability(mean: float, sd: float, n: int) -> tuple[float, float]:
-    """The standard error of ``n`` margins' mean and P(model's mean margin > 0).
+def effective_votes(n: int, whole_variance: float, spread: float) -> float:
+    """How many whole votes ``n`` votes with margins of sum of squared deviations
+    ``spread`` are worth, when a whole vote's margin has ``whole_variance``.
 
-    The votes' variance is pooled with one pseudo-vote of variance
-    ``MARGIN_PRIOR_SD ** 2`` (a scaled inverse chi-squared prior with one degree
-    of freedom), so the standard error is never below ``MARGIN_PRIOR_SD / n``:
-    a few votes that happen to agree cannot claim certainty from their lack of
-    spread. The probability is Student's t at ``mean / se`` with ``n`` degrees of
-    freedom (the votes' ``n - 1`` and the pseudo-vote's one).
+    The votes' margin variance is their squared deviations pooled with one
+    pseudo-vote of a whole vote's variance, ``(whole_variance + spread) / (n + 1)``;
+    their mean is then as precise as that of ``n * whole_variance / variance``
+    whole votes. Whole votes that split are worth exactly ``n`` (their squared
+    deviations are ``n * whole_variance``); votes without any spread are worth at
+    most ``n * (n + 1)``, the floor the pseudo-vote sets, so that two or three
+    votes that happen to agree cannot claim certainty from a spread they are too
+    few to measure. Unanimous whole votes have no spread and count the same.
     """
     if n < 1:
-        raise ValueError("a margin needs at least one vote")
-    variance = (MARGIN_PRIOR_SD**2 + (n - 1) * sd**2) / n
-    se = math.sqrt(variance / n)
-    return se, float(stats.t.cdf(mean / se, df=n))
+        raise ValueError("effective votes need at least one vote")
+    variance = (whole_variance + spread) / (n + 1)
+    if variance <= 0.0:
+        return float(n * (n + 1))
+    return n * whole_variance / variance
 
 
 def margin_stats(
-    weights: Sequence[Mapping[str, float]], mass: Mapping[str, float], vocabulary: Vocabulary
+    weights: Sequence[Mapping[str, float]],
+    mass: Mapping[str, float],
+    vocabulary: Vocabulary,
 ) -> MarginStats:
-    """The margins of the votes' probabilities between the two classes with the
-    largest masses (``mass`` most first; a class without mass comes after those
-    with, in the vocabulary's order)."""
-    if not weights:
-        raise ValueError("a margin needs at least one vote")
+    """The votes' margins between the two classes with the largest masses
+    (``mass`` most first; a class without mass comes after those with, in the
+    vocabulary's order) and the plurality posterior they support."""
+    if not weights or len(vocabulary.expressions) < 2:
+        raise ValueError("a margin needs at least one vote and two expressions")
+    n = len(weights)
     ranked = list(mass) + [e for e in vocabulary.expressions if e not in mass]
     top, runner_up = ranked[0], ranked[1]
-    totals = [sum(w.values()) or 1.0 for w in weights]
+    distributions = [{e: p / (sum(w.values()) or 1.0) for e, p in w.items()} for w in weights]
     margins = np.asarray(
-        [
-            (w.get(top, 0.0) - w.get(runner_up, 0.0)) / t
-            for w, t in zip(weights, totals, strict=True)
-        ],
-        dtype=np.float64,
+        [q.get(top, 0.0) - q.get(runner_up, 0.0) for q in distributions], dtype=np.float64
     )
+    shares = [sum(q.get(e, 0.0) for q in distributions) / n for e in vocabulary.expressions]
     mean = float(margins.mean())
-    sd = float(margins.std(ddof=1)) if margins.size > 1 else 0.0
-    se, settled = settled_probability(mean, sd, int(margins.size))
-    return MarginStats(top, runner_up, mean, sd, se, settled)
+    spread = float(((margins - mean) ** 2).sum())
+    lead, second = shares[_order(vocabulary, top)], shares[_order(vocabulary, runner_up)]
+    whole_variance = max(0.0, lead + second - (lead - second) ** 2)
+    votes = effective_votes(n, whole_variance, spread)
+    return MarginStats(
+        top=top,
+        runner_up=runner_up,
+        mean=mean,
+        spread=spread,
+        whole_variance=whole_variance,
+        effective_votes=votes,
+        entropy=normalised_entropy(shares),
+        settled=_settled(shares, votes, _order(vocabulary, top)),
+    )
+
+
+def _settled(shares: Sequence[float], votes: float, index: int) -> float:
+    return plurality_posterior([share * votes for share in shares], index)
 
 
 def _expression_stats(
@@ -268,11 +286,13 @@ def _expression_stats(
     }
     entropy = normalised_entropy([counter.get(e, 0) for e in vocabulary.expressions])
     posterior = plurality_posterior(masses, masses.index(max(masses)))
-    if conditional:
+    # A vocabulary of one expression has no runner-up and nothing to settle.
+    if conditional and len(vocabulary.expressions) > 1:
         margin = margin_stats(weights, mass, vocabulary)
-        return ExpressionStats(
-            votes, entropy, posterior, margin.settled < params.plurality_threshold, mass, margin
+        unsure = (
+            margin.entropy > params.entropy_threshold or margin.settled < params.plurality_threshold
         )
+        return ExpressionStats(votes, entropy, posterior, unsure, mass, margin)
     unsure = entropy > params.entropy_threshold or posterior < params.plurality_threshold
     return ExpressionStats(votes, entropy, posterior, unsure, mass)
 
@@ -414,13 +434,18 @@ def projected_posterior(
     return plurality_posterior(masses, masses.index(max(masses)))
 
 
-def projected_settled(uncertainty: Uncertainty, params: UAMCParams) -> float:
-    """``MarginStats.settled`` expected after the next round if its margins spread
-    as those so far: the same mean and standard deviation over ``step`` more votes
-    (at most ``kmax``). 0 without a margin."""
+def projected_settled(
+    uncertainty: Uncertainty, params: UAMCParams, vocabulary: Vocabulary
+) -> float:
+    """``MarginStats.settled`` expected after the next round if its votes spread as
+    those so far: the same mean distribution, whole-vote variance and squared
+    deviation per vote over ``step`` more votes (at most ``kmax``). 0 without a
+    margin."""
     margin = uncertainty.expression.margin
     n = uncertainty.n_votes
     if margin is None or n == 0:
         return 0.0
     more = max(min(n + params.step, params.kmax), n)
-    return settled_probability(margin.mean, margin.sd, more)[1]
+    votes = effective_votes(more, margin.whole_variance, margin.spread * more / n)
+    shares = [uncertainty.expression.mass.get(e, 0.0) / n for e in vocabulary.expressions]
+    return _settled(shares, votes, _order(vocabulary, margin.top))
