@@ -213,7 +213,8 @@ def effective_votes(n: int, whole_variance: float, spread: float) -> float:
     deviations are ``n * whole_variance``); votes without any spread are worth at
     most ``n * (n + 1)``, the floor the pseudo-vote sets, so that two or three
     votes that happen to agree cannot claim certainty from a spread they are too
-    few to measure. Unanimous whole votes have no spread and count the same.
+    few to measure (unanimous whole votes, without spread, count so too). In
+    standard-error terms the floor is ``sqrt(whole_variance / (n * (n + 1)))``.
     """
     if n < 1:
         raise ValueError("effective votes need at least one vote")
