@@ -2,13 +2,16 @@
 
 Usage (from the repository root)::
 
-    python bench/logprob_votes.py [--images 200] [--jitter 0.3] [--seed 20261206]
+    python bench/logprob_votes.py [--images 200] [--jitter 0.3] [--commit 0]
+                                  [--seed 20261206] [--k0 3] [--va-sem-threshold 0.15]
 
 It starts the project's fake OpenAI server (``tests/fake_openai.py``) in-process
-and runs SV-UAMC (``run_uamc`` through ``OpenAIBackend`` on a ``VLLMClient``) on
-synthetic images twice: with log-probabilities asked for (each sample's expression
-counts as a soft vote, the verification is graded by its probability) and with
-``top_logprobs=0`` (whole votes, as before). Both passes see the same draws.
+and runs SV-UAMC (``run_uamc`` through ``OpenAIBackend`` on a ``VLLMClient``,
+default parameters but for ``--k0`` and ``--va-sem-threshold``) on synthetic
+images twice: with log-probabilities asked for (each sample's expression counts
+as a soft vote, the stopping rule reads the spread of the samples' margins, the
+verification is graded by its probability) and with ``top_logprobs=0`` (whole
+votes, as before). Both passes see the same draws.
 
 The fake plays a model with a known distribution. Every image has a hidden true
 expression, a confusable expression and a chance ``p`` (Beta(5, 1.5), clipped to
@@ -16,12 +19,17 @@ expression, a confusable expression and a chance ``p`` (Beta(5, 1.5), clipped to
 vocabulary puts ``p`` on the truth, ``1 - p - 0.02`` on the confusable class and
 0.02 over the rest. Each choice perturbs that distribution's log-probabilities by
 Gaussian noise (``--jitter``, as the evidence written before the expression would)
-and draws its expression from the result; its log-probabilities at the expression
-value are exactly that distribution, so the model is calibrated by construction.
-The verifier answers the most likely expression of its own perturbed distribution
-and confirms or revises the aggregate's accordingly. VA and AUs are the named
-class's typical values, identical across samples, so that only the expression
-decides how many samples are drawn.
+and, with ``--commit c``, moves the share ``c`` of it onto one class drawn from it
+(the class the sample's reasoning settled on); it draws its expression from the
+result, and its log-probabilities at the expression value are exactly that
+distribution, so the model is calibrated by construction. The commitment keeps
+the draws' distribution and only changes how much a sample's probabilities depend
+on its own reasoning: at 0 hardly at all (every soft vote is close to the image's
+distribution), towards 1 as much as a whole vote. The verifier answers the most
+likely expression of its own perturbed (never committed) distribution and
+confirms or revises the aggregate's accordingly. VA and AUs are the named class's
+typical values, identical across samples of one class, so that only the
+expression's draws spread them.
 
 It prints, for both passes: mean samples per image (the verification counts),
 the ratio of the two, expression accuracy against the hidden truth, the share
@@ -96,9 +104,12 @@ def model_distribution(truth: str, p: float) -> dict[str, float]:
 class SyntheticModel:
     """The fake's responder and its log-probabilities at the expression value."""
 
-    def __init__(self, images: dict[str, tuple[str, float]], jitter: float, seed: int) -> None:
+    def __init__(
+        self, images: dict[str, tuple[str, float]], jitter: float, seed: int, commit: float = 0.0
+    ) -> None:
         self.images = images
         self.jitter = jitter
+        self.commit = commit
         self.seed = seed
         self._calls: dict[tuple[str, str], int] = {}
         self._drawn: dict[tuple[int, int], dict[str, float]] = {}
@@ -114,6 +125,8 @@ class SyntheticModel:
             self._calls[key] = call
         rng = random.Random(f"{self.seed}:{url[-48:]}:{schema}:{call}:{index}")
         probs = self._perturbed(model_distribution(truth, p), rng)
+        if schema != "seke_verification" and self.commit > 0:
+            probs = self._committed(probs, rng)
         with self._lock:
             self._drawn[(id(body), index)] = probs
         if schema == "seke_verification":
@@ -132,6 +145,13 @@ class SyntheticModel:
         with self._lock:
             probs = self._drawn.pop((id(body), index), None)
         return None if probs is None else {e: math.log(q) for e, q in probs.items()}
+
+    def _committed(self, probs: dict[str, float], rng: random.Random) -> dict[str, float]:
+        """``commit`` of the mass moved to a class drawn from ``probs``: the reasoning
+        settled on it. The draws' marginal stays ``probs``'s."""
+        names = list(probs)
+        settled = rng.choices(names, weights=[probs[e] for e in names])[0]
+        return {e: (1.0 - self.commit) * q + self.commit * (e == settled) for e, q in probs.items()}
 
     def _perturbed(self, probs: dict[str, float], rng: random.Random) -> dict[str, float]:
         logits = {e: math.log(q) + rng.gauss(0.0, self.jitter) for e, q in probs.items()}
@@ -184,13 +204,14 @@ def run_pass(
     # The fake server lives with the tests (it needs pytest), so it is loaded here.
     from tests.fake_openai import FakeOpenAI
 
-    model = SyntheticModel(images, args.jitter, args.seed)
+    model = SyntheticModel(images, args.jitter, args.seed, args.commit)
     with FakeOpenAI(responder=model.respond, expression_logprobs=model.logprobs) as server:
         config = ClientConfig(
             base_url=server.base_url, api_key="bench", model="gpt-4o", top_logprobs=top_logprobs
         )
         with OpenAIBackend(VLLMClient(config), model="gpt-4o") as backend:
-            return evaluate(backend, items, UAMCParams(), VOCABULARY)
+            params = UAMCParams(k0=args.k0, va_sem_threshold=args.va_sem_threshold)
+            return evaluate(backend, items, params, VOCABULARY)
 
 
 def unflagged_error(report: EvalReport) -> float:
@@ -203,7 +224,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--jitter", type=float, default=0.3, help="sd of per-choice noise")
     parser.add_argument("--seed", type=int, default=20261206)
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--commit", type=float, default=0.0, help="share of each sample's mass its reasoning fixes"
+    )
+    parser.add_argument(
+        "--k0", type=int, default=UAMCParams().k0, help="first round's samples (both passes)"
+    )
+    parser.add_argument(
+        "--va-sem-threshold",
+        type=float,
+        default=UAMCParams().va_sem_threshold,
+        help="a large value takes VA out of the stopping decision (both passes)",
+    )
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.commit < 1.0:
+        # At 1 the other classes would get no probability, and no log-probability.
+        parser.error("--commit must lie in [0, 1)")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -219,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     reports = {label: run_pass(items, images, args, n) for label, n in (("off", 0), ("on", 10))}
     print(
         f"# Soft votes from logprobs on the fake server ({args.images} images, "
-        f"jitter {args.jitter}, seed {args.seed}, default SV-UAMC parameters)\n"
+        f"jitter {args.jitter}, commit {args.commit}, seed {args.seed}, "
+        f"SV-UAMC defaults with k0 {args.k0}, va_sem_threshold {args.va_sem_threshold})\n"
     )
     print(
         "| logprobs | samples/image | accuracy | flagged | error among unflagged "

@@ -373,3 +373,29 @@ def test_a_runs_client_asks_for_the_alternatives_the_setting_gives(
         assert backend.client.top_logprobs == setting
     finally:
         backend.close()
+
+
+def test_confident_logprobs_settle_a_unanimous_round_that_whole_votes_cannot(
+    fake_openai: FakeOpenAI,
+) -> None:
+    # Two whole votes of two leave the plurality posterior under 0.7, so whole
+    # votes draw a second round; two soft votes of 0.95 settle the margin at once.
+    fake_openai.responder = _answers("happiness")
+    request = AnnotationRequest(image_bytes=_face(), vocabulary=Vocabulary())
+    params = UAMCParams(k0=2)
+    results = {}
+    for logprobs in (False, True):
+        fake_openai.ignore_logprobs = not logprobs
+        fake_openai.expression_logprobs = _log({"happiness": 0.95, "neutral": 0.05})
+        with OpenAIBackend(_client(fake_openai), model="gpt-4o") as backend:
+            results[logprobs] = run_uamc(backend, request, params)
+
+    hard, soft = results[False], results[True]
+    assert hard.rounds == [2, 2] and soft.rounds == [2]
+    assert soft.n_samples < hard.n_samples
+    assert hard.uncertainty.expression.margin is None
+    assert soft.uncertainty.expression.margin is not None
+    assert soft.answer is not None and soft.answer.expression == "happiness"
+    stored = [s["probs_source"] for s in soft.to_json()["samples"]]
+    assert stored == ["logprobs"] * 3
+    assert [s["probs_source"] for s in hard.to_json()["samples"]] == [None] * 5

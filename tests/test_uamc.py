@@ -16,6 +16,7 @@ from seke_app.engine.types import (
     AnnotationRequest,
     Answer,
     KnownLabels,
+    ProbsSource,
     Sample,
     Usage,
     VerificationRequest,
@@ -29,6 +30,7 @@ from seke_app.engine.uamc import (
     run_uamc,
 )
 from seke_app.engine.uamc import params as confidence_module
+from seke_app.engine.uamc.uncertainty import effective_votes
 from seke_app.engine.vocab import DEFAULT_VOCABULARY
 
 VOCAB = DEFAULT_VOCABULARY
@@ -69,8 +71,10 @@ class ScriptedBackend:
         revision: Answer | None = None,
         verification_error: str | None = None,
         verifier_probs: dict[str, float] | None = None,
+        probs_source: ProbsSource | None = None,
     ) -> None:
         self.script = list(script)
+        self.probs_source = probs_source
         self.calls: list[int] = []
         self.verdict = verdict
         self.revision = revision
@@ -95,6 +99,7 @@ class ScriptedBackend:
                         answer=reply,
                         usage=USAGE,
                         expression_probs=probs,
+                        probs_source=self.probs_source,
                     )
                 )
             else:
@@ -822,6 +827,136 @@ def test_probabilities_outside_the_vocabulary_are_dropped_and_renormalised() -> 
         UAMCParams(kmax=3),
     )
     assert result.uncertainty.expression.mass == {"neutral": 1.5, "happiness": 1.5}
+
+
+# --- Stopping on soft votes from token log-probabilities -----------------------------
+
+
+def logprob_votes(*votes: tuple[str, dict[str, float]]) -> ScriptedBackend:
+    """A backend whose votes carry probabilities read from token log-probabilities."""
+    script = [(answer(e), probs) for e, probs in votes]
+    return ScriptedBackend(script, probs_source="logprobs")
+
+
+SURE_HAPPY = ("happiness", {"happiness": 0.9, "sadness": 0.1})
+SURE_SAD = ("sadness", {"sadness": 0.9, "happiness": 0.1})
+
+
+def test_consistent_confident_logprob_votes_stop_after_the_first_round() -> None:
+    backend = logprob_votes(*[SURE_HAPPY] * 10)
+    result = run(backend)
+    margin = result.uncertainty.expression.margin
+    assert backend.calls == [3]
+    assert margin is not None and (margin.top, margin.runner_up) == ("happiness", "sadness")
+    assert margin.mean == pytest.approx(0.8) and margin.spread == pytest.approx(0.0)
+    # Without spread three votes are worth the floor's 3 * 4 whole votes.
+    assert margin.effective_votes == pytest.approx(12.0)
+    assert margin.settled >= 0.7 and not result.uncertainty.expression.unsure
+    # Counted as fractional votes (2.7 of 3, a posterior of 0.67), the same
+    # probabilities keep the sampler drawing, and so does the confidence.
+    assert result.uncertainty.expression.plurality_posterior < 0.7
+    counted = ScriptedBackend([(answer("happiness"), SURE_HAPPY[1])] * 10)
+    run(counted)
+    assert len(counted.calls) > 1
+
+
+def test_split_logprob_votes_keep_sampling_until_the_plurality_settles() -> None:
+    backend = logprob_votes(SURE_HAPPY, SURE_SAD, *[SURE_HAPPY] * 10)
+    result = run(backend)
+    margin = result.uncertainty.expression.margin
+    # 2/1 is unsettled; two more votes spread alike may settle it, and 4/1 does.
+    assert backend.calls == [3, 2]
+    assert margin is not None and margin.settled >= 0.7
+    assert (margin.top, margin.runner_up) == ("happiness", "sadness")
+    # The same draws as whole votes: 2/1 would not settle within a round, so
+    # sampling stops at once (see the futility tests above).
+    whole = ScriptedBackend([answer("happiness"), answer("sadness")] + [answer("happiness")] * 10)
+    run(whole)
+    assert whole.calls == [3]
+
+
+def test_a_small_margin_is_not_settled_by_three_votes_that_happen_to_agree() -> None:
+    # The margins do not spread at all, but three votes count as at most twelve
+    # whole ones, and 0.55 against 0.45 of twelve votes is no certainty. The
+    # floor rises more slowly than the votes: five such votes settle it.
+    hesitant = ("fear", {"fear": 0.55, "surprise": 0.45})
+    backend = logprob_votes(*[hesitant] * 10)
+    result = run(backend, kmax=3)
+    margin = result.uncertainty.expression.margin
+    assert margin is not None and margin.effective_votes == pytest.approx(12.0)
+    assert result.uncertainty.expression.unsure
+    backend = logprob_votes(*[hesitant] * 10)
+    result = run(backend)
+    assert backend.calls == [3, 2]
+    assert not result.uncertainty.expression.unsure
+
+
+def test_soft_votes_are_worth_whole_votes_by_the_spread_of_their_margins() -> None:
+    # Whole votes split 2/1: margins 1, 1, -1, exactly as spread as whole votes.
+    whole_variance = 1.0 - (1 / 3) ** 2
+    spread = 2 * (2 / 3) ** 2 + (4 / 3) ** 2
+    assert effective_votes(3, whole_variance, spread) == pytest.approx(3.0)
+    # No spread: the pseudo-vote caps n votes at n (n + 1).
+    for n in (1, 2, 3, 10):
+        assert effective_votes(n, 0.5, 0.0) == pytest.approx(n * (n + 1))
+    assert effective_votes(3, 0.0, 0.0) == pytest.approx(12.0)
+    # More spread than whole votes would have: worth fewer than n.
+    assert effective_votes(3, 0.5, 3.0) < 3
+    with pytest.raises(ValueError, match="at least one vote"):
+        effective_votes(0, 0.5, 0.0)
+
+
+def test_split_whole_votes_in_a_logprob_run_settle_as_whole_votes_do() -> None:
+    votes = [(e, {e: 1.0}) for e in ("fear", "surprise", "fear")]
+    result = run(logprob_votes(*votes), kmax=3)
+    margin = result.uncertainty.expression.margin
+    assert margin is not None and margin.effective_votes == pytest.approx(3.0)
+    assert margin.settled == pytest.approx(plurality_posterior([2, 1, 0, 0, 0, 0, 0, 0], 0))
+
+
+def test_a_whole_vote_among_logprob_votes_enters_the_margin_as_a_certain_one() -> None:
+    script: list[Answer | str | tuple[Answer, dict[str, float]]] = [
+        (answer("happiness"), SURE_HAPPY[1]),
+        answer("sadness"),
+        (answer("happiness"), SURE_HAPPY[1]),
+    ]
+    result = run(ScriptedBackend(script, probs_source="logprobs"), kmax=3)
+    margin = result.uncertainty.expression.margin
+    assert margin is not None
+    assert margin.mean == pytest.approx((0.8 - 1.0 + 0.8) / 3)
+
+
+@pytest.mark.parametrize("source", [None, "views"])
+def test_other_soft_votes_and_whole_votes_keep_the_plurality_posterior_rule(
+    source: ProbsSource | None,
+) -> None:
+    soft = ScriptedBackend([(answer("happiness"), SURE_HAPPY[1])] * 10, probs_source=source)
+    whole = ScriptedBackend([answer("happiness")] * 10)
+    for backend in (soft, whole):
+        result = run(backend)
+        assert result.uncertainty.expression.margin is None
+    assert len(soft.calls) > 1 and whole.calls == [3]
+
+
+def test_a_vocabulary_of_one_expression_has_no_margin_to_settle() -> None:
+    vocab = replace(VOCAB, expressions=("happiness",))
+    backend = ScriptedBackend(
+        [(answer("happiness"), {"happiness": 1.0})] * 5, probs_source="logprobs"
+    )
+    result = run_uamc(
+        backend, AnnotationRequest(image_bytes=b"face", vocabulary=vocab), UAMCParams()
+    )
+    assert result.uncertainty.expression.margin is None
+    assert backend.calls == [3]
+
+
+def test_the_probabilities_source_and_the_margin_are_stored() -> None:
+    stored = run(logprob_votes(*[SURE_HAPPY] * 10)).to_json()
+    assert [s["probs_source"] for s in stored["samples"]] == ["logprobs"] * 3 + [None]
+    margin = stored["uncertainty"]["expression"]["margin"]
+    assert margin["top"] == "happiness" and margin["settled"] >= 0.7
+    whole = run(ScriptedBackend([answer("happiness")] * 10)).to_json()
+    assert whole["uncertainty"]["expression"]["margin"] is None
 
 
 @pytest.mark.parametrize("counts", [[3, 0, 0, 0, 0, 0, 0, 0], [2, 1, 0, 0, 0, 0, 0, 0], [4, 1, 1]])

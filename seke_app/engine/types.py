@@ -13,6 +13,8 @@ from typing import Literal, Protocol, Self
 from seke_app.engine.vocab import Vocabulary
 
 SampleKind = Literal["sample", "verification"]
+# Where a sample's ``expression_probs`` came from (``Sample.probs_source``).
+ProbsSource = Literal["logprobs", "views"]
 Intensity = Literal["A", "B", "C", "D", "E"]
 # The three grains of an answer, in the order SEKE lists them.
 GRAINS: tuple[str, ...] = ("expression", "va", "aus")
@@ -132,6 +134,14 @@ class Sample:
     # verification reply, the verifier's probabilities: SV-UAMC's verification
     # component of the expression is then its probability of the final expression.
     expression_probs: dict[str, float] | None = None
+    # Where ``expression_probs`` came from, None when there are none: "logprobs",
+    # a VLLM's token log-probabilities at the expression's value, written after the
+    # sample's own evidence and AUs and so conditional on its sampled reasoning;
+    # "views", the offline annotator's probabilities for one view of the image (an
+    # augmented view, or the un-augmented image for its verification).
+    # SV-UAMC's stopping rule reads the spread between the samples' probabilities
+    # only for "logprobs" (see "Stopping rule" in ``uamc``).
+    probs_source: ProbsSource | None = None
     # The backend's own standard deviation of this sample's valence and arousal,
     # when it knows one: the offline annotator completing VA from a known
     # expression reads the class's VA with an error it measured on held-out faces

@@ -237,7 +237,14 @@ class OpenAIBackend:
         probs = expression_probs(
             choice.tokens, vocabulary.expressions, answer.expression, path=ANSWER_PATH
         )
-        return Sample(kind="sample", raw=raw, answer=answer, usage=usage, expression_probs=probs)
+        return Sample(
+            kind="sample",
+            raw=raw,
+            answer=answer,
+            usage=usage,
+            expression_probs=probs,
+            probs_source="logprobs" if probs is not None else None,
+        )
 
     def _verification_sample(self, choice: Choice, vocabulary: Vocabulary, usage: Usage) -> Sample:
         raw = choice.text or choice.refusal or ""
@@ -258,6 +265,7 @@ class OpenAIBackend:
             verdict=verdict,
             usage=usage,
             expression_probs=probs,
+            probs_source="logprobs" if probs is not None else None,
         )
 
 

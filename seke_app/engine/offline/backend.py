@@ -266,6 +266,7 @@ class OfflineBackend:
             raw=json.dumps(raw),
             answer=answer,
             expression_probs=named,
+            probs_source="views",
             va_sd=self._completion_sd(view.evidence),
         )
 
@@ -335,6 +336,7 @@ class OfflineBackend:
             answer=answer,
             verdict=verdict,
             expression_probs=named,
+            probs_source="views",
         )
 
 

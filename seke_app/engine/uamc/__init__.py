@@ -80,6 +80,8 @@ Uncertainty per grain (computed on the votes after every round)
     special case. The entropy stays that of the drawn votes. A confident view
     (p = 0.95) then counts almost fully and a hesitant one (p = 0.4) only partly,
     so the confidence follows the backend's own certainty, not only its votes.
+    Whether soft votes from token log-probabilities have settled the expression
+    is read from their spread instead ("Stopping rule").
 
     Valence-arousal: mean, median, sample standard deviation (spread) and
     standard error of the mean of V and of A. Unsure when either standard error
@@ -121,6 +123,54 @@ Stopping rule
     held-out training images. The samples per image with and without the stop
     and the entropy rule are in ``bench/README.md``, measured by
     ``python bench/uamc_vs_fixed.py`` and its ``--tune`` mode.
+
+    Soft votes from token log-probabilities (``Sample.probs_source``
+    "logprobs") settle the expression by the same test on what they are worth.
+    The schema has the model write its evidence and AUs before the expression,
+    so a sample's probabilities there are its distribution *given its own
+    sampled reasoning*, and their mean estimates the model's distribution over
+    expressions. Averaging these conditional probabilities instead of the drawn
+    votes is a Rao-Blackwellised estimate: its variance is never larger than the
+    whole votes'. How much smaller it is shows in how the samples'
+    distributions spread (``uncertainty.MarginStats``): each vote's margin
+    ``d = q(top) - q(runner-up)`` between the two classes of largest mass, whose
+    mean is the plurality's lead. A whole vote drawn from the mean distribution
+    ``m`` has a margin of variance ``m(top) + m(runner-up) - (m(top) -
+    m(runner-up))^2``; the soft votes' margins have the variance of their own
+    deviations, pooled with one pseudo-vote of a whole vote's variance (the
+    floor below). ``k`` soft votes then measure the lead as precisely as
+    ``k * whole variance / soft variance`` whole votes, their *effective votes*,
+    and the expression is unsure when the mean distribution's entropy exceeds
+    ``entropy_threshold`` or its plurality posterior, counted as that many
+    votes (``settled``), is below ``plurality_threshold``; the futility stop
+    projects the same distribution and spread onto ``step`` more votes. It is
+    the whole-vote rule with the soft votes' worth in place of their number: a
+    whole vote is worth one, so whole votes that split settle exactly as they
+    do today, and the draw's noise, which the soft votes remove, no longer
+    counts. Counting the soft votes as fractional votes instead made three
+    votes of 0.9 weigh less than three lucky whole votes (0.67 against 0.73),
+    which bought samples and no accuracy.
+
+    The floor: the pseudo-vote's variance is a whole vote's, the most a
+    Rao-Blackwellised vote can spread in expectation, so until the votes show
+    their own spread they are assumed to spread like whole votes. ``k`` votes
+    without any spread are therefore worth ``k (k + 1)`` whole votes at most (12
+    for three): two or three votes that happen to agree cannot claim certainty
+    from a spread they are too few to measure, and a hesitant model (0.55
+    against 0.45, every time) is not settled by its first three samples. The
+    floor rises more slowly than the votes, so consistent votes settle within
+    a few rounds. A vote without probabilities in such a run (its reading
+    failed) enters with a margin of 1, -1 or 0: the same expectation as its
+    distribution's, its larger spread counted.
+
+    Only log-probability soft votes are read this way. The offline annotator's
+    probabilities ("views") are softmaxes of augmented views, not conditional
+    on a sampled reasoning, and keep the fractional-count rule their figures
+    were measured with. Only whether to draw more changes: the plurality, the
+    confidence (still the plurality posterior of the masses as fractional
+    counts) and the flags keep their definitions, so they differ from whole
+    votes' only through the samples drawn. Figures are in ``bench/README.md``,
+    measured by ``python bench/logprob_votes.py``.
 
 Aggregation
     Plurality expression (by mass, see "Soft votes"). Ties are broken by
@@ -305,6 +355,7 @@ def _sample_json(sample: Sample) -> dict[str, Any]:
         "verdict": dict(sample.verdict) if sample.verdict is not None else None,
         "usage": asdict(sample.usage),
         "expression_probs": sample.expression_probs,
+        "probs_source": sample.probs_source,
         "va_sd": list(sample.va_sd) if sample.va_sd is not None else None,
     }
 

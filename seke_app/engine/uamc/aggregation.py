@@ -26,6 +26,7 @@ from seke_app.engine.uamc.uncertainty import (
     _measure_samples,
     _order,
     projected_posterior,
+    projected_settled,
 )
 from seke_app.engine.vocab import Vocabulary
 
@@ -48,13 +49,22 @@ def _worth_sampling(
         return False
     if not params.futility or uncertainty.n_votes == 0:
         return True
-    # The projection keeps the votes' shares, so it keeps their entropy too: a split
-    # too even for ``entropy_threshold`` is measured, not settled, by more votes.
-    expression = (
-        "expression" in unsure
-        and uncertainty.expression.entropy <= params.entropy_threshold
-        and projected_posterior(uncertainty, params, vocabulary) >= params.plurality_threshold
-    )
+    margin = uncertainty.expression.margin
+    if margin is not None:
+        # The same futility test on the soft votes' mean distribution and worth.
+        expression = (
+            "expression" in unsure
+            and margin.entropy <= params.entropy_threshold
+            and projected_settled(uncertainty, params, vocabulary) >= params.plurality_threshold
+        )
+    else:
+        # The projection keeps the votes' shares, so it keeps their entropy too: a
+        # split too even for ``entropy_threshold`` is measured, not settled, by more votes.
+        expression = (
+            "expression" in unsure
+            and uncertainty.expression.entropy <= params.entropy_threshold
+            and projected_posterior(uncertainty, params, vocabulary) >= params.plurality_threshold
+        )
     sds = [uncertainty.va.valence.sd, uncertainty.va.arousal.sd]
     va = "va" in unsure and (
         any(sd is None for sd in sds)

@@ -1,4 +1,4 @@
-"""Votes, their uncertainty per grain, and the plurality posterior."""
+"""Votes, their uncertainty per grain, the plurality posterior and the soft votes' margin."""
 
 from __future__ import annotations
 
@@ -19,12 +19,39 @@ from seke_app.engine.vocab import Vocabulary
 
 
 @dataclass(frozen=True)
+class MarginStats:
+    """What the votes' own probabilities say about the plurality (see "Stopping
+    rule" in ``uamc``).
+
+    ``top`` and ``runner_up`` have the two largest masses. ``mean`` is the mean of
+    each vote's margin ``q(top) - q(runner_up)`` and ``spread`` the sum of their
+    squared deviations from it. ``whole_variance`` is the variance of the margin
+    of one whole vote drawn from the votes' mean distribution. ``effective_votes``
+    is how many whole votes the votes are worth (``effective_votes``), ``entropy``
+    the normalised entropy of their mean distribution, and ``settled`` the
+    plurality posterior of that distribution counted as ``effective_votes`` votes.
+    """
+
+    top: str
+    runner_up: str
+    mean: float
+    spread: float
+    whole_variance: float
+    effective_votes: float
+    entropy: float
+    settled: float
+
+
+@dataclass(frozen=True)
 class ExpressionStats:
     """Vote counts and masses (most first) and the expression grain's uncertainty.
 
     ``votes`` counts the answers' expressions; ``mass`` is what the statistics use:
     the same counts, except that a sample carrying ``expression_probs`` adds those
-    probabilities instead of one whole vote.
+    probabilities instead of one whole vote. ``margin`` is set when some vote's
+    probabilities are token log-probabilities (``Sample.probs_source``); ``unsure``
+    then reads its entropy and ``settled`` instead of ``entropy`` and
+    ``plurality_posterior``, which the confidence still reads.
     """
 
     votes: dict[str, int]
@@ -32,6 +59,7 @@ class ExpressionStats:
     plurality_posterior: float
     unsure: bool
     mass: dict[str, float] = field(default_factory=dict)
+    margin: MarginStats | None = None
 
     @property
     def soft(self) -> bool:
@@ -174,11 +202,73 @@ def normalised_entropy(counts: Sequence[float]) -> float:
     return -sum(p * math.log(p) for p in shares) / math.log(len(counts))
 
 
+def effective_votes(n: int, whole_variance: float, spread: float) -> float:
+    """How many whole votes ``n`` votes with margins of sum of squared deviations
+    ``spread`` are worth, when a whole vote's margin has ``whole_variance``.
+
+    The votes' margin variance is their squared deviations pooled with one
+    pseudo-vote of a whole vote's variance, ``(whole_variance + spread) / (n + 1)``;
+    their mean is then as precise as that of ``n * whole_variance / variance``
+    whole votes. Whole votes that split are worth exactly ``n`` (their squared
+    deviations are ``n * whole_variance``); votes without any spread are worth at
+    most ``n * (n + 1)``, the floor the pseudo-vote sets, so that two or three
+    votes that happen to agree cannot claim certainty from a spread they are too
+    few to measure (unanimous whole votes, without spread, count so too). In
+    standard-error terms the floor is ``sqrt(whole_variance / (n * (n + 1)))``.
+    """
+    if n < 1:
+        raise ValueError("effective votes need at least one vote")
+    variance = (whole_variance + spread) / (n + 1)
+    if variance <= 0.0:
+        return float(n * (n + 1))
+    return n * whole_variance / variance
+
+
+def margin_stats(
+    weights: Sequence[Mapping[str, float]],
+    mass: Mapping[str, float],
+    vocabulary: Vocabulary,
+) -> MarginStats:
+    """The votes' margins between the two classes with the largest masses
+    (``mass`` most first; a class without mass comes after those with, in the
+    vocabulary's order) and the plurality posterior they support."""
+    if not weights or len(vocabulary.expressions) < 2:
+        raise ValueError("a margin needs at least one vote and two expressions")
+    n = len(weights)
+    ranked = list(mass) + [e for e in vocabulary.expressions if e not in mass]
+    top, runner_up = ranked[0], ranked[1]
+    distributions = [{e: p / (sum(w.values()) or 1.0) for e, p in w.items()} for w in weights]
+    margins = np.asarray(
+        [q.get(top, 0.0) - q.get(runner_up, 0.0) for q in distributions], dtype=np.float64
+    )
+    shares = [sum(q.get(e, 0.0) for q in distributions) / n for e in vocabulary.expressions]
+    mean = float(margins.mean())
+    spread = float(((margins - mean) ** 2).sum())
+    lead, second = shares[_order(vocabulary, top)], shares[_order(vocabulary, runner_up)]
+    whole_variance = max(0.0, lead + second - (lead - second) ** 2)
+    votes = effective_votes(n, whole_variance, spread)
+    return MarginStats(
+        top=top,
+        runner_up=runner_up,
+        mean=mean,
+        spread=spread,
+        whole_variance=whole_variance,
+        effective_votes=votes,
+        entropy=normalised_entropy(shares),
+        settled=_settled(shares, votes, _order(vocabulary, top)),
+    )
+
+
+def _settled(shares: Sequence[float], votes: float, index: int) -> float:
+    return plurality_posterior([share * votes for share in shares], index)
+
+
 def _expression_stats(
     answers: Sequence[Answer],
     params: UAMCParams,
     vocabulary: Vocabulary,
     weights: Sequence[Mapping[str, float]] | None = None,
+    conditional: bool = False,
 ) -> ExpressionStats:
     counter = Counter(a.expression for a in answers)
     votes = dict(sorted(counter.items(), key=lambda kv: (-kv[1], _order(vocabulary, kv[0]))))
@@ -197,6 +287,13 @@ def _expression_stats(
     }
     entropy = normalised_entropy([counter.get(e, 0) for e in vocabulary.expressions])
     posterior = plurality_posterior(masses, masses.index(max(masses)))
+    # A vocabulary of one expression has no runner-up and nothing to settle.
+    if conditional and len(vocabulary.expressions) > 1:
+        margin = margin_stats(weights, mass, vocabulary)
+        unsure = (
+            margin.entropy > params.entropy_threshold or margin.settled < params.plurality_threshold
+        )
+        return ExpressionStats(votes, entropy, posterior, unsure, mass, margin)
     unsure = entropy > params.entropy_threshold or posterior < params.plurality_threshold
     return ExpressionStats(votes, entropy, posterior, unsure, mass)
 
@@ -241,12 +338,16 @@ def measure(
     vocabulary: Vocabulary,
     weights: Sequence[Mapping[str, float]] | None = None,
     va_sds: Sequence[tuple[float, float] | None] = (),
+    conditional: bool = False,
 ) -> Uncertainty:
     """Every grain's uncertainty over the votes (``weights``: see ``vote_weights``;
-    ``va_sds``: each vote's ``Sample.va_sd``)."""
+    ``va_sds``: each vote's ``Sample.va_sd``; ``conditional``: whether the weights
+    include probabilities conditional on each sample's own reasoning, token
+    log-probabilities, whose spread then decides whether the expression is
+    settled, see ``MarginStats``)."""
     return Uncertainty(
         n_votes=len(answers),
-        expression=_expression_stats(answers, params, vocabulary, weights),
+        expression=_expression_stats(answers, params, vocabulary, weights, conditional),
         va=_va_stats(answers, params, va_sds),
         aus=_au_stats(answers, params, vocabulary),
     )
@@ -307,12 +408,16 @@ def vocabulary_probs(
 def _measure_samples(
     samples: Sequence[Sample], params: UAMCParams, vocabulary: Vocabulary
 ) -> Uncertainty:
+    voting = _voting(samples, vocabulary)
     return measure(
         votes_of(samples, vocabulary),
         params,
         vocabulary,
         vote_weights(samples, vocabulary),
-        [s.va_sd for s in _voting(samples, vocabulary)],
+        [s.va_sd for s in voting],
+        conditional=any(
+            s.probs_source == "logprobs" and s.expression_probs is not None for s in voting
+        ),
     )
 
 
@@ -328,3 +433,20 @@ def projected_posterior(
     scale = max(min(n + params.step, params.kmax), n) / n
     masses = [stats.mass.get(e, 0.0) * scale for e in vocabulary.expressions]
     return plurality_posterior(masses, masses.index(max(masses)))
+
+
+def projected_settled(
+    uncertainty: Uncertainty, params: UAMCParams, vocabulary: Vocabulary
+) -> float:
+    """``MarginStats.settled`` expected after the next round if its votes spread as
+    those so far: the same mean distribution, whole-vote variance and squared
+    deviation per vote over ``step`` more votes (at most ``kmax``). 0 without a
+    margin."""
+    margin = uncertainty.expression.margin
+    n = uncertainty.n_votes
+    if margin is None or n == 0:
+        return 0.0
+    more = max(min(n + params.step, params.kmax), n)
+    votes = effective_votes(more, margin.whole_variance, margin.spread * more / n)
+    shares = [uncertainty.expression.mass.get(e, 0.0) / n for e in vocabulary.expressions]
+    return _settled(shares, votes, _order(vocabulary, margin.top))
