@@ -15,6 +15,7 @@ a sample's as a soft vote and grades the verification by the verifier's.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Self
 
 from seke_app.engine.llm.client import (
@@ -38,6 +39,7 @@ from seke_app.engine.schema import (
 from seke_app.engine.types import (
     ALL_GRAINS,
     AnnotationRequest,
+    Answer,
     Sample,
     SampleKind,
     Usage,
@@ -226,47 +228,46 @@ class OpenAIBackend:
         return image_data_url(request.image_bytes, max_side=self.max_side)
 
     def _answer_sample(self, choice: Choice, vocabulary: Vocabulary, usage: Usage) -> Sample:
-        raw = choice.text or choice.refusal or ""
-        problem = choice_problem(choice)
-        if problem is not None:
-            return _invalid("sample", raw, problem, usage)
-        try:
-            answer = parse_answer(choice.text, vocabulary)
-        except AnswerError as err:
-            return _invalid("sample", raw, str(err), usage)
-        probs = expression_probs(
-            choice.tokens, vocabulary.expressions, answer.expression, path=ANSWER_PATH
-        )
-        return Sample(
-            kind="sample",
-            raw=raw,
-            answer=answer,
-            usage=usage,
-            expression_probs=probs,
-            probs_source="logprobs" if probs is not None else None,
-        )
+        def parse(text: str | None) -> tuple[Answer, dict[str, str] | None]:
+            return parse_answer(text, vocabulary), None
+
+        return _sample_of("sample", choice, vocabulary, usage, parse, ANSWER_PATH)
 
     def _verification_sample(self, choice: Choice, vocabulary: Vocabulary, usage: Usage) -> Sample:
-        raw = choice.text or choice.refusal or ""
-        problem = choice_problem(choice)
-        if problem is not None:
-            return _invalid("verification", raw, problem, usage)
-        try:
-            answer, verdict = parse_verification(choice.text, vocabulary)
-        except AnswerError as err:
-            return _invalid("verification", raw, str(err), usage)
-        probs = expression_probs(
-            choice.tokens, vocabulary.expressions, answer.expression, path=VERIFICATION_PATH
-        )
-        return Sample(
-            kind="verification",
-            raw=raw,
-            answer=answer,
-            verdict=verdict,
-            usage=usage,
-            expression_probs=probs,
-            probs_source="logprobs" if probs is not None else None,
-        )
+        def parse(text: str | None) -> tuple[Answer, dict[str, str] | None]:
+            return parse_verification(text, vocabulary)
+
+        return _sample_of("verification", choice, vocabulary, usage, parse, VERIFICATION_PATH)
+
+
+def _sample_of(
+    kind: SampleKind,
+    choice: Choice,
+    vocabulary: Vocabulary,
+    usage: Usage,
+    parse: Callable[[str | None], tuple[Answer, dict[str, str] | None]],
+    path: tuple[str, ...],
+) -> Sample:
+    """The sample a choice gives: its answer (and verdict) with the expression's
+    soft vote where the reply's log-probabilities give one, or invalid with why."""
+    raw = choice.text or choice.refusal or ""
+    problem = choice_problem(choice)
+    if problem is not None:
+        return _invalid(kind, raw, problem, usage)
+    try:
+        answer, verdict = parse(choice.text)
+    except AnswerError as err:
+        return _invalid(kind, raw, str(err), usage)
+    probs = expression_probs(choice.tokens, vocabulary.expressions, answer.expression, path=path)
+    return Sample(
+        kind=kind,
+        raw=raw,
+        answer=answer,
+        verdict=verdict,
+        usage=usage,
+        expression_probs=probs,
+        probs_source="logprobs" if probs is not None else None,
+    )
 
 
 def _invalid(kind: SampleKind, raw: str, reason: str, usage: Usage) -> Sample:
