@@ -29,6 +29,11 @@ from tests.factories import scripted_images
 from tests.test_dashboards import annotation_row, annotations_of, make_run
 from tests.workers import WorkerProcess
 
+# The review page's script has started and has no decision left to save.
+REVIEW_APP_IDLE = """() => {
+  const app = document.getElementById("review-app");
+  return app !== null && app.dataset.saving === "0";
+}"""
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 LAPTOP = {"width": 1366, "height": 768}
@@ -115,9 +120,13 @@ def test_an_admin_goes_from_an_import_to_a_run_to_its_review_to_an_export(
     expect(page.locator("#n-waiting")).to_have_text(str(run.n_flagged))
     page.locator("#start-reviewing").click()
     expect(page).to_have_url(re.compile(r"/review/task/[0-9a-f-]{36}/$"))
+    # The review page's script is at work (before that, a click would send the
+    # form without it, as a page without JavaScript does).
+    page.wait_for_function(REVIEW_APP_IDLE)
     page.locator("#accept-button").click()
     # The decision is saved in the background once the next face is shown.
-    page.wait_for_function("() => document.getElementById('review-app').dataset.saving === '0'")
+    expect(page.locator("#save-status")).to_contain_text("Accepted")
+    page.wait_for_function(REVIEW_APP_IDLE)
     expect(page).to_have_url(re.compile(r"/review/task/[0-9a-f-]{36}/$"))
     assert ReviewDecision.objects.filter(annotation__run=run, action="accept").count() == 1
 
