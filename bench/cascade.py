@@ -209,9 +209,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     items = faces(args.images, args.seed)
     print(
         f"# Cascade on the fake OpenAI server ({len(items)} drawn faces; {CHEAP} right with"
-        f" p = {args.cheap_p} per sample at ${PRICES[CHEAP][0]} / ${PRICES[CHEAP][1]} per 1M"
-        f" tokens, {STRONG} with p = {args.strong_p} at ${PRICES[STRONG][0]} /"
-        f" ${PRICES[STRONG][1]}; ease spread {args.spread}, VA sd {args.va_sd}, AUs flipped"
+        f" p = {args.cheap_p} per sample at ${PRICES[CHEAP].input} / ${PRICES[CHEAP].output} per 1M"
+        f" tokens, {STRONG} with p = {args.strong_p} at ${PRICES[STRONG].input} /"
+        f" ${PRICES[STRONG].output}; ease spread {args.spread}, VA sd {args.va_sd}, AUs flipped"
         f" {args.au_flip}; SV-UAMC defaults, review threshold {params.review_threshold})\n"
     )
     print(
