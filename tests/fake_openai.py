@@ -16,8 +16,7 @@ Capability switches make it lack what some servers lack: ``reject_images`` (400
 on image content), ``reject_n`` / ``ignore_n``, ``reject_json_schema`` /
 ``reject_json_object`` (400 about response_format), ``reject_logprobs`` (400) or
 ``ignore_logprobs`` (accepted, none sent; see "Token log-probabilities" below),
-and ``batch`` (on: the Batch API below, with ``GET /v1/batches`` and
-``GET /v1/files`` answering an empty list; off: 404 on every Batch API path).
+and ``batch`` (on: the Batch API below; off: 404 on every Batch API path).
 
 ``server.billed`` is what the server would bill, counted the way OpenAI bills:
 every request answered with a completion (HTTP 200, with its token usage),
@@ -33,7 +32,11 @@ names (and fails the request, as a broken responder does, for any other model);
 
 The Batch API (a separate block below): ``POST /v1/files`` (multipart upload,
 ``purpose=batch``), ``GET /v1/files/{id}/content``, ``POST /v1/batches``,
-``GET /v1/batches/{id}`` and ``POST /v1/batches/{id}/cancel``. A batch's lines are
+``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel`` and ``GET /v1/batches``
+(the batches newest first, in OpenAI's list shape, ``limit`` and ``after``
+honoured, at most ``server.batches.page_size`` a page; ``GET /v1/files`` answers an
+empty list). ``server.batches.backdate(id, seconds)`` moves a batch's
+``created_at`` back, to stand for a batch created earlier. A batch's lines are
 answered, when it is first retrieved after its plan's ``in_progress`` retrieves,
 by the same ``handle`` as chat completions, so the responder and scripted faults
 apply to them in order. ``server.batches.script(BatchPlan(...))`` plans the next
@@ -78,6 +81,7 @@ import re
 import socket
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -433,16 +437,16 @@ class FakeOpenAI:
         top_n = int(body.get("top_logprobs") or 0)
         return {"content": token_logprobs(content, at_value, top_n, seed=index), "refusal": None}
 
-    def handle_list(self, path: str, authorization: str | None) -> _Reply:
-        """The answer to ``GET /v1/batches`` or ``GET /v1/files``: an empty list."""
+    def handle_list(self, path: str, query: str, authorization: str | None) -> _Reply:
+        """The answer to ``GET /v1/batches`` (a page of the batches, newest first) or
+        ``GET /v1/files`` (an empty list)."""
         if self.api_key is not None and authorization != f"Bearer {self.api_key}":
             return _error(401, "Incorrect API key provided.", "invalid_api_key")
         if not self.batch:
             return _error(404, f"Unknown path {path}", None)
-        empty = {"object": "list", "data": [], "has_more": False}
         if "/batches" in path:
-            empty.update(first_id=None, last_id=None)
-        return _Reply(200, empty, {})
+            return self.batches.listed(urllib.parse.parse_qs(query))
+        return _Reply(200, {"object": "list", "data": [], "has_more": False}, {})
 
 
 def _plus(billed: Billed, prompt_tokens: int, completion_tokens: int) -> Billed:
@@ -815,7 +819,7 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             self._send(reply)
 
         def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
             if path not in _LIST_PATHS:
                 if path.startswith(_BATCH_PREFIXES):
                     self._send(fake.batches.route("GET", path, b"", self.headers))
@@ -825,7 +829,7 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             headers = {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
             fake._record(CapturedRequest(path=self.path, headers=headers, body={}))
             try:
-                reply = fake.handle_list(path, self.headers.get("Authorization"))
+                reply = fake.handle_list(path, query, self.headers.get("Authorization"))
             finally:
                 fake._done()
             self._send(reply)
@@ -886,7 +890,8 @@ class _Batches:
     """The uploaded files and the batches, with their plans.
 
     ``lines_answered`` counts the lines answered by ``handle`` (planned failures and
-    expiries are not); ``cancelled`` lists the batches a client asked to cancel.
+    expiries are not); ``cancelled`` lists the batches a client asked to cancel;
+    ``page_size`` caps the batches a list answers at once (OpenAI's cap is 100).
     """
 
     def __init__(self, fake: FakeOpenAI) -> None:
@@ -897,6 +902,7 @@ class _Batches:
         self._plans: deque[BatchPlan] = deque()
         self.lines_answered = 0
         self.cancelled: list[str] = []
+        self.page_size = 100
 
     def script(self, *plans: BatchPlan) -> None:
         """Plan the next created batches, one plan each (later ones: all fine)."""
@@ -910,6 +916,47 @@ class _Batches:
     def ids(self) -> list[str]:
         with self._lock:
             return list(self._batches)
+
+    def backdate(self, batch_id: str, seconds: int) -> None:
+        """Move the batch's ``created_at`` back by ``seconds``."""
+        with self._lock:
+            self._batches[batch_id].payload["created_at"] -= seconds
+
+    def listed(self, query: Mapping[str, list[str]]) -> _Reply:
+        """A page of the batches, newest first, after the ``after`` batch if given."""
+        try:
+            limit = int(query.get("limit", ["20"])[0])
+        except ValueError:
+            return _error(400, "limit must be an integer", None, param="limit")
+        if not 1 <= limit <= 100:
+            return _error(400, "limit must be between 1 and 100", None, param="limit")
+        with self._lock:
+            order = list(self._batches)
+            newest = sorted(
+                self._batches.values(),
+                key=lambda b: (b.payload["created_at"], order.index(b.payload["id"])),
+                reverse=True,
+            )
+            ids = [b.payload["id"] for b in newest]
+            start = 0
+            if "after" in query:
+                after = query["after"][0]
+                if after not in ids:
+                    return _error(400, f"No such batch {after}", None, param="after")
+                start = ids.index(after) + 1
+            page = [dict(b.payload) for b in newest[start : start + min(limit, self.page_size)]]
+            has_more = start + len(page) < len(newest)
+        return _Reply(
+            200,
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": has_more,
+            },
+            {},
+        )
 
     def route(self, method: str, path: str, raw: bytes, headers: Any) -> _Reply:
         fake = self._fake

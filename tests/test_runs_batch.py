@@ -3,13 +3,15 @@
 A round is every open image's next call; a poll collects a stopped batch, records
 the replies on the items and starts the next round. Failed and expired lines go
 out again in the next round until the image's limit; cancelling the run cancels
-its open batch; a run whose worker stopped with a batch in progress picks it up.
+its open batch; a run whose worker stopped with a batch in progress picks it up,
+and so does one whose worker stopped before it stored the id of a batch it created.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 from rq.registry import ScheduledJobRegistry
 
+from seke_app.engine.llm.client import BatchState, ClientConfig, VLLMClient
 from seke_app.engine.llm.prices import DEFAULT_PRICES
 from seke_app.engine.schema import answer_to_schema_json
 from seke_app.engine.types import Answer
@@ -272,6 +275,110 @@ def test_it_picks_up_a_batch_in_progress_after_its_worker_stopped(
     assert run.batches.get(number=1).batch_id == batch.batch_id
     # The batch was never sent twice.
     assert len(server.batches.ids()) == 2
+
+
+class WorkerKilled(Exception):
+    """Stands for the worker dying at the point where it is raised."""
+
+
+def killed_after_creating_round(monkeypatch: pytest.MonkeyPatch, number: int) -> None:
+    """The job that sends round ``number`` dies as soon as the endpoint has created
+    its batch: the round is recorded, the batch exists, its id is not stored."""
+    create = VLLMClient.batch_create
+
+    def create_then_die(
+        client: VLLMClient, input_file_id: str, *, metadata: dict[str, str]
+    ) -> BatchState:
+        state = create(client, input_file_id, metadata=metadata)
+        if metadata["seke_round"] == str(number):
+            raise WorkerKilled(state.id)
+        return state
+
+    monkeypatch.setattr(VLLMClient, "batch_create", create_then_die)
+
+
+def test_a_batch_created_but_not_recorded_is_found_again_not_paid_twice(
+    tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    with FakeOpenAI(responder=split_responder) as server:
+        use_fake(settings, server)
+        run = batch_run(tmp_path, 2)
+        killed_after_creating_round(monkeypatch, 2)
+        work()
+        run.refresh_from_db()
+        lost = run.batches.get(number=2)
+        assert run.status == GenerationRun.Status.RUNNING
+        assert lost.batch_id == "" and lost.collected_at is None
+        assert len(server.batches.ids()) == 2
+        monkeypatch.undo()
+        use_fake(settings, server)
+        # Someone else's batch, created since, is newer; the endpoint lists one a page.
+        config = ClientConfig(base_url=server.base_url, api_key="sk-other", model="gpt-4o")
+        with VLLMClient(config) as other:
+            upload = other.batch_upload(b"", filename="other.jsonl")
+            other.batch_create(upload, metadata={"seke_run": "another", "seke_round": "2"})
+        server.batches.page_size = 1
+        with caplog.at_level(logging.WARNING, logger="seke.runs"):
+            run_resume(run=run)
+            work()
+    run.refresh_from_db()
+    assert run.status == GenerationRun.Status.COMPLETED and (run.n_done, run.n_failed) == (2, 0)
+    lost.refresh_from_db()
+    assert lost.batch_id == server.batches.ids()[1] and lost.status == "completed"
+    assert lost.input_file_id and lost.n_completed == 2
+    assert "found its batch batch_fake2 again by its metadata" in caplog.text
+    rounds = list(run.batches.order_by("number"))
+    assert [r.asked for r in rounds] == [{"first": 2}, {"more": 2}, {"verify": 2}]
+    # One batch per round: the lost one was read, not sent again.
+    assert [i for i in server.batches.ids() if i != "batch_fake3"] == [r.batch_id for r in rounds]
+    assert server.batches.lines_answered == 6 and run.requests == 6
+    assert float(run.cost_usd) == pytest.approx(_list_cost(server) / 2, abs=1e-5)
+
+
+def test_a_round_whose_batch_the_endpoint_does_not_have_is_sent_again(
+    tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeOpenAI() as server:
+        use_fake(settings, server)
+        run = batch_run(tmp_path, 2)
+        # The job dies after recording round 1, before the endpoint created anything.
+        upload = VLLMClient.batch_upload
+
+        def die(client: VLLMClient, lines: bytes, *, filename: str) -> str:
+            raise WorkerKilled(filename)
+
+        monkeypatch.setattr(VLLMClient, "batch_upload", die)
+        work()
+        monkeypatch.setattr(VLLMClient, "batch_upload", upload)
+        assert run.batches.get().batch_id == "" and server.batches.ids() == []
+        run_resume(run=run)
+        work()
+    run.refresh_from_db()
+    assert run.status == GenerationRun.Status.COMPLETED and run.n_done == 2
+    lost, *sent = run.batches.order_by("number")
+    assert lost.status == RunBatch.Status.FAILED and lost.collected_at is not None
+    assert "not sent" in lost.error and "no batch for it" in lost.error
+    assert [r.asked for r in sent] == [{"first": 2}, {"verify": 2}]
+    assert server.batches.ids() == [r.batch_id for r in sent]
+
+
+def test_a_round_without_a_batch_id_waits_while_the_endpoint_cannot_be_reached(
+    tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeOpenAI() as server:
+        use_fake(settings, server, poll=60)
+        run = batch_run(tmp_path, 1)
+        killed_after_creating_round(monkeypatch, 1)
+        work()
+    # The server is gone: whether the batch exists cannot be known, so the round
+    # stays open and is looked for again at the next poll.
+    run_batch_step(run_id=run.id)
+    batch = run.batches.get()
+    assert batch.batch_id == "" and batch.collected_at is None
+    assert "cannot be looked for yet" in batch.error and "could not connect" in batch.error
+    assert ScheduledJobRegistry(queue=get_queue("generation")).count == 1
+    run.refresh_from_db()
+    assert run.status == GenerationRun.Status.RUNNING
 
 
 def test_cancelling_the_run_cancels_its_open_batch(

@@ -598,3 +598,82 @@ def test_it_applies_exif_orientation() -> None:
 def test_it_rejects_bytes_that_are_not_an_image() -> None:
     with pytest.raises(ValueError, match="not a readable image"):
         image_data_url(b"definitely not an image")
+
+
+def _create_batches(client: VLLMClient, *metadata: dict[str, str]) -> list[str]:
+    """One batch per metadata, oldest first, over one empty input file."""
+    file_id = client.batch_upload(b"", filename="in.jsonl")
+    return [client.batch_create(file_id, metadata=m).id for m in metadata]
+
+
+def _listings(server: FakeOpenAI) -> list[str]:
+    return [r.path for r in server.requests if r.path.startswith("/v1/batches")]
+
+
+def test_it_finds_the_newest_batch_with_the_metadata_page_after_page(
+    client: VLLMClient, fake_openai: FakeOpenAI
+) -> None:
+    ids = _create_batches(
+        client,
+        {"seke_run": "a", "seke_round": "1"},
+        {"seke_run": "a", "seke_round": "2"},
+        {"seke_run": "b", "seke_round": "1"},
+        {"seke_run": "a", "seke_round": "1", "note": "sent again"},
+        {"seke_run": "b", "seke_round": "2"},
+    )
+    fake_openai.batches.page_size = 2
+
+    found = client.batch_find({"seke_run": "a", "seke_round": "1"})
+    assert found is not None and found.id == ids[3]
+    assert found.input_file_id and found.status == "in_progress"
+    assert _listings(fake_openai) == ["/v1/batches?limit=100"]
+
+    found = client.batch_find({"seke_run": "a", "seke_round": "2"})
+    assert found is not None and found.id == ids[1]
+    assert _listings(fake_openai)[1:] == [
+        "/v1/batches?limit=100",
+        f"/v1/batches?after={ids[3]}&limit=100",
+    ]
+
+    # The last page says there is no more; max_pages stops earlier.
+    assert client.batch_find({"seke_run": "c"}) is None
+    assert len(_listings(fake_openai)) == 3 + 3
+    assert client.batch_find({"seke_run": "a", "seke_round": "2"}, max_pages=1) is None
+    assert len(_listings(fake_openai)) == 3 + 3 + 1
+
+
+def test_it_stops_looking_at_batches_created_before_the_given_time(
+    client: VLLMClient, fake_openai: FakeOpenAI
+) -> None:
+    ids = _create_batches(
+        client,
+        {"seke_run": "a"},
+        {"seke_run": "b"},
+        {"seke_run": "c"},
+        {"seke_run": "d"},
+        {"seke_run": "e"},
+    )
+    for old in ids[:2]:
+        fake_openai.batches.backdate(old, 7200)
+    fake_openai.batches.page_size = 2
+    cutoff = datetime.now(UTC) - timedelta(hours=1)
+
+    # Newest first: (e, d), (c, b); b is older than the cutoff, so a is never read.
+    assert client.batch_find({"seke_run": "a"}, created_after=cutoff) is None
+    assert len(_listings(fake_openai)) == 2
+    assert client.batch_find({"seke_run": "c"}, created_after=int(cutoff.timestamp())) is not None
+    found = client.batch_find({"seke_run": "a"})
+    assert found is not None and found.id == ids[0]
+    assert len(_listings(fake_openai)) == 2 + 2 + 3
+
+
+def test_it_says_when_the_endpoint_cannot_list_batches(sleeps: Sleeps) -> None:
+    with (
+        FakeOpenAI(batch=False) as server,
+        _client(server, sleeps) as client,
+        pytest.raises(VLLMError) as refused,
+    ):
+        client.batch_find({"seke_run": "a"})
+    assert refused.value.status == 404 and not refused.value.retryable
+    with pytest.raises(ValueError, match="max_pages"):
+        client.batch_find({"seke_run": "a"}, max_pages=0)

@@ -10,8 +10,13 @@ price and answered within 24 hours (``RunBatch``):
    (so review, audits and certificates see no difference); every other image adds
    its next call as a line of the round's JSONL: the first samples, extra samples
    while it is unsure, or the verification. The file is uploaded
-   (``purpose=batch``), the batch created, and its id stored before anything else
-   happens, so that it is never lost.
+   (``purpose=batch``), the batch created (its metadata naming the run and the
+   round), and its id stored before anything else happens, so that it is never
+   lost. A job that dies between the creation and the storing leaves a round
+   without a batch id: its poll looks the batch up by its metadata among the
+   endpoint's recent batches and adopts it. Only when the endpoint has no such
+   batch (or cannot list its batches at all) is the round closed as not sent and
+   its lines sent again, so that a batch that can be found is not paid for twice.
 2. A *poll* asks the endpoint about the run's open batch every
    ``SEKE_BATCH_POLL_SECONDS`` (a job scheduled in Redis, which survives a
    worker's restart; ``run_resume`` queues one again when it was lost). Once the
@@ -61,6 +66,9 @@ Status = GenerationRun.Status
 MAX_LINES = 50_000
 MAX_BYTES = 190 * 1024 * 1024
 _POLL_TIMEOUT = 600
+# A lost batch is looked for among those created since its round was recorded, less
+# this margin for a difference between SEKE's clock and the endpoint's.
+_FIND_MARGIN = timedelta(hours=1)
 
 
 def batch_enqueue(*, run_id: int, delay_s: int = 0) -> None:
@@ -273,22 +281,17 @@ def batch_poll(*, batch_pk: int) -> None:
     run = batch.run
     if batch.collected_at is not None:
         return
-    if not batch.batch_id:
-        # The job that recorded the round died before the endpoint took it; nothing
-        # was sent under this round, so it is closed and the lines go out again.
-        RunBatch.objects.filter(pk=batch_pk).update(
-            status=RunBatch.Status.FAILED,
-            error="the round was not sent (its job stopped before the batch was created)",
-            collected_at=timezone.now(),
-        )
-        batch_enqueue(run_id=run.id)
-        return
     try:
         backend = batch_backend_for(run.model_name)
     except BackendUnavailable as exc:
         services._fail_run(run.id, str(exc))
         return
     with backend:
+        if not batch.batch_id:
+            found = _find_again(batch, backend)
+            if found is None:
+                return
+            batch = found
         try:
             state = backend.client.batch_retrieve(batch.batch_id)
         except VLLMError as exc:
@@ -305,6 +308,61 @@ def batch_poll(*, batch_pk: int) -> None:
         if not _collect(batch, state, backend):
             return
     _after_collection(run)
+
+
+def _find_again(batch: RunBatch, backend: OpenAIBackend) -> RunBatch | None:
+    """A round without a batch id, once its batch is found by its metadata and its
+    id stored; None when it is not (the round is closed, or looked for again later).
+
+    The job that recorded the round died after the upload or the creation but
+    before the batch id was stored. The batch may exist all the same; sending the
+    lines again would pay for them twice and never read the first answers.
+    """
+    run = batch.run
+    metadata = {"seke_run": str(run.code), "seke_round": str(batch.number)}
+    try:
+        state = backend.client.batch_find(metadata, created_after=batch.created_at - _FIND_MARGIN)
+    except VLLMError as exc:
+        if exc.retryable:
+            RunBatch.objects.filter(pk=batch.pk).update(
+                error=f"its batch cannot be looked for yet: {services._vllm_reason(exc)}"
+            )
+            batch_enqueue(run_id=run.id, delay_s=settings.BATCH_POLL_SECONDS)
+            return None
+        _round_lost(batch, f"the endpoint cannot list its batches: {services._vllm_reason(exc)}")
+        return None
+    if state is None:
+        _round_lost(batch, "the endpoint has no batch for it")
+        return None
+    fields = {"batch_id": state.id, "error": ""}
+    if state.input_file_id:
+        fields["input_file_id"] = state.input_file_id
+    adopted = RunBatch.objects.filter(pk=batch.pk, batch_id="", collected_at__isnull=True)
+    if not adopted.update(**fields):
+        return None  # Another job of the run found it first and polls it.
+    _mirror(batch.pk, state)
+    log.warning(
+        "run %s: round %d had no batch id; found its batch %s again by its metadata",
+        run.code,
+        batch.number,
+        state.id,
+    )
+    if GenerationRun.objects.filter(id=run.id, status=Status.CANCELLED).exists():
+        # Cancelled while the batch was lost: it is cancelled as an open batch would be.
+        batch_cancel_open(run=run)
+    batch.refresh_from_db()
+    return batch
+
+
+def _round_lost(batch: RunBatch, why: str) -> None:
+    """Close a round whose batch was not found: nothing was sent under it (as far as
+    can be known), so its lines go out again in the next round."""
+    RunBatch.objects.filter(pk=batch.pk, collected_at__isnull=True).update(
+        status=RunBatch.Status.FAILED,
+        error=f"the round was not sent (its job stopped before the batch was created; {why})",
+        collected_at=timezone.now(),
+    )
+    batch_enqueue(run_id=batch.run_id)
 
 
 def _after_collection(run: GenerationRun) -> None:

@@ -32,6 +32,8 @@ from typing import Any, Literal, TypeVar
 
 import httpx2
 import openai
+from openai.pagination import SyncCursorPage
+from openai.types import Batch
 from openai.types.chat import ChatCompletion
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -192,7 +194,8 @@ class BatchState:
     """A batch as the endpoint reports it: its state, files and line counts.
 
     ``failed`` counts the lines that failed or expired, as the endpoint counts them;
-    ``errors`` are the reasons a batch failed as a whole (a malformed input file).
+    ``errors`` are the reasons a batch failed as a whole (a malformed input file);
+    ``input_file_id`` is the uploaded file the batch answers (None if not said).
     """
 
     id: str
@@ -203,6 +206,7 @@ class BatchState:
     completed: int
     failed: int
     errors: tuple[str, ...] = ()
+    input_file_id: str | None = None
 
     @property
     def final(self) -> bool:
@@ -221,7 +225,13 @@ def _batch_state(batch: Any) -> BatchState:
         completed=int(getattr(counts, "completed", 0) or 0),
         failed=int(getattr(counts, "failed", 0) or 0),
         errors=tuple(str(getattr(e, "message", "") or getattr(e, "code", "") or e) for e in errors),
+        input_file_id=getattr(batch, "input_file_id", None),
     )
+
+
+def _metadata_matches(batch: Batch, wanted: Mapping[str, str]) -> bool:
+    metadata = batch.metadata or {}
+    return all(metadata.get(key) == value for key, value in wanted.items())
 
 
 def batch_price(
@@ -632,6 +642,43 @@ class VLLMClient:
 
     def batch_retrieve(self, batch_id: str) -> BatchState:
         return _batch_state(self._batch_call(lambda: self._openai.batches.retrieve(batch_id)))
+
+    def batch_find(
+        self,
+        metadata: Mapping[str, str],
+        *,
+        created_after: datetime | int | None = None,
+        max_pages: int = 5,
+    ) -> BatchState | None:
+        """The newest batch whose metadata holds every key and value of ``metadata``,
+        or None.
+
+        This finds a batch that was created but whose id its creator never stored
+        (its job died in between). The endpoint lists batches newest first, a page
+        of up to 100 at a time; the search stops after ``max_pages`` pages, or at the
+        first batch created before ``created_after`` (a datetime, or Unix seconds as
+        the endpoint gives them), since every later one is older still.
+        """
+        if max_pages < 1:
+            raise ValueError("max_pages must be at least 1")
+        oldest = created_after.timestamp() if isinstance(created_after, datetime) else created_after
+        after: str | None = None
+        for _ in range(max_pages):
+            page = self._batch_page(after)
+            for batch in page.data:
+                if oldest is not None and int(batch.created_at) < oldest:
+                    return None
+                if _metadata_matches(batch, metadata):
+                    return _batch_state(batch)
+            if not page.data or page.has_more is False:
+                return None
+            after = str(page.data[-1].id)
+        return None
+
+    def _batch_page(self, after: str | None) -> SyncCursorPage[Batch]:
+        """One page of the endpoint's batches, newest first, after the ``after`` one."""
+        cursor = openai.omit if after is None else after
+        return self._batch_call(lambda: self._openai.batches.list(limit=100, after=cursor))
 
     def batch_cancel(self, batch_id: str) -> BatchState:
         return _batch_state(self._batch_call(lambda: self._openai.batches.cancel(batch_id)))
