@@ -22,7 +22,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 from rq.registry import ScheduledJobRegistry
 
-from seke_app.engine.llm.client import BatchState, ClientConfig, VLLMClient
+from seke_app.engine.llm.client import BatchState, ClientConfig, VLLMClient, VLLMError
 from seke_app.engine.llm.prices import DEFAULT_PRICES
 from seke_app.engine.schema import answer_to_schema_json
 from seke_app.engine.types import Answer
@@ -333,6 +333,45 @@ def test_a_batch_created_but_not_recorded_is_found_again_not_paid_twice(
     assert [i for i in server.batches.ids() if i != "batch_fake3"] == [r.batch_id for r in rounds]
     assert server.batches.lines_answered == 6 and run.requests == 6
     assert float(run.cost_usd) == pytest.approx(_list_cost(server) / 2, abs=1e-5)
+
+
+@pytest.mark.parametrize("created", [True, False], ids=["created", "not-created"])
+def test_a_batch_creation_that_got_no_answer_is_looked_up_before_it_is_sent_again(
+    tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch, created: bool
+) -> None:
+    create = VLLMClient.batch_create
+    asked: list[str] = []
+
+    def unanswered_once(
+        client: VLLMClient, input_file_id: str, *, metadata: dict[str, str]
+    ) -> BatchState:
+        asked.append(metadata["seke_round"])
+        if len(asked) > 1:
+            return create(client, input_file_id, metadata=metadata)
+        if created:  # The endpoint made the batch; its answer was lost on the way.
+            create(client, input_file_id, metadata=metadata)
+        raise VLLMError(
+            "no response within 2 s; gave up after 1 attempt(s)", retryable=True, status=None
+        )
+
+    with FakeOpenAI(responder=split_responder) as server:
+        use_fake(settings, server)
+        monkeypatch.setattr(VLLMClient, "batch_create", unanswered_once)
+        run = batch_run(tmp_path, 2)
+        work()
+    run.refresh_from_db()
+    assert run.status == GenerationRun.Status.COMPLETED and (run.n_done, run.n_failed) == (2, 0)
+    rounds = list(run.batches.order_by("number"))
+    sent = [r for r in rounds if r.batch_id]
+    # Every batch the endpoint made is one of the run's rounds: none paid for twice.
+    assert server.batches.ids() == [r.batch_id for r in sent]
+    assert [r.asked for r in sent] == [{"first": 2}, {"more": 2}, {"verify": 2}]
+    if created:
+        assert len(rounds) == 3 and rounds[0].batch_id == "batch_fake1"
+    else:
+        assert len(rounds) == 4 and rounds[0].status == RunBatch.Status.FAILED
+        assert "not sent" in rounds[0].error
+    assert server.batches.lines_answered == 6 and run.requests == 6
 
 
 def test_a_round_whose_batch_the_endpoint_does_not_have_is_sent_again(

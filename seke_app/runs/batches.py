@@ -12,8 +12,10 @@ price and answered within 24 hours (``RunBatch``):
    while it is unsure, or the verification. The file is uploaded
    (``purpose=batch``), the batch created (its metadata naming the run and the
    round), and its id stored before anything else happens, so that it is never
-   lost. A job that dies between the creation and the storing leaves a round
-   without a batch id: its poll looks the batch up by its metadata among the
+   lost. A job that dies between the creation and the storing, or a creation
+   that got no answer (it is sent once, never retried: the endpoint may have
+   created the batch all the same), leaves a round without a batch id: its poll
+   looks the batch up by its metadata among the
    endpoint's recent batches and adopts it. Only when the endpoint has no such
    batch (or cannot list its batches at all) is the round closed as not sent and
    its lines sent again, so that a batch that can be found is not paid for twice.
@@ -226,11 +228,22 @@ def _send(
     client = backend.client
     try:
         file_id = client.batch_upload(data, filename=f"seke-{run.code}-{number}.jsonl")
-        RunBatch.objects.filter(pk=batch.pk).update(input_file_id=file_id)
-        metadata = {"seke_run": str(run.code), "seke_round": str(number)}
-        state = client.batch_create(file_id, metadata=metadata)
     except VLLMError as exc:
         _round_not_sent(run, batch, exc)
+        return None
+    RunBatch.objects.filter(pk=batch.pk).update(input_file_id=file_id)
+    metadata = {"seke_run": str(run.code), "seke_round": str(number)}
+    try:
+        state = client.batch_create(file_id, metadata=metadata)
+    except VLLMError as exc:
+        if not exc.retryable:
+            _round_not_sent(run, batch, exc)
+            return None
+        # No answer (a timeout, a 5xx): the endpoint may have created the batch all
+        # the same. The round stays open without an id, and the next poll looks for
+        # its batch by its metadata; only if there is none is the round sent again.
+        RunBatch.objects.filter(pk=batch.pk).update(error=services._vllm_reason(exc))
+        batch_enqueue(run_id=run.id, delay_s=settings.BATCH_POLL_SECONDS)
         return None
     RunBatch.objects.filter(pk=batch.pk).update(batch_id=state.id)
     _mirror(batch.pk, state)
@@ -359,7 +372,7 @@ def _round_lost(batch: RunBatch, why: str) -> None:
     can be known), so its lines go out again in the next round."""
     RunBatch.objects.filter(pk=batch.pk, collected_at__isnull=True).update(
         status=RunBatch.Status.FAILED,
-        error=f"the round was not sent (its job stopped before the batch was created; {why})",
+        error=f"the round was not sent (no batch was created for it as far as can be told; {why})",
         collected_at=timezone.now(),
     )
     batch_enqueue(run_id=batch.run_id)

@@ -629,14 +629,20 @@ class VLLMClient:
         return str(uploaded.id)
 
     def batch_create(self, input_file_id: str, *, metadata: dict[str, str]) -> BatchState:
-        """Create a batch of chat completions over an uploaded input file (24 h window)."""
+        """Create a batch of chat completions over an uploaded input file (24 h window).
+
+        Sent once, never retried: a request that timed out or met a 5xx may still
+        have created the batch, and a second one would be paid for again. The
+        caller finds such a batch by its ``metadata`` (``batch_find``).
+        """
         batch = self._batch_call(
             lambda: self._openai.batches.create(
                 input_file_id=input_file_id,
                 endpoint="/v1/chat/completions",
                 completion_window="24h",
                 metadata=metadata,
-            )
+            ),
+            retry=False,
         )
         return _batch_state(batch)
 
@@ -687,11 +693,11 @@ class VLLMClient:
         """The content of a file (a batch's output or error file)."""
         return self._batch_call(lambda: self._openai.files.content(file_id)).text
 
-    def _batch_call(self, call: Callable[[], _T]) -> _T:
+    def _batch_call(self, call: Callable[[], _T], *, retry: bool = True) -> _T:
         if self.closed:
             raise VLLMError("the VLLM client has been closed", retryable=False, status=None)
         try:
-            return self._with_retries(call)
+            return self._with_retries(call, max_retries=None if retry else 0)
         except _BadRequest as err:
             raise VLLMError(
                 f"the endpoint rejected the batch request (400): {err.text}",
@@ -727,8 +733,10 @@ class VLLMClient:
 
         return self._with_retries(create)
 
-    def _with_retries(self, call: Callable[[], _T]) -> _T:
-        """Make one SDK call, retrying 429, 5xx, timeouts and connection failures."""
+    def _with_retries(self, call: Callable[[], _T], *, max_retries: int | None = None) -> _T:
+        """Make one SDK call, retrying 429, 5xx, timeouts and connection failures (at
+        most ``max_retries`` times; the config's number when None)."""
+        retries = self._config.max_retries if max_retries is None else max_retries
         attempt = 0
         waited = 0.0
         while True:
@@ -751,7 +759,7 @@ class VLLMClient:
                 ) from None
             delay = self._next_delay(attempt, failure.retry_after)
             out_of_budget = waited + delay > self._config.max_total_wait_s
-            if attempt >= self._config.max_retries or out_of_budget:
+            if attempt >= retries or out_of_budget:
                 raise VLLMError(
                     f"{failure.text}; gave up after {attempt + 1} attempt(s)",
                     retryable=True,
@@ -761,7 +769,7 @@ class VLLMClient:
                 "VLLM request failed (%s); retry %d of %d in %.2f s",
                 failure.text,
                 attempt + 1,
-                self._config.max_retries,
+                retries,
                 delay,
             )
             self._sleep(delay)
