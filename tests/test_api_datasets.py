@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import random
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from seke_app.models import Dataset, FaceImage
 from seke_app.models.datasets import DatasetImport, imports_dir
 from tests.api_client import ApiClient
 from tests.conftest import draw_face
+from tests.uploads import faces_zip, left_in_imports, zip_bytes
 from tests.workers import emptied_queue, work_in_process
 
 Status = DatasetImport.Status
@@ -32,22 +31,6 @@ IMPORTS = "/api/v1/imports"
 _own_queue = emptied_queue("default")
 
 
-def zip_bytes(entries: dict[str, bytes | str]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
-
-
-def faces_zip(n: int = 3, *, manifest: str | bytes | None = None) -> bytes:
-    entries: dict[str, bytes | str] = {f"set/{i}.png": draw_face(seed=i) for i in range(n)}
-    entries["set/broken.png"] = b"not an image"
-    if manifest is not None:
-        entries["set/manifest.csv"] = manifest
-    return zip_bytes(entries)
-
-
 def upload(api: ApiClient, path: str, files: list[SimpleUploadedFile], **fields: str) -> Any:
     """A multipart upload, as a script sends one."""
     return api.client.post(path, {"files": files, **fields}, headers=api.headers)
@@ -55,11 +38,6 @@ def upload(api: ApiClient, path: str, files: list[SimpleUploadedFile], **fields:
 
 def a_zip(data: bytes, name: str = "faces.zip") -> list[SimpleUploadedFile]:
     return [SimpleUploadedFile(name, data, "application/zip")]
-
-
-def left_in_imports() -> list[Path]:
-    root = imports_dir()
-    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
 
 def nothing_kept() -> bool:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import random
 import re
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from seke_app.models import Dataset, FaceImage
 from seke_app.models.datasets import DatasetImport, imports_dir
 from tests.browser import BrowserPage
 from tests.conftest import PASSWORD, client_for, draw_face
+from tests.uploads import faces_zip, left_in_imports, zip_bytes
 from tests.workers import emptied_queue, work_in_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -43,30 +42,9 @@ def work() -> None:
     work_in_process("default")
 
 
-def zip_bytes(entries: dict[str, bytes | str]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
-
-
-def faces_zip(n: int = 3, *, manifest: str | bytes | None = None) -> bytes:
-    entries: dict[str, bytes | str] = {f"set/{i}.png": draw_face(seed=i) for i in range(n)}
-    entries["set/broken.png"] = b"not an image"
-    if manifest is not None:
-        entries["set/manifest.csv"] = manifest
-    return zip_bytes(entries)
-
-
 def upload(client: Client, data: bytes, name: str = "faces.zip", **fields: str) -> Any:
     files = SimpleUploadedFile(name, data, "application/zip")
     return client.post(reverse("dataset_upload"), {"dataset": "uploaded", "files": files, **fields})
-
-
-def left_in_imports() -> list[Path]:
-    root = imports_dir()
-    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
 
 # --- The upload ---------------------------------------------------------------------------

@@ -117,8 +117,8 @@ class ExportIn(Schema):
 class ExportOut(Schema):
     code: UUID
     url: str = Field(description="Where to follow the export.")
-    dataset: UUID
-    dataset_name: str
+    dataset: UUID = Field(alias="dataset.code")
+    dataset_name: str = Field(alias="dataset.name")
     kind: ExportKind
     status: ExportStatus
     options: dict[str, Any] = Field(description="The options as stored (ExportOptions).")
@@ -143,14 +143,6 @@ class ExportOut(Schema):
     @staticmethod
     def resolve_url(export: Export) -> str:
         return reverse("api:export", kwargs={"code": export.code})
-
-    @staticmethod
-    def resolve_dataset(export: Export) -> UUID:
-        return export.dataset.code
-
-    @staticmethod
-    def resolve_dataset_name(export: Export) -> str:
-        return export.dataset.name
 
     @staticmethod
     def resolve_created_by(export: Export) -> str | None:

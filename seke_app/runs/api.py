@@ -117,14 +117,14 @@ class RunOut(Schema):
     number: int
     name: str
     label: str = Field(description='How the pages name the run: "demo #3 · baseline · date".')
-    dataset: UUID
-    dataset_name: str
+    dataset: UUID = Field(alias="dataset.code")
+    dataset_name: str = Field(alias="dataset.name")
     status: RunStatus
     backend: str
     model_name: str
     strong_model: str = Field(description="A cascade's strong model; empty: one model.")
-    prompt_version: UUID
-    prompt_version_number: int
+    prompt_version: UUID = Field(alias="prompt_version.code")
+    prompt_version_number: int = Field(alias="prompt_version.number")
     params: dict[str, Any] = Field(description="The SV-UAMC parameters the run was given.")
     image_filter: dict[str, Any]
     review_threshold: float = Field(description="The run's current review threshold.")
@@ -169,22 +169,6 @@ class RunOut(Schema):
     @staticmethod
     def resolve_annotations_url(run: GenerationRun) -> str:
         return reverse("api:run-annotations", kwargs={"code": run.code})
-
-    @staticmethod
-    def resolve_dataset(run: GenerationRun) -> UUID:
-        return run.dataset.code
-
-    @staticmethod
-    def resolve_dataset_name(run: GenerationRun) -> str:
-        return run.dataset.name
-
-    @staticmethod
-    def resolve_prompt_version(run: GenerationRun) -> UUID:
-        return run.prompt_version.code
-
-    @staticmethod
-    def resolve_prompt_version_number(run: GenerationRun) -> int:
-        return run.prompt_version.number
 
     @staticmethod
     def resolve_created_by(run: GenerationRun) -> str | None:
