@@ -31,14 +31,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from itertools import chain
 
-from django.conf import settings
 from django.db.models import Count, Q
 
 from seke_app.engine.cascade import CHEAP, STRONG
-from seke_app.engine.llm.prices import model_price
 from seke_app.insights.dashboards import AnnotationRow, Scorer, stream_rows
 from seke_app.insights.references import Labels, Reference, human_references
 from seke_app.models import Annotation, GenerationRun
+from seke_app.runs.backends import model_priced
 
 
 @dataclass(frozen=True)
@@ -67,10 +66,6 @@ class CascadeFigures:
     @property
     def escalated_share(self) -> float | None:
         return self.n_escalated / self.n_images if self.n_images else None
-
-
-def priced(model: str) -> bool:
-    return model_price(model, settings.SEKE_PRICES) is not None
 
 
 def _cheap_rows(annotations: Iterable[Annotation]) -> Iterator[AnnotationRow]:
@@ -110,7 +105,7 @@ def _stage(
         n_images=n_images,
         requests=requests,
         cost_usd=cost,
-        priced=priced(model),
+        priced=model_priced(GenerationRun.Backend.OPENAI, model),
         expression=scorer.accuracy("expression"),
         overall=scorer.accuracy("overall"),
     )

@@ -14,10 +14,11 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from seke_app.engine.llm.probe import CAPABILITIES, Answer
-from seke_app.insights.cascade import cascade_figures, priced
+from seke_app.insights.cascade import cascade_figures
 from seke_app.models import EndpointProbe, GenerationRun, RunItem
 from seke_app.queue import QueueUnavailable
 from seke_app.roles import admin_required, request_user
+from seke_app.runs.backends import model_priced
 from seke_app.runs.forms import RunForm
 from seke_app.runs.probes import (
     ProbeRefused,
@@ -163,12 +164,12 @@ def _progress_context(run: GenerationRun) -> dict[str, object]:
         "workers": progress.workers_note,
         "rounds": list(run.batches.all()) if run.batch else [],
         # A model without a known price costs "unknown", not $0.
-        "cheap_priced": priced(run.model_name),
-        "strong_priced": priced(run.strong_model),
+        "cheap_priced": model_priced(run.backend, run.model_name),
+        "strong_priced": model_priced(run.backend, run.strong_model),
         "unpriced": [
             model
             for model in (run.model_name, run.strong_model)
-            if model and run.backend == GenerationRun.Backend.OPENAI and not priced(model)
+            if model and not model_priced(run.backend, model)
         ],
     }
 
