@@ -160,12 +160,12 @@ def report(m: Measured, args: argparse.Namespace) -> float:
 
 # Steps of ``seke_app.runs.services`` timed by ``--breakdown`` (those that exist are wrapped).
 BREAKDOWN_STEPS = (
-    "_run_is_running",  # read at most twice a second per chunk
-    "_claim",
-    "_request_for",
+    "run_is_running",  # read at most twice a second per chunk
+    "item_claim",
+    "annotation_request_for",
     "run_uamc",
-    "_store",
-    "_stop_at_budget",
+    "result_store",
+    "run_stop_at_budget",
 )
 
 

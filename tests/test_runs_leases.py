@@ -92,7 +92,7 @@ def test_it_keeps_renewing_the_leases_it_holds(tmp_path: Path, settings: Any) ->
     run = run_create(dataset=make_dataset(tmp_path, n=2), backend="offline", params=TWO_CALLS)
     held, other = RunItem.objects.filter(run=run).order_by("id")
     for item in (held, other):
-        assert runs._claim(item.id, "me")
+        assert runs.item_claim(item.id, "me")
     first = {i.id: i.lease_until for i in RunItem.objects.filter(run=run)}
 
     def renewed() -> bool:

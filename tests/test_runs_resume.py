@@ -36,7 +36,7 @@ def test_it_keeps_a_running_job_working_when_resume_is_pressed(
         dataset=make_dataset(tmp_path, n=6), backend="offline", params=UAMCParams(), concurrency=1
     )
     get_queue("generation").empty()
-    real_store = runs._store
+    real_store = runs.result_store
     pressed: list[int] = []
 
     def store_then_press_resume(*args: Any) -> None:
@@ -46,7 +46,7 @@ def test_it_keeps_a_running_job_working_when_resume_is_pressed(
             pressed.append(runs.run_resume(run=GenerationRun.objects.get(id=run.id)))
             assert GenerationRun.objects.get(id=run.id).status == "running"
 
-    monkeypatch.setattr(runs, "_store", store_then_press_resume)
+    monkeypatch.setattr(runs, "result_store", store_then_press_resume)
     ids = list(RunItem.objects.filter(run=run).values_list("id", flat=True))
     runs.run_process_chunk(run_id=run.id, item_ids=ids)
 

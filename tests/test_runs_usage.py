@@ -128,7 +128,7 @@ def test_it_records_the_calls_of_a_worker_that_finishes_after_its_lease(
     tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings.RUN_LEASE_SECONDS = 5
-    real_store = runs._store
+    real_store = runs.result_store
     stores = 0
 
     def store_too_late(run: GenerationRun, item_id: int, *args: Any) -> None:
@@ -139,7 +139,7 @@ def test_it_records_the_calls_of_a_worker_that_finishes_after_its_lease(
             RunItem.objects.filter(id=item_id).update(worker="elsewhere:1")
         real_store(run, item_id, *args)
 
-    monkeypatch.setattr(runs, "_store", store_too_late)
+    monkeypatch.setattr(runs, "result_store", store_too_late)
     with FakeOpenAI() as server:
         use_fake(settings, server)
         run = openai_run(tmp_path, 1)

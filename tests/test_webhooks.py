@@ -44,7 +44,7 @@ from seke_app.models.webhooks import (
     WebhookEvent,
 )
 from seke_app.queue import get_queue
-from seke_app.runs.services import _fail_run, run_cancel, run_create
+from seke_app.runs.services import run_cancel, run_create, run_fail
 from seke_app.runs.threshold import run_threshold_set
 from seke_app.webhooks import events, services
 from seke_app.webhooks.services import (
@@ -500,8 +500,8 @@ def test_a_run_cancelled_or_failed_is_announced_once_with_its_status(
     with pytest.raises(Exception, match="cannot be cancelled"):
         run_cancel(run=cancelled)
     failed = _running_run("failed")
-    _fail_run(failed.id, "no backend")
-    _fail_run(failed.id, "no backend again")
+    run_fail(failed.id, "no backend")
+    run_fail(failed.id, "no backend again")
     events = WebhookEvent.objects.filter(name="run.finished").order_by("id")
     assert [(e.data["run"]["code"], e.data["status"]) for e in events] == [
         (str(cancelled.code), "cancelled"),

@@ -6,7 +6,7 @@ price and answered within 24 hours (``RunBatch``):
 
 1. A *round* replays every open image from the replies recorded on its item
    (``engine.llm.batch.replay``). An image whose replies answer every call it
-   makes gets its annotation, written by the same ``_store`` as a synchronous run
+   makes gets its annotation, written by the same ``result_store`` as a synchronous run
    (so review, audits and certificates see no difference); every other image adds
    its next call as a line of the round's JSONL: the first samples, extra samples
    while it is unsure, or the verification. The file is uploaded
@@ -122,12 +122,12 @@ def batch_round(*, run_id: int) -> RunBatch | None:
     try:
         backend = batch_backend_for(run.model_name)
     except BackendUnavailable as exc:
-        services._fail_run(run_id, str(exc))
+        services.run_fail(run_id, str(exc))
         return None
     with backend:
         lines, sent, data = _lines(run, backend)
         if not lines:
-            services._finish_if_done(run_id)
+            services.run_finish_if_done(run_id)
             return None
         return _send(run, backend, lines, sent, data)
 
@@ -182,7 +182,7 @@ def _advance(
     """The image's next call, or None once its annotation (or failure) is written."""
     me = f"batch:{services.worker_name()}"
     try:
-        request = services._request_for(item.image, run)
+        request = services.annotation_request_for(item.image, run)
         replies = [Reply.from_json(reply) for reply in item.batch_replies]
         outcome = replay(backend, replies, request, params)
     except (VLLMError, ReplayMismatch) as exc:
@@ -194,15 +194,15 @@ def _advance(
         return None
     if isinstance(outcome, Call):
         return outcome
-    if services._claim(item.id, me):
-        services._store(run, item.id, item.image_id, me, outcome)
+    if services.item_claim(item.id, me):
+        services.result_store(run, item.id, item.image_id, me, outcome)
     return None
 
 
 def _fail_item(run_id: int, item_id: int, reason: str) -> None:
     me = f"batch:{services.worker_name()}"
-    if services._claim(item_id, me):
-        services._item_failed(run_id, item_id, me, reason)
+    if services.item_claim(item_id, me):
+        services.item_fail(run_id, item_id, me, reason)
 
 
 def _send(
@@ -213,7 +213,7 @@ def _send(
     data: bytes,
 ) -> RunBatch | None:
     """Record the round, then upload its file and create its batch."""
-    if not services._run_is_running(run.id):
+    if not services.run_is_running(run.id):
         # Cancelled while the round was being built: nothing is sent.
         return None
     number = (RunBatch.objects.filter(run=run).aggregate(n=Max("number"))["n"] or 0) + 1
@@ -242,7 +242,7 @@ def _send(
         # No answer (a timeout, a 5xx): the endpoint may have created the batch all
         # the same. The round stays open without an id, and the next poll looks for
         # its batch by its metadata; only if there is none is the round sent again.
-        RunBatch.objects.filter(pk=batch.pk).update(error=services._vllm_reason(exc))
+        RunBatch.objects.filter(pk=batch.pk).update(error=services.vllm_reason(exc))
         batch_enqueue(run_id=run.id, delay_s=settings.BATCH_POLL_SECONDS)
         return None
     RunBatch.objects.filter(pk=batch.pk).update(batch_id=state.id)
@@ -258,14 +258,14 @@ def _round_not_sent(run: GenerationRun, batch: RunBatch, exc: VLLMError) -> None
     tried again later when a retry can help, else the run fails."""
     RunBatch.objects.filter(pk=batch.pk).update(
         status=RunBatch.Status.FAILED,
-        error=services._vllm_reason(exc),
+        error=services.vllm_reason(exc),
         finished_at=timezone.now(),
         collected_at=timezone.now(),
     )
     if exc.retryable:
         batch_enqueue(run_id=run.id, delay_s=settings.BATCH_POLL_SECONDS)
     else:
-        services._fail_run(run.id, f"round {batch.number} could not be sent: {exc}")
+        services.run_fail(run.id, f"round {batch.number} could not be sent: {exc}")
 
 
 # --- Polls ----------------------------------------------------------------------------
@@ -297,7 +297,7 @@ def batch_poll(*, batch_pk: int) -> None:
     try:
         backend = batch_backend_for(run.model_name)
     except BackendUnavailable as exc:
-        services._fail_run(run.id, str(exc))
+        services.run_fail(run.id, str(exc))
         return
     with backend:
         if not batch.batch_id:
@@ -308,9 +308,9 @@ def batch_poll(*, batch_pk: int) -> None:
         try:
             state = backend.client.batch_retrieve(batch.batch_id)
         except VLLMError as exc:
-            RunBatch.objects.filter(pk=batch_pk).update(error=services._vllm_reason(exc))
+            RunBatch.objects.filter(pk=batch_pk).update(error=services.vllm_reason(exc))
             if not exc.retryable:
-                services._fail_run(run.id, f"batch {batch.batch_id} cannot be read: {exc}")
+                services.run_fail(run.id, f"batch {batch.batch_id} cannot be read: {exc}")
                 return
             batch_enqueue(run_id=run.id, delay_s=settings.BATCH_POLL_SECONDS)
             return
@@ -338,11 +338,11 @@ def _find_again(batch: RunBatch, backend: OpenAIBackend) -> RunBatch | None:
     except VLLMError as exc:
         if exc.retryable:
             RunBatch.objects.filter(pk=batch.pk).update(
-                error=f"its batch cannot be looked for yet: {services._vllm_reason(exc)}"
+                error=f"its batch cannot be looked for yet: {services.vllm_reason(exc)}"
             )
             batch_enqueue(run_id=run.id, delay_s=settings.BATCH_POLL_SECONDS)
             return None
-        _round_lost(batch, f"the endpoint cannot list its batches: {services._vllm_reason(exc)}")
+        _round_lost(batch, f"the endpoint cannot list its batches: {services.vllm_reason(exc)}")
         return None
     if state is None:
         _round_lost(batch, "the endpoint has no batch for it")
@@ -380,7 +380,7 @@ def _round_lost(batch: RunBatch, why: str) -> None:
 
 def _after_collection(run: GenerationRun) -> None:
     """Go on with a running run: stop at its cost cap, or start the next round."""
-    if run.budget_usd is not None and services._stop_at_budget(run.id):
+    if run.budget_usd is not None and services.run_stop_at_budget(run.id):
         return
     status = GenerationRun.objects.values_list("status", flat=True).get(id=run.id)
     if status == Status.RUNNING:
@@ -551,7 +551,7 @@ def batch_cancel_open(*, run: GenerationRun) -> RunBatch | None:
         with batch_backend_for(run.model_name) as backend:
             state = backend.client.batch_cancel(batch.batch_id)
     except (VLLMError, BackendUnavailable) as exc:
-        reason = services._vllm_reason(exc) if isinstance(exc, VLLMError) else str(exc)
+        reason = services.vllm_reason(exc) if isinstance(exc, VLLMError) else str(exc)
         RunBatch.objects.filter(pk=batch.pk).update(error=f"cancel failed: {reason}")
     else:
         _mirror(batch.pk, state)

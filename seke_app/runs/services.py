@@ -301,7 +301,7 @@ def run_enqueue(*, run_id: int) -> int:
     if jobs:
         GenerationRun.objects.filter(id=run_id).update(job_id=jobs[0].id)
     else:
-        _finish_if_done(run_id)
+        run_finish_if_done(run_id)
     return len(jobs)
 
 
@@ -353,12 +353,12 @@ def run_process_chunk(*, run_id: int, item_ids: list[int]) -> None:
                     )
                 )
         except BackendUnavailable as exc:
-            _fail_run(run_id, str(exc))
+            run_fail(run_id, str(exc))
             return
         leases = stack.enter_context(LeaseKeeper(worker_name()))
         params = UAMCParams.from_json(run.params)
         _process_items(run, Models(backend, strong), params, item_ids, leases)
-    _finish_if_done(run_id)
+    run_finish_if_done(run_id)
 
 
 def pool_threads(run: GenerationRun) -> int:
@@ -393,7 +393,7 @@ class _RunningGate:
         with self._lock:
             now = time.monotonic()
             if self._running and now - self._checked_at >= self._interval:
-                self._running = _run_is_running(self._run_id)
+                self._running = run_is_running(self._run_id)
                 self._checked_at = now
             return self._running
 
@@ -412,7 +412,7 @@ class _Feed:
     no work left (the later chunk jobs then find their items done and end at
     once), and waiting for the held ones lets a dead worker's images be finished
     by the jobs still running, without anyone pressing a button. A handed-out item
-    is only a candidate: ``_claim`` decides who annotates it, so two feeds
+    is only a candidate: ``item_claim`` decides who annotates it, so two feeds
     offering the same item never annotate it twice.
     """
 
@@ -505,7 +505,7 @@ def _close_thread_connections(pool: ThreadPoolExecutor, threads: int) -> None:
     list(pool.map(lambda _: close(), range(threads)))
 
 
-def _run_is_running(run_id: int) -> bool:
+def run_is_running(run_id: int) -> bool:
     """Queued or running: a chunk's threads go on (a queued run is one that a
     resume has just handed back to the queue)."""
     status = GenerationRun.objects.filter(id=run_id).values_list("status", flat=True).first()
@@ -524,7 +524,7 @@ def _process_one(
     if not running():
         return False
     me = worker_name()
-    if not _claim(item_id, me):
+    if not item_claim(item_id, me):
         return True
     leases.hold(item_id)
     try:
@@ -558,7 +558,7 @@ def _annotate(
 
     result: UAMCResult | CascadeResult
     try:
-        request = _request_for(item.image, run)
+        request = annotation_request_for(item.image, run)
         if models.strong is None:
             result = run_uamc(calls(models.backend), request, params)
         else:
@@ -573,13 +573,13 @@ def _annotate(
         log.info("run %s: image %s was taken over by another worker", run.code, item.image.code)
         return
     except VLLMError as exc:
-        _item_failed(run.id, item_id, me, _vllm_reason(exc))
+        item_fail(run.id, item_id, me, vllm_reason(exc))
         return
     except Exception as exc:
         log.exception("run %s: image %s failed", run.code, item.image.code)
-        _item_failed(run.id, item_id, me, f"internal error: {type(exc).__name__}: {exc}")
+        item_fail(run.id, item_id, me, f"internal error: {type(exc).__name__}: {exc}")
         return
-    _store(run, item_id, item.image_id, me, result)
+    result_store(run, item_id, item.image_id, me, result)
 
 
 def _record_usage(
@@ -598,11 +598,11 @@ def _record_usage(
     if strong:
         changes |= {f"strong_{name}": F(f"strong_{name}") + value for name, value in values.items()}
     GenerationRun.objects.filter(id=run.id).update(**changes)
-    if run.budget_usd is not None and _stop_at_budget(run.id):
+    if run.budget_usd is not None and run_stop_at_budget(run.id):
         running.stop()
 
 
-def _claim(item_id: int, me: str) -> bool:
+def item_claim(item_id: int, me: str) -> bool:
     """Take an item that is pending or whose lease has expired (a conditional UPDATE)."""
     return (
         RunItem.objects.filter(id=item_id)
@@ -626,7 +626,7 @@ def _expired_items(run_id: int, *, since: timedelta = timedelta(0)) -> list[int]
     )
 
 
-def _request_for(image: FaceImage, run: GenerationRun) -> AnnotationRequest:
+def annotation_request_for(image: FaceImage, run: GenerationRun) -> AnnotationRequest:
     with image.file.open("rb") as handle:
         data = handle.read()
     known = KnownLabels(
@@ -647,7 +647,7 @@ def _request_for(image: FaceImage, run: GenerationRun) -> AnnotationRequest:
     )
 
 
-def _vllm_reason(exc: VLLMError) -> str:
+def vllm_reason(exc: VLLMError) -> str:
     retry = "a retry may help" if exc.retryable else "a retry will not help"
     status = f"HTTP {exc.status}: " if exc.status else ""
     return f"model call failed ({status}{exc}); {retry}"
@@ -658,7 +658,7 @@ def _holds(item_id: int, me: str) -> bool:
     return item.status == RunItem.Status.LEASED and item.worker == me
 
 
-def _item_failed(run_id: int, item_id: int, me: str, reason: str) -> None:
+def item_fail(run_id: int, item_id: int, me: str, reason: str) -> None:
     with transaction.atomic():
         if not _holds(item_id, me):
             return
@@ -671,7 +671,7 @@ def _item_failed(run_id: int, item_id: int, me: str, reason: str) -> None:
         GenerationRun.objects.filter(id=run_id).update(n_failed=F("n_failed") + 1)
 
 
-def _store(
+def result_store(
     run: GenerationRun,
     item_id: int,
     image_id: int,
@@ -728,7 +728,7 @@ def _announce_stop(run_id: int) -> None:
         hook(run)
 
 
-def _stop_at_budget(run_id: int) -> bool:
+def run_stop_at_budget(run_id: int) -> bool:
     with transaction.atomic():
         stopped = GenerationRun.objects.filter(
             id=run_id,
@@ -743,7 +743,7 @@ def _stop_at_budget(run_id: int) -> bool:
     return bool(stopped)
 
 
-def _finish_if_done(run_id: int) -> None:
+def run_finish_if_done(run_id: int) -> None:
     open_items = RunItem.objects.filter(
         run_id=run_id, status__in=[RunItem.Status.PENDING, RunItem.Status.LEASED]
     )
@@ -757,7 +757,7 @@ def _finish_if_done(run_id: int) -> None:
             _announce_stop(run_id)
 
 
-def _fail_run(run_id: int, reason: str) -> None:
+def run_fail(run_id: int, reason: str) -> None:
     # A run that has stopped already keeps its end (and the reason it was given):
     # every chunk job of a run whose backend is missing comes here.
     with transaction.atomic():
